@@ -1,0 +1,14 @@
+"""ssmc: a compiler and autotuner for state-space-model graphs."""
+
+__version__ = "0.1.0"
+
+from ssmc.errors import SpecError, SsmcError  # noqa: E402
+
+__all__ = ["__version__", "SpecError", "SsmcError", "load_spec"]
+
+
+def load_spec(path_or_text, **kw):
+    """Parse and verify a spec file (or YAML text); returns an ssmc.ir.Graph."""
+    from ssmc.ir.spec import load_spec as _load
+
+    return _load(path_or_text, **kw)
