@@ -1,0 +1,1 @@
+"""Code generators: one backend per subpackage (triton, tvm)."""

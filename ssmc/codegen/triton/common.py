@@ -1,0 +1,163 @@
+"""What every Triton kernel family shares.
+
+* Argument checks that raise ValueError naming the offending argument.
+* The launch plan: a family's launcher first builds a list of `KernelLaunch`es (kernel, grid,
+  arguments, constexprs, warps, stages) and only then runs them.  The same plan, built from
+  `meta` tensors, is what `aot.py` compiles for a target without a GPU, so the signature the AOT
+  compile sees is by construction the one a real launch uses.
+* `KernelConfig`, the base of every family's knob dataclass (what a tuner overrides).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+import triton
+
+from ssmc.errors import did_you_mean
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Triton's pointer type names, as an AOT signature spells them.
+TRITON_POINTER_TYPE = {
+    torch.float32: "*fp32",
+    torch.float16: "*fp16",
+    torch.bfloat16: "*bf16",
+    torch.int32: "*i32",
+    torch.int64: "*i64",
+}
+
+
+def interpreting() -> bool:
+    """True when kernels run through Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+# --------------------------------------------------------------------------- argument checks
+
+def check_tensor(name: str, t, *, dims: tuple | None = None, dtypes=None, optional=False):
+    """Check that `t` is a tensor with the given labelled dims, e.g.
+    dims=(("batch", 2), ("dim", 5), ("seqlen", None)); None matches any size."""
+    if t is None:
+        if optional:
+            return None
+        raise ValueError(f"{name}: required, got None")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if dims is not None:
+        want = ", ".join(f"{label}={'?' if size is None else size}" for label, size in dims)
+        ok = t.dim() == len(dims) and all(
+            size is None or t.shape[i] == size for i, (_, size) in enumerate(dims))
+        if not ok:
+            raise ValueError(f"{name}: expected shape ({want}), got {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{name}: dtype {str(t.dtype).replace('torch.', '')} not supported "
+                         f"(expected one of {names})")
+    return t
+
+
+def check_same_device(reference_name: str, reference: torch.Tensor, **tensors):
+    """All tensors on the reference's device, and that device one Triton can run on (a GPU, the
+    CPU under TRITON_INTERPRET=1, or `meta` when only a plan is built)."""
+    dev = reference.device
+    for name, t in tensors.items():
+        if t is not None and t.device != dev:
+            raise ValueError(f"{name}: on {t.device}, but {reference_name} is on {dev}")
+    if dev.type == "cpu" and not interpreting():
+        raise ValueError(f"{reference_name}: a CPU tensor; Triton kernels need a CUDA/ROCm "
+                         "tensor (or TRITON_INTERPRET=1 to run them through the interpreter)")
+
+
+def check_flag(name: str, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected a bool, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- knobs
+
+def pow2_field(default: int):
+    """A knob that must be a power of two (Triton block shapes and warp counts are)."""
+    return field(default=default, metadata={"pow2": True})
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Base of every family's Config: launch knobs that never change the values computed."""
+
+    num_warps: int = pow2_field(4)
+    num_stages: int = 1
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("pow2"):
+                if not isinstance(value, int) or value < 1 or value & (value - 1):
+                    raise ValueError(f"{f.name}: must be a power of two, got {value!r}")
+            elif f.type in ("int", int) and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{f.name}: must be a positive int, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, knobs: dict):
+        """Build from a tuner's dict; an unknown knob is an error that names the closest one."""
+        names = [f.name for f in fields(cls)]
+        for key in knobs:
+            if key not in names:
+                hint = did_you_mean(key, names)
+                raise ValueError(f"{key}: not a knob of {cls.__name__}"
+                                 + (f" (did you mean '{hint}'?)" if hint else ""))
+        return cls(**knobs)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# --------------------------------------------------------------------------- launch plans
+
+@dataclass
+class KernelLaunch:
+    """One kernel launch, described before it happens."""
+
+    kernel: Any  # a triton JITFunction (an InterpretedFunction under TRITON_INTERPRET=1)
+    grid: tuple
+    args: dict  # runtime arguments, in the kernel's parameter order
+    constexprs: dict
+    num_warps: int = 4
+    num_stages: int = 1
+
+    @property
+    def name(self) -> str:
+        fn = getattr(self.kernel, "fn", self.kernel)
+        return fn.__name__
+
+    def run(self):
+        self.kernel[self.grid](**self.args, **self.constexprs,
+                               num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+@dataclass
+class LaunchPlan:
+    """A family's launches in order, and the tensors it returns once they have run."""
+
+    launches: list
+    outputs: tuple
+
+    def run(self):
+        if self.outputs and isinstance(self.outputs[0], torch.Tensor) \
+                and self.outputs[0].device.type == "meta":
+            raise RuntimeError("a plan built from meta tensors can be compiled, not run")
+        for launch in self.launches:
+            launch.run()
+        return self.outputs
+
+
+def grid_dim(n: int, block: int) -> int:
+    return max(triton.cdiv(int(n), int(block)), 1)
