@@ -84,7 +84,8 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y.transpose(1, 2).to(x.dtype)
 
 
-def _check_pos_int(name: str, v) -> None:
+def check_positive_int(name: str, v) -> None:
+    """Constructor validation: ValueError naming the argument unless v is an int >= 1."""
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
@@ -94,8 +95,8 @@ class CausalConv1d(nn.Module):
 
     def __init__(self, channels: int, kernel: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
-        _check_pos_int("channels", channels)
-        _check_pos_int("kernel", kernel)
+        check_positive_int("channels", channels)
+        check_positive_int("kernel", kernel)
         fk = dict(device=device, dtype=dtype)
         self.channels, self.kernel = channels, kernel
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel, **fk))
@@ -125,8 +126,8 @@ class LongConv(nn.Module):
     def __init__(self, channels: int, length: int, init: str = "hrf", method: str = "fft",
                  tr: float = 2.0, device=None, dtype=None):
         super().__init__()
-        _check_pos_int("channels", channels)
-        _check_pos_int("length", length)
+        check_positive_int("channels", channels)
+        check_positive_int("length", length)
         if init not in ("hrf", "random"):
             raise ValueError(f"init must be 'hrf' or 'random', got {init!r}")
         if method not in ("fft", "direct"):
@@ -161,7 +162,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
-        _check_pos_int("dim", dim)
+        check_positive_int("dim", dim)
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.eps = eps
