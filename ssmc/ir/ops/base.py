@@ -71,6 +71,7 @@ class Op:
         return {k: getattr(self, k) for k in self.attr_specs()}
 
     given: frozenset = field(default=frozenset(), repr=False, compare=False)  # attrs the spec set
+    meta: dict = field(default_factory=dict, repr=False, compare=False)  # what the passes decided
 
     def n_outputs(self) -> int:
         return 1
