@@ -86,7 +86,10 @@ def _infer(graph: Graph, ctx, block_cache: dict) -> None:
         _check_algorithm(node)
         ins = {port: types[v] for port, v in node.inputs.items()}
         if node.OP == "repeat":
-            node.body = _verify_block(graph, node, list(ins.values()), ctx, block_cache)
+            if block_cache is None:  # re-verification after a pass: the body may be rewritten
+                reverify(node.body)
+            else:
+                node.body = _verify_block(graph, node, list(ins.values()), ctx, block_cache)
         try:
             outs = node.infer(ins)
         except ShapeError as e:
@@ -124,4 +127,11 @@ def verify(graph: Graph, ctx=None) -> Graph:
     cache: dict = {}
     _infer(graph, ctx, cache)
     graph.blocks = {n.block: n.body for n in graph.nodes if n.OP == "repeat"}
+    return graph
+
+
+def reverify(graph: Graph) -> Graph:
+    """Check a graph again after passes rewrote it (bodies of repeats as they are now)."""
+    _build(graph)
+    _infer(graph, None, None)
     return graph

@@ -1,0 +1,170 @@
+"""The analytic cost model the algorithm selection and the tuner's model mode use.
+
+Each (node kind, algorithm) is described by four numbers for a shape: bytes moved, flops, exps
+(special-function calls) and the sequential depth (dependent steps), plus how many independent
+lanes of work there are.  Against a target descriptor a time is the largest of the memory, compute
+and exp bounds, stretched when the work has fewer independent lanes than the machine, plus the
+dependent-step latency chain and kernel launches.  The figures that decide are kept so that
+`ssmc explain` can show them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Work:
+    bytes: float
+    flops: float
+    exps: float
+    depth: float  # dependent steps on the critical path
+    lanes: float  # independent work items available at once
+    launches: int = 1
+    tensor_core: bool = False  # flops can use the matrix units (bf16 rate)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    algorithm: str
+    time_us: float
+    bound: str  # memory | compute | exp | latency
+    work: Work
+
+    def row(self) -> dict:
+        d = asdict(self.work)
+        d.update(algorithm=self.algorithm, time_us=round(self.time_us, 3), bound=self.bound)
+        return d
+
+
+def _hw(target):
+    """(lanes the machine runs at once, seconds per dependent step) from the descriptor."""
+    lanes = target.units * target.lanes_per_unit
+    return lanes, target.step_latency_ns * 1e-9
+
+
+def estimate(work: Work, target, algorithm: str) -> Estimate:
+    lanes, step_s = _hw(target)
+    util = min(1.0, work.lanes / lanes) if lanes else 1.0
+    flops_rate = (target.bf16_tflops if work.tensor_core else target.fp32_tflops) * 1e12 * util
+    t_mem = work.bytes / (target.mem_bandwidth_gbs * 1e9)
+    t_cmp = work.flops / flops_rate if flops_rate else 0.0
+    t_exp = work.exps / (target.exp_gops * 1e9 * util) if target.exp_gops else 0.0
+    # The critical path: however many lanes there are, dependent steps run one after the other;
+    # when there are more work items than lanes their steps interleave, which the throughput
+    # bounds above already charge.
+    t_lat = work.depth * step_s
+    bounds = {"memory": t_mem, "compute": t_cmp, "exp": t_exp, "latency": t_lat}
+    bound = max(bounds, key=bounds.get)
+    total = max(bounds.values()) + work.launches * target.launch_overhead_us * 1e-6
+    return Estimate(algorithm, total * 1e6, bound, work)
+
+
+# ---- work per node kind and algorithm -------------------------------------------------------------
+
+def _log2(x: float) -> float:
+    return math.log2(max(2.0, x))
+
+
+def selective_mamba1(b, L, d, N, algorithm, io_bytes=4, chunk=64, cplx=False) -> Work:
+    c = 2 if cplx else 1
+    io = b * L * d * io_bytes * 4 + b * L * 2 * N * io_bytes  # u, delta, z, y ; B, C
+    step_flops = b * L * d * N * 6 * c * c
+    exps = b * L * d * N * c
+    if algorithm == "sequential":
+        return Work(io, step_flops, exps, depth=L, lanes=b * d)
+    if algorithm == "associative":  # Hillis-Steele over L: log2(L) combines per element
+        lg = _log2(L)
+        return Work(io + b * L * d * N * 8 * c, step_flops * lg, exps, depth=lg * 4, lanes=b * d * L,
+                    launches=1)
+    if algorithm == "chunked":  # local scan per chunk + carry pass: about twice the work
+        nch = max(1.0, L / chunk)
+        return Work(io * 1.2 + b * nch * d * N * 8 * c, step_flops * 2, exps, depth=chunk + nch,
+                    lanes=b * d * nch, launches=2)
+    raise KeyError(algorithm)
+
+
+def selective_ssd(b, L, h, p, N, algorithm, io_bytes=4, chunk=64) -> Work:
+    io = b * L * h * p * io_bytes * 3 + b * L * 2 * N * io_bytes + b * L * h * 4
+    if algorithm == "sequential":
+        return Work(io, b * L * h * p * N * 4, b * L * h, depth=L, lanes=b * h * p)
+    if algorithm == "associative":
+        lg = _log2(L)
+        return Work(io + b * L * h * p * N * 8, b * L * h * p * N * 4 * lg, b * L * h, depth=lg * 4,
+                    lanes=b * h * L * p)
+    if algorithm == "chunked":
+        nch = max(1.0, L / chunk)
+        mm = b * h * nch * (2 * chunk * chunk * N + 2 * chunk * chunk * p + 4 * chunk * p * N)
+        return Work(io + b * h * nch * p * N * 8, mm, b * L * h, depth=nch + math.log2(chunk),
+                    lanes=b * h * nch * chunk, launches=4, tensor_core=True)
+    raise KeyError(algorithm)
+
+
+def selective_dense(b, L, d, N, block, algorithm) -> Work:
+    blk = block or N
+    nblk = N // blk
+    io = b * L * (d + N) * 4 + b * L * nblk * blk * blk * 4
+    matvec = b * L * nblk * blk * blk * 2
+    if algorithm == "sequential":
+        return Work(io, matvec, 0, depth=L, lanes=b * N)
+    if algorithm == "associative":  # matrix-matrix combines: N^3 per combine, log2(L) levels
+        lg = _log2(L)
+        return Work(io * lg, b * L * nblk * blk ** 3 * 2 * lg, 0, depth=lg * blk, lanes=b * L * nblk * blk)
+    if algorithm == "chunked":
+        chunk = 32
+        nch = max(1.0, L / chunk)
+        return Work(io * 2, matvec * 2 + b * nch * nblk * blk ** 3 * 2 * chunk / 4, 0,
+                    depth=chunk + nch * blk, lanes=b * N * nch, launches=2)
+    raise KeyError(algorithm)
+
+
+def diagonal(b, L, d, N, algorithm, cplx=True) -> Work:
+    c = 4 if cplx else 1  # a complex multiply-add is 4 real ones
+    io = b * L * d * 4 * 2
+    if algorithm == "sequential":
+        return Work(io, b * L * d * N * 2 * c, 0, depth=L, lanes=b * d)
+    if algorithm == "fft":  # Vandermonde kernel (d, N, L) + rfft/irfft of length 2L per (b, d)
+        kernel = d * N * L * 2 * c
+        fft = b * d * 2 * 2.5 * (2 * L) * _log2(2 * L) + d * 2.5 * 2 * L * _log2(2 * L)
+        return Work(io + d * L * 4 * 3 + b * d * 2 * L * 8 * 2, kernel + fft, d * N * 2, depth=_log2(2 * L) * 3,
+                    lanes=b * d * L, launches=4)
+    if algorithm == "associative":
+        lg = _log2(L)
+        return Work(io + b * L * d * N * 8, b * L * d * N * 2 * c * lg, 0, depth=lg * 4, lanes=b * d * L)
+    if algorithm == "chunked":
+        chunk = 64
+        nch = max(1.0, L / chunk)
+        return Work(io * 1.2, b * L * d * N * 4 * c, 0, depth=chunk + nch, lanes=b * d * nch, launches=2)
+    raise KeyError(algorithm)
+
+
+def ssm2d(b, T, V, d, N, algorithm) -> Work:
+    io = b * T * V * d * 4 * 2
+    flops = b * T * V * d * N * 12
+    if algorithm == "sequential":
+        return Work(io, flops, 0, depth=T * V, lanes=b * d)
+    if algorithm == "wavefront":  # cells with t + v constant in parallel: T + V - 1 steps
+        diag = min(T, V)
+        return Work(io * 1.5, flops, 0, depth=T + V - 1, lanes=b * d * diag, launches=1)
+    if algorithm == "axis":  # only when the coupling terms vanish: two independent 1-D scans
+        return Work(io * 2, flops, 0, depth=max(T, V), lanes=b * d * min(T, V), launches=2)
+    raise KeyError(algorithm)
+
+
+def nested(b, L, d, k, algorithm) -> Work:
+    # GRC cell: W1 (2d -> 4d), W2 (4d -> 4d): 2*(8d^2 + 16d^2) flops per merge; about n merges.
+    cell = 2 * (8 + 16) * d * d
+    merges = b * L
+    levels_in = _log2(k)
+    outer = max(1.0, math.log(max(L, 2)) / math.log(max(k, 2)))
+    if algorithm == "tree":
+        return Work(b * L * d * 4 * 4, merges * cell, merges * 4 * d, depth=levels_in * outer,
+                    lanes=b * L * d / 2, launches=int(levels_in * outer) + 1, tensor_core=True)
+    if algorithm == "sequential":
+        return Work(b * L * d * 4 * 4, merges * cell, merges * 4 * d, depth=L, lanes=d, launches=L)
+    raise KeyError(algorithm)
+
+
+def recurrence(b, L, d_in, M, algorithm) -> Work:
+    return Work(b * L * (d_in + M) * 4, b * L * (M * M * 2 + M * d_in * 2), 0, depth=L, lanes=b * M)

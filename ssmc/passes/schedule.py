@@ -1,0 +1,37 @@
+"""schedule: the kernel knobs (tiles, chunk, warps, stages, channel block, vector width) of each
+SSM node: a tuned record's config when there is one, else the kernel family's defaults for the
+target."""
+
+from __future__ import annotations
+
+from ssmc.passes.rewrite import all_graphs
+from ssmc.passes.select_algorithm import family
+
+
+def default_config(fam: str, algorithm: str, target) -> dict:
+    """Per-target defaults; kept small and explicit so the tuner has an obvious starting point."""
+    if target.backend.startswith("tvm"):
+        return {"channel_block": 16, "vector_width": 16, "threads": target.units, "layout": "bld"}
+    cfg = {"BLOCK_D": 32, "num_warps": 4, "num_stages": 2}
+    if algorithm == "chunked":
+        cfg["CHUNK"] = 64
+    if algorithm == "associative":
+        cfg["BLOCK_L"] = 256
+    return cfg
+
+
+def run(graph, ctx):
+    for g in all_graphs(graph):
+        for node in g.nodes:
+            alg = node.meta.get("algorithm")
+            if alg is None:
+                continue
+            fam = family(node)
+            record = ctx.records.lookup(fam, node, g, ctx) if ctx.records is not None else None
+            if record and record.get("algorithm") == alg and record.get("config"):
+                node.meta["config"], node.meta["config_source"] = dict(record["config"]), "record"
+            else:
+                node.meta["config"] = default_config(fam, alg, ctx.target)
+                node.meta["config_source"] = "default"
+            node.meta["kernel"] = f"{fam}/{alg}"
+    return graph

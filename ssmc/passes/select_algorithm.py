@@ -1,0 +1,66 @@
+"""select_algorithm: per SSM node, the algorithm with the lowest estimated time on the target
+for the shape bucket (ssmc.costmodel), unless the spec asked for one or a tuned record says which
+one measured fastest."""
+
+from __future__ import annotations
+
+from ssmc import costmodel as cm
+from ssmc.passes.rewrite import all_graphs, concrete
+
+
+def _work(g, node, algorithm, b):
+    x = node.inputs.get("x") or node.inputs.get("u") or node.inputs.get("s")
+    shape = concrete(g, x, b)
+    op = node.OP
+    if op == "selective_ssm":
+        B, L, d = shape
+        if node.variant == "mamba1":
+            return cm.selective_mamba1(B, L, d, node.d_state, algorithm, cplx=node.complex)
+        if node.variant == "ssd":
+            h = node.heads
+            return cm.selective_ssd(B, L, h, d // h, node.d_state, algorithm, chunk=node.chunk_size or 64)
+        return cm.selective_dense(B, L, d, node.d_state, node.block, algorithm)
+    if op == "diagonal_ssm":
+        B, L, d = shape
+        return cm.diagonal(B, L, d, node.d_state, algorithm, cplx=node.complex)
+    if op == "ssm2d":
+        B, T, V, d = shape
+        return cm.ssm2d(B, T, V, d, node.d_state, algorithm)
+    if op == "nested_recursion":
+        B, L, d = shape
+        return cm.nested(B, L, d, node.chunk or 30, algorithm)
+    if op == "recurrence":
+        B, L, d_in = shape
+        return cm.recurrence(B, L, d_in, node.latent, algorithm)
+    raise KeyError(op)
+
+
+def family(node) -> str:
+    return node.OP + (f"/{node.variant}" if getattr(node, "variant", None) else "")
+
+
+def candidates(node) -> tuple:
+    algs = node.algorithms()
+    if node.OP == "ssm2d":
+        algs = tuple(a for a in algs if a != "axis")  # valid only when the couplings vanish
+    return algs
+
+
+def run(graph, ctx):
+    for g in all_graphs(graph):
+        for node in g.nodes:
+            if not node.ALGORITHMS or node.OP == "conv":
+                continue
+            ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a) for a in candidates(node)]
+            node.meta["costs"] = [e.row() for e in sorted(ests, key=lambda e: e.time_us)]
+            best = min(ests, key=lambda e: e.time_us)
+            record = ctx.records.lookup(family(node), node, g, ctx) if ctx.records is not None else None
+            if node.algorithm != "auto":
+                node.meta["algorithm"], node.meta["why"] = node.algorithm, "requested in the spec"
+            elif record and record.get("algorithm") in node.algorithms():
+                node.meta["algorithm"] = record["algorithm"]
+                node.meta["why"] = f"tuned record ({record.get('source', 'measured')})"
+            else:
+                node.meta["algorithm"] = best.algorithm
+                node.meta["why"] = f"cost model: {best.time_us:.1f} us, {best.bound}-bound"
+    return graph
