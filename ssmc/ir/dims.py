@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 MAX_DIM = 2**40  # bigger than any real tensor dimension; stops 10**10**10 and friends
-_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_][A-Za-z_0-9]*)|(\*\*|//|[-+*/%(),]))")
+MAX_TOKENS = 200  # real expressions are a few tokens; this bounds the tree depth (eval recurses)
+# [0-9], not \d: \d also matches other scripts' digits (int() would quietly accept them).
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|([A-Za-z_][A-Za-z_0-9]*)|(\*\*|//|[-+*/%(),]))")
 
 
 class DimError(ValueError):
@@ -69,16 +71,26 @@ class Sym(Expr):
         return self.name
 
 
+def _magnitude(v: Fraction) -> str:
+    """Rough size for a message; float(v) overflows for huge v, so go through the bit length."""
+    bits = abs(v.numerator).bit_length() - v.denominator.bit_length()
+    return f"{float(v):.3g}" if bits < 1000 else f"about 2**{bits}"
+
+
 def _checked(v: Fraction) -> Fraction:
-    if abs(v) > MAX_DIM:
-        raise DimError(f"value {float(v):.3g} is out of range (|value| <= 2**40)")
+    # Denominators are bounded too: 1/(x*x*...) with tiny x would otherwise blow up later.
+    if abs(v) > MAX_DIM or v.denominator > MAX_DIM:
+        what = _magnitude(v) if abs(v) > MAX_DIM else f"{_magnitude(v)} (denominator too large)"
+        raise DimError(f"value {what} is out of range (|value| <= 2**40)")
     return v
 
 
 def _pow(a: Fraction, b: Fraction) -> Fraction:
     if b.denominator != 1 or b < 0 or b > 64:
         raise DimError("'**' takes a whole exponent between 0 and 64")
-    if a != 0 and abs(a) > 1 and int(b) * math.log2(abs(float(a))) > 41:
+    # Bound the result's size before computing it (numerator and denominator: (1/3)**64 too).
+    # |a| < 2**(bits) where bits = bit_length, so (bits - 1) * b <= 41 keeps it under 2**105.
+    if int(b) * (max(abs(a.numerator).bit_length(), a.denominator.bit_length()) - 1) > 41:
         raise DimError("'**' result is out of range")
     return a ** int(b)
 
@@ -111,7 +123,8 @@ def _pow2(x: Fraction) -> Fraction:
 
 
 _FUNCS = {"ceil": (1, lambda x: Fraction(math.ceil(x))), "floor": (1, lambda x: Fraction(math.floor(x))),
-          "min": (None, min), "max": (None, max), "pow2": (1, _pow2)}
+          # min(*args), not min(args...): min(x) with one argument would iterate over x
+          "min": (None, lambda *a: min(a)), "max": (None, lambda *a: max(a)), "pow2": (1, _pow2)}
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,8 @@ class _Parser:
             num, name, op = m.groups()
             self.toks.append(("num", num) if num else ("name", name) if name else ("op", op))
             pos = m.end()
+            if len(self.toks) > MAX_TOKENS:
+                raise DimError(f"expression longer than {MAX_TOKENS} tokens")
         self.i = 0
         self.depth = 0
 
