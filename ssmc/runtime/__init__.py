@@ -1,0 +1,1 @@
+"""Runtime: compiled models, kernel dispatch, argument checks."""

@@ -1,0 +1,86 @@
+"""Which implementation runs a kernel family for a backend, and the backend for a tensor.
+
+The kernel modules are imported lazily: `import triton` or `import tvm` costs seconds, and a
+machine may have only one of them working."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+from ssmc.runtime.checks import ArgumentError
+
+# (family, algorithm, backend) -> "module:function"; the reference is the fallback of every family.
+KERNELS = {
+    ("selective_ssm/mamba1", "sequential", "triton"): "ssmc.codegen.triton.selective_scan.sequential:selective_scan_sequential",
+    ("selective_ssm/mamba1", "associative", "triton"): "ssmc.codegen.triton.selective_scan.associative:selective_scan_associative",
+    ("selective_ssm/mamba1", "chunked", "triton"): "ssmc.codegen.triton.selective_scan.chunked:selective_scan_chunked",
+    ("selective_ssm/mamba1", "sequential", "tvm"): "ssmc.codegen.tvm:selective_scan",
+    ("selective_ssm/ssd", "chunked", "triton"): "ssmc.codegen.triton.ssd.chunked:ssd_chunked",
+}
+REFERENCE = {
+    "selective_ssm/mamba1": "ssmc.semantics.selective:selective_scan_ref",
+    "selective_ssm/ssd": "ssmc.semantics.selective:ssd_ref",
+}
+# The algorithm each backend runs when the caller (an op call) did not pick one.
+DEFAULT_ALGORITHM = {("selective_ssm/mamba1", "triton"): "sequential",
+                     ("selective_ssm/mamba1", "tvm"): "sequential",
+                     ("selective_ssm/ssd", "triton"): "chunked",
+                     ("selective_ssm/ssd", "tvm"): "chunked"}
+
+
+def pick_backend(backend: str, like) -> str:
+    """'auto' -> triton on a GPU tensor, tvm on a CPU tensor."""
+    if backend != "auto":
+        if backend == "triton" and like.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ArgumentError("backend: 'triton' needs CUDA/ROCm tensors (or TRITON_INTERPRET=1 "
+                                "for the interpreter); these are on the cpu")
+        if backend == "tvm" and like.device.type not in ("cpu", "cuda"):
+            raise ArgumentError(f"backend: 'tvm' runs on cpu or cuda tensors, got {like.device}")
+        return backend
+    return "triton" if like.device.type == "cuda" else "tvm"
+
+
+def _load(path: str):
+    mod, fn = path.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(family: str, algorithm: str | None, backend: str, strict: bool = False):
+    """The function running `family` with `algorithm` on `backend`; the reference when there is
+    no such kernel (with one warning), or an error when `strict`."""
+    if backend == "reference":
+        return _load(REFERENCE[family])
+    algorithm = algorithm or DEFAULT_ALGORITHM.get((family, backend))
+    path = KERNELS.get((family, algorithm, backend))
+    if path is not None:
+        try:
+            return _load(path)
+        except (ImportError, AttributeError) as e:
+            if strict:
+                raise ArgumentError(f"backend: {backend} kernel for {family}/{algorithm} is unavailable: {e}") from None
+    elif strict:
+        raise ArgumentError(f"backend: no {backend} kernel for {family} ({algorithm}); "
+                            f"available: {sorted(k[2] for k in KERNELS if k[0] == family)} or 'reference'")
+    warnings.warn(f"ssmc: no {backend} kernel for {family}/{algorithm} here; running the eager reference",
+                  stacklevel=3)
+    return _load(REFERENCE[family])
+
+
+def available(family: str, algorithm: str, backend: str) -> bool:
+    return (family, algorithm, backend) in KERNELS
+
+
+def selective_scan_impl(backend: str, requested: str = "auto"):
+    return kernel("selective_ssm/mamba1", None, backend, strict=requested != "auto")
+
+
+def ssd_impl(backend: str, requested: str = "auto"):
+    fn = kernel("selective_ssm/ssd", None, backend, strict=requested != "auto")
+    if backend == "reference" or fn is _load(REFERENCE["selective_ssm/ssd"]):
+        # The oracle takes no chunk size: the result does not depend on it.
+        return lambda *a, chunk_size=None, **k: fn(*a, **k)
+    return fn
