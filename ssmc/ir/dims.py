@@ -286,7 +286,8 @@ def parse(value) -> Expr:
         return Num(_checked(Fraction(int(value))))
     if isinstance(value, str):
         return _Parser(value).parse()
-    raise DimError(f"expected a dimension (integer or expression), got {type(value).__name__} {value!r}")
+    kind = "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
+    raise DimError(f"expected a dimension (integer or expression), got {kind} {value!r}"[:200])
 
 
 def as_int(e: Expr, env: dict) -> int:

@@ -243,6 +243,7 @@ def _read_node(ctx, raw, loc, where: str) -> Op:
     node = cls(name=name, loc=raw.loc, locs=locs, given=frozenset(values), **values)
     if "algorithm" in raw:
         node.algorithm = _read_algorithm(ctx, node, raw["algorithm"], raw.value_loc("algorithm"), field_prefix)
+        node.locs["algorithm"] = raw.value_loc("algorithm")  # the verifier's rejections point here
     node.inputs = _read_inputs(ctx, node, raw.get("inputs"), raw.value_loc("inputs") if "inputs" in raw else raw.loc,
                                field_prefix)
     node.locs["inputs"] = raw.value_loc("inputs") if "inputs" in raw else raw.loc
@@ -275,6 +276,7 @@ def _read_inputs(ctx, node, v, loc, field_prefix) -> dict:
             raise ctx.err(loc, field, "expected at least one input")
         if len(lst) < 2 and node.OP != "repeat":
             raise ctx.err(loc, field, f"op '{node.OP}' takes at least two inputs")
+        node.locs.update({f"inputs.{i}": lst.item_loc(i) for i in range(len(lst))})
         return {str(i): _value_name(ctx, x, lst.item_loc(i), f"{field}[{i}]") for i, x in enumerate(lst)}
     ports, optional = node.ports(), node.optional_ports()
     allp = list(ports) + list(optional)
@@ -282,6 +284,7 @@ def _read_inputs(ctx, node, v, loc, field_prefix) -> dict:
         if len(v) < len(ports) or len(v) > len(allp):
             want = f"{len(ports)}" if not optional else f"{len(ports)} to {len(allp)}"
             raise ctx.err(loc, field, f"op '{node.OP}' takes {want} inputs ({', '.join(allp)}), got {len(v)}")
+        node.locs.update({f"inputs.{allp[i]}": v.item_loc(i) for i in range(len(v))})
         return {allp[i]: _value_name(ctx, x, v.item_loc(i), f"{field}[{i}]") for i, x in enumerate(v)}
     m = _expect(ctx, v, LocDict, loc, field)
     for k in m:
@@ -291,6 +294,8 @@ def _read_inputs(ctx, node, v, loc, field_prefix) -> dict:
     for p in ports:
         if p not in m:
             raise ctx.err(m.loc, f"{field}.{p}", f"missing required input of op '{node.OP}'")
+    # Per-port positions, so that a dangling name or a shape error points at the exact value.
+    node.locs.update({f"inputs.{k}": m.value_loc(k) for k in m})
     return {k: _value_name(ctx, x, m.value_loc(k), f"{field}.{k}") for k, x in m.items()}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ssmc.errors import SpecError, did_you_mean
+from ssmc.ir import dims as D
 from ssmc.ir.graph import Graph
 from ssmc.ir.ops import OPS, ShapeError
 
@@ -55,7 +56,7 @@ def _build(graph: Graph, block_inputs=None) -> None:
     for node in graph.nodes:
         for port, v in node.inputs.items():
             if v not in producer:
-                raise SpecError(node.locs["inputs"], _field(node, f"inputs.{port}"),
+                raise SpecError(node.locs.get(f"inputs.{port}", node.locs["inputs"]), _field(node, f"inputs.{port}"),
                                 f"'{v}' is not a graph input or the output of any node",
                                 did_you_mean(v, producer))
             g.add_edge(producer[v], node.name, value=v, port=port)
@@ -65,8 +66,10 @@ def _build(graph: Graph, block_inputs=None) -> None:
         cycle = None
     if cycle:
         names = [a for a, _ in cycle] + [cycle[0][0]]
-        first = graph.node(names[0]) if g.nodes[names[0]]["kind"] == "op" else None
-        loc = first.loc if first else None
+        # graph.g is not set yet: read the op from the local g.  Only ops can be on a cycle
+        # (graph inputs have no incoming edges); point at the inputs that close it.
+        first = g.nodes[names[0]]["op"]
+        loc = first.locs.get("inputs", first.loc)
         raise SpecError(loc, f"nodes.{names[0]}.inputs", "cycle: " + " -> ".join(names)
                         + " (a value cannot depend on itself; recurrences belong inside SSM nodes)")
     for i, v in enumerate(graph.outputs):
@@ -93,12 +96,28 @@ def _infer(graph: Graph, ctx, block_cache: dict) -> None:
         try:
             outs = node.infer(ins)
         except ShapeError as e:
-            field = e.port if e.port in node.attr_specs() else f"inputs.{e.port}"
-            loc = node.locs.get(e.port, node.locs.get("inputs", node.loc))
+            field = e.port if e.port in node.attr_specs() or e.port == "inputs" else f"inputs.{e.port}"
+            loc = node.locs.get(e.port) or node.locs.get(f"inputs.{e.port}") or node.locs.get("inputs", node.loc)
             raise SpecError(loc, _field(node, field), str(e)) from None
         for v, t in zip(node.outputs, outs):
             types[v] = t
+        if getattr(node, "tied", None):
+            _check_tied(graph, node, ins["x"])
     graph.types = types
+
+
+def _check_tied(graph: Graph, node, x) -> None:
+    """`tied: emb` shares emb's (num, dim) weight: it must be an embedding of this graph with
+    num == out and dim == the input's last axis (checked here, not first by the backend)."""
+    loc, field = node.locs.get("tied", node.loc), _field(node, "tied")
+    emb = next((n for n in graph.nodes if n.name == node.tied), None)
+    if emb is None or emb.OP != "embedding":
+        raise SpecError(loc, field, f"'{node.tied}' is not an embedding node of this graph",
+                        did_you_mean(node.tied, [n.name for n in graph.nodes if n.OP == "embedding"]))
+    if node.out != emb.num or not D.equal(x.shape[-1], D.parse(emb.dim)):
+        raise SpecError(loc, field, f"embedding '{emb.name}' is {emb.num} x {emb.dim}, but this linear maps "
+                                    f"{D.render(x.shape[-1])} -> {node.out}; a tied weight needs out == num, "
+                                    "in == dim")
 
 
 def _verify_block(graph: Graph, node, in_types: list, ctx, cache: dict) -> Graph:

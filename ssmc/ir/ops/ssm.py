@@ -111,11 +111,19 @@ class SelectiveSSM(Op):
         if self.dt_limit is not None and (len(self.dt_limit) != 2 or self.dt_limit[0] > self.dt_limit[1]):
             raise ShapeError("dt_limit", f"expected [lo, hi] with lo <= hi, got {self.dt_limit}")
         if self.start is not None:
-            bad = sorted(set(self.start) - {"k", "mode", "sigma", "ratio"})
+            # The same rules as semantics.modules_ssm (which raises ValueError): check them here,
+            # where the error can name the spec's line.
+            bad = sorted(set(self.start) - {"k", "mode", "sigma"})
             if bad:
-                raise ShapeError("start", f"unknown key '{bad[0]}' (expected k, ratio, mode, sigma)")
+                raise ShapeError("start", f"unknown key '{bad[0]}' (expected k, mode, sigma)")
+            k = self.start.get("k")
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ShapeError("start", f"k (tokens perturbed) must be an integer >= 0, got {k!r}")
             if self.start.get("mode", "noise") not in ("noise", "drop"):
                 raise ShapeError("start", f"mode must be 'noise' or 'drop', got {self.start.get('mode')!r}")
+            sigma = self.start.get("sigma", 0.1)
+            if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < float("inf"):
+                raise ShapeError("start", f"sigma must be a number >= 0, got {sigma!r}")
 
     def infer(self, ins):
         x = _seq(ins, "x")
