@@ -134,16 +134,17 @@ class GRCCell(nn.Module):
 
 
 class PairScorer(nn.Module):
-    """The beam tree's pair scorer: [l; r] (2d) -> d -> GELU -> 1."""
+    """The beam tree's pair scorer: [l; r] (2d) -> d -> GELU -> 1 (no output bias: see
+    semantics.nested.ScorerWeights)."""
 
     def __init__(self, d: int, device=None, dtype=None):
         super().__init__()
         fk = dict(device=device, dtype=dtype)
         self.w1 = nn.Linear(2 * d, d, **fk)
-        self.w2 = nn.Linear(d, 1, **fk)
+        self.w2 = nn.Linear(d, 1, bias=False, **fk)
 
     def weights(self) -> ScorerWeights:
-        return ScorerWeights(self.w1.weight, self.w1.bias, self.w2.weight, self.w2.bias)
+        return ScorerWeights(self.w1.weight, self.w1.bias, self.w2.weight)
 
 
 class NestedRecursion(nn.Module):

@@ -54,12 +54,15 @@ class GRCWeights(NamedTuple):
 
 
 class ScorerWeights(NamedTuple):
-    """Pair-scoring MLP of the beam tree: [l; r] (2d) -> h -> GELU -> 1."""
+    """Pair-scoring MLP of the beam tree: [l; r] (2d) -> h -> GELU -> 1.
+
+    No output bias: the scores only enter through log-softmax over pairs, which ignores a
+    shift, so such a bias could never train (the authors' nn.Linear carries a dead one).
+    """
 
     w1: torch.Tensor  # (h, 2d)
     b1: torch.Tensor  # (h,)
     w2: torch.Tensor  # (1, h)
-    b2: torch.Tensor  # (1,)
 
 
 def _cast(w, dtype):
@@ -77,7 +80,7 @@ def grc(l: torch.Tensor, r: torch.Tensor, w: GRCWeights) -> torch.Tensor:
 def pair_score(l: torch.Tensor, r: torch.Tensor, s: ScorerWeights) -> torch.Tensor:
     """Merge logit of the adjacent pair (l, r).  (..., d), (..., d) -> (...)."""
     h = F.gelu(F.linear(torch.cat([l, r], dim=-1), s.w1, s.b1))
-    return F.linear(h, s.w2, s.b2).squeeze(-1)
+    return F.linear(h, s.w2).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- vectorised inner
