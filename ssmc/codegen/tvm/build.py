@@ -1,0 +1,166 @@
+"""Compile TIR kernels with TVM, and keep them in an on-disk cache so a second process does not
+compile again.
+
+Cache key: kernel family, the kernel's static signature (its shape bucket: b and L are symbolic,
+so one build serves every batch and length), dtype, the target's full description, the schedule
+config, the ssmc version and a hash of the source of this package (so editing a builder
+invalidates old kernels).  Entries are shared libraries exported by TVM (`export_library`) and
+written atomically: a temporary file in the same directory, then `os.replace`, so concurrent
+processes never see half a file.  The directory is `$SSMC_CACHE_DIR/tvm`, default
+`~/.cache/ssmc/tvm`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import tvm
+
+import ssmc
+from ssmc.codegen.tvm.target import configure_thread_pool, target_key, target_kind
+
+CACHE_ENV = "SSMC_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssmc")
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash() -> str:
+    """Hash of every module of this backend: a changed builder or math library must not load a
+    kernel compiled from the old code."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for path in sorted(here.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(family: str, signature: dict, dtype: str, target, config: dict) -> str:
+    doc = {
+        "family": family,
+        "signature": signature,
+        "dtype": dtype,
+        "target": target_key(target),
+        "config": config,
+        "ssmc": ssmc.__version__,
+        "source": source_hash(),
+        "tvm": tvm.__version__,
+    }
+    text = json.dumps(doc, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class CacheStats:
+    compiled: int = 0     # built with tvm.compile in this process
+    disk_hits: int = 0    # loaded from a .so written earlier (by any process)
+    memory_hits: int = 0  # already loaded in this process
+
+
+@dataclass
+class Kernel:
+    """A loaded kernel: call it with tensors (DLPack, zero-copy)."""
+
+    function: Any
+    module: Any  # keeps the shared library alive
+    key: str
+    path: Path | None
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+
+@dataclass
+class KernelCache:
+    root: Path | None = None
+    stats: CacheStats = field(default_factory=CacheStats)
+    _loaded: dict = field(default_factory=dict)
+    _lock: Any = field(default_factory=threading.Lock)
+
+    def directory(self) -> Path:
+        return Path(self.root) if self.root is not None else cache_root() / "tvm"
+
+    def get(self, family: str, func_name: str, signature: dict, dtype: str, target,
+            config: dict, build: Callable[[], Any]) -> Kernel:
+        """The kernel for this key: from memory, else from disk, else built by `build()` (which
+        returns a PrimFunc), compiled for `target` and written to disk."""
+        configure_thread_pool()
+        key = cache_key(family, signature, dtype, target, config)
+        directory = self.directory()
+        with self._lock:
+            mem_key = (str(directory), key)
+            if mem_key in self._loaded:
+                self.stats.memory_hits += 1
+                return self._loaded[mem_key]
+            path = directory / f"{family}-{key}.so"
+            if path.is_file():
+                try:
+                    mod = tvm.runtime.load_module(str(path))
+                    kernel = Kernel(mod[func_name], mod, key, path)
+                    self.stats.disk_hits += 1
+                except Exception:  # a corrupt or foreign file: rebuild over it
+                    kernel = None
+            else:
+                kernel = None
+            if kernel is None:
+                kernel = self._compile_and_store(path, func_name, build, target, signature,
+                                                 config, family)
+            self._loaded[mem_key] = kernel
+            return kernel
+
+    def _compile_and_store(self, path: Path, func_name, build, target, signature, config,
+                           family) -> Kernel:
+        prim = build()
+        ex = tvm.compile(tvm.IRModule({func_name: prim}), target=target)
+        self.stats.compiled += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{family}-", suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            ex.export_library(tmp)
+            _write_atomic(path.with_suffix(".json"), json.dumps(
+                {"family": family, "signature": signature, "config": config,
+                 "target": target_key(target), "ssmc": ssmc.__version__,
+                 "source": source_hash()}, indent=1, sort_keys=True, default=str))
+            os.replace(tmp, path)
+        except Exception:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        mod = tvm.runtime.load_module(str(path))
+        return Kernel(mod[func_name], mod, path.stem.split("-", 1)[1], path)
+
+    def clear_memory(self) -> None:
+        """Forget loaded kernels (the next get() goes to disk): what a new process would see."""
+        with self._lock:
+            self._loaded.clear()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+DEFAULT_CACHE = KernelCache()
+
+
+def compile_source(prim, target, func_name: str) -> str:
+    """Device source of a kernel (CUDA C for a cuda target); needs no GPU."""
+    ex = tvm.compile(tvm.IRModule({func_name: prim}), target=target)
+    mod = ex.mod
+    if target_kind(target) == "llvm":
+        return mod.inspect_source("ll")
+    return mod.imports[0].inspect_source()

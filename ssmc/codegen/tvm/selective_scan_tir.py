@@ -1,0 +1,438 @@
+"""TIR builder for the Mamba-1 selective scan (MODELS.md section 2), for CPU and CUDA.
+
+The algorithm is written once, per channel ("lane"), in `_ScanAlgorithm`:
+
+    dt_t  = softplus(delta_t + delta_bias)  (or without softplus)
+    h_t   = exp(dt_t A) * h_{t-1} + dt_t B_t u_t       (N states, unrolled)
+    y_t   = <C_t, h_t> + D u_t ;  y_t *= silu(z_t)     (complex A: 2 Re<C, h>)
+
+and only the mapping of lanes onto the machine differs (`_CpuLanes`, `_CudaLanes`):
+
+* CPU: tasks of `channel_block` channels (parallel over batch x channel blocks); inside a
+  task every statement runs over the block as `T.vectorized` loops of `vector_width` lanes,
+  the sequence loop is serial, the N states sit in a local (N, block) buffer that LLVM keeps
+  in registers / fixed stack slots because all its indices are constants after unrolling.
+* CUDA: one channel per thread, `channel_block` threads per CUDA block, states in registers.
+
+Layouts: 'bld' (channels innermost: u/delta/z/y (b, L, d), B/C (b, L, g, N)) is what the
+compiled models use; 'bdl' reads mamba-ssm's (b, d, L) and (b, g, N, L) directly, staging
+`time_tile` steps of u/delta/z through a local tile so that global loads stay contiguous.
+b and L are symbolic (one build serves every batch and length), d, N, groups and the
+feature flags are compiled in (`ScanSignature`).
+
+Exps use tirmath.exp2 on A pre-scaled by log2(e) (the wrapper passes A2 = A * log2 e,
+transposed to (N, d) so that a block of channels loads it as one vector).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tvm.tirx as tir
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from ssmc.codegen.tvm import tirmath as M
+from ssmc.codegen.tvm.config import Config
+
+F32 = "float32"
+IDX = "int64"  # b, L and flat offsets: b * L * d may pass 2**31
+FUNC_NAME = "selective_scan"
+
+
+@dataclass(frozen=True)
+class ScanSignature:
+    """What a kernel is specialised on.  b_groups / c_groups: 0 = time-invariant (d, N),
+    g >= 1 = input-dependent with g groups ((b, g, N, L) in mamba-ssm's layout; shared B/C is
+    g = 1)."""
+
+    d: int
+    N: int
+    b_groups: int = 1
+    c_groups: int = 1
+    complex_a: bool = False
+    complex_b: bool = False
+    complex_c: bool = False
+    has_D: bool = False
+    has_z: bool = False
+    has_delta_bias: bool = False
+    delta_softplus: bool = False
+    has_initial_state: bool = False
+    return_last_state: bool = False
+    conj_pair: bool = True  # complex A: y = 2 Re<C, h> (mamba-ssm), else Re<C, h>
+
+    def __post_init__(self):
+        for g in (self.b_groups, self.c_groups):
+            if g < 0 or (g and self.d % g):
+                raise ValueError(f"groups {g} must divide d={self.d}")
+        if (self.complex_b or self.complex_c) and not self.complex_a:
+            raise ValueError("complex B/C need complex A")
+
+    @property
+    def partition_groups(self) -> int:
+        """Channel groups no task may straddle, so that B/C of one step are the same scalar
+        for every lane of a block (a broadcast, not a gather)."""
+        gs = [g for g in (self.b_groups, self.c_groups) if g > 0] or [1]
+        return math.lcm(*gs)
+
+
+def arg_names(sig: ScanSignature) -> list[str]:
+    """The kernel's arguments in order; the torch wrapper passes tensors under these names."""
+    names = ["u", "delta"]
+    names += ["A2_re", "A_im"] if sig.complex_a else ["A2"]
+    names += ["B_re", "B_im"] if sig.complex_b else ["B"]
+    names += ["C_re", "C_im"] if sig.complex_c else ["C"]
+    if sig.has_D:
+        names.append("D")
+    if sig.has_z:
+        names.append("z")
+    if sig.has_delta_bias:
+        names.append("delta_bias")
+    if sig.has_initial_state:
+        names.append("h0")
+    names.append("out")
+    if sig.return_last_state:
+        names.append("h_last")
+    return names
+
+
+# ----------------------------------------------------------------------------- lane mappings
+class _CpuLanes:
+    """A block of `count` channels processed by vector statements of `width` lanes."""
+
+    def __init__(self, count: int, width: int):
+        self.count = count
+        self.width = min(width, count)
+        self.groups = count // self.width
+        assert self.groups * self.width == count
+
+    def each(self, fn):
+        """Emit fn(lane) for every lane of the block, as vector statements."""
+        if self.groups == 1:
+            with T.vectorized(0, self.width) as v:
+                fn(v)
+            return
+        with T.unroll(0, self.groups) as k:
+            with T.vectorized(0, self.width) as v:
+                fn(k * self.width + v)
+
+
+class _CudaLanes:
+    """One channel per thread: the block's local buffers have a single lane."""
+
+    count = 1
+
+    def each(self, fn):
+        fn(tir.IntImm("int32", 0))
+
+
+# ----------------------------------------------------------------------------- the algorithm
+class _ScanAlgorithm:
+    """The per-channel math, independent of how lanes map onto hardware and of the layout."""
+
+    def __init__(self, sig: ScanSignature, config: Config, bufs: dict, b, L):
+        self.sig, self.cfg, self.bufs, self.b, self.L = sig, config, bufs, b, L
+        self.layout = config.layout
+        self.deg = config.exp_degree
+        # complex A with conjugate pairs: y = 2 Re<C, h> + D u
+        self._doubled = sig.complex_a and sig.conj_pair
+
+    # --- global tensor access ----------------------------------------------------------
+    def seq(self, name, bi, l, c):
+        """u / delta / z / out element of (batch bi, step l, channel c)."""
+        buf = self.bufs[name]
+        return buf[bi, l, c] if self.layout == "bld" else buf[bi, c, l]
+
+    def store_seq(self, name, bi, l, c, value):
+        idx = [bi, l, c] if self.layout == "bld" else [bi, c, l]
+        T.buffer_store(self.bufs[name], value, idx)
+
+    def bc(self, which, part, bi, l, c, n):
+        """B or C (which) real/imag part (part) for step l, channel c, state n."""
+        sig = self.sig
+        groups = sig.b_groups if which == "B" else sig.c_groups
+        cplx = sig.complex_b if which == "B" else sig.complex_c
+        name = f"{which}_{part}" if cplx else which
+        if part == "im" and not cplx:
+            return None
+        buf = self.bufs[name]
+        if groups == 0:  # time-invariant, passed transposed (N, d)
+            return buf[n, c]
+        g = c // (sig.d // groups) if groups > 1 else 0
+        return buf[bi, l, g, n] if self.layout == "bld" else buf[bi, g, n, l]
+
+    # --- the recurrence -----------------------------------------------------------------
+    def alloc_state(self, lanes):
+        shape = (self.sig.N, lanes.count)
+        st = {"re": T.alloc_buffer(shape, F32, scope="local")}
+        if self.sig.complex_a:
+            st["im"] = T.alloc_buffer(shape, F32, scope="local")
+        st["dt"] = T.alloc_buffer((lanes.count,), F32, scope="local")
+        st["du"] = T.alloc_buffer((lanes.count,), F32, scope="local")
+        st["y"] = T.alloc_buffer((lanes.count,), F32, scope="local")
+        return st
+
+    def init_state(self, lanes, st, bi, chan):
+        sig = self.sig
+
+        def body(n, i):
+            c = chan(i)
+            if sig.has_initial_state:
+                h0 = self.bufs["h0"]
+                if sig.complex_a:
+                    T.buffer_store(st["re"], h0[bi, c, n, 0], [n, i])
+                    T.buffer_store(st["im"], h0[bi, c, n, 1], [n, i])
+                else:
+                    T.buffer_store(st["re"], h0[bi, c, n], [n, i])
+            else:
+                T.buffer_store(st["re"], M.f32(0.0), [n, i])
+                if sig.complex_a:
+                    T.buffer_store(st["im"], M.f32(0.0), [n, i])
+
+        with T.unroll(0, sig.N) as n:
+            lanes.each(lambda i: body(n, i))
+
+    def save_state(self, lanes, st, bi, chan):
+        sig = self.sig
+        if not sig.return_last_state:
+            return
+        hl = self.bufs["h_last"]
+
+        def body(n, i):
+            c = chan(i)
+            if sig.complex_a:
+                T.buffer_store(hl, st["re"][n, i], [bi, c, n, 0])
+                T.buffer_store(hl, st["im"][n, i], [bi, c, n, 1])
+            else:
+                T.buffer_store(hl, st["re"][n, i], [bi, c, n])
+
+        with T.unroll(0, sig.N) as n:
+            lanes.each(lambda i: body(n, i))
+
+    def step_inputs(self, lanes, st, chan, load):
+        """dt = softplus(delta + bias), du = dt * u, y = D u: once per step and channel."""
+        sig = self.sig
+
+        def body(i):
+            c = chan(i)
+            x = load("delta", i)
+            if sig.has_delta_bias:
+                x = x + self.bufs["delta_bias"][c]
+            dt = M.bind(M.softplus(x, self.deg) if sig.delta_softplus else x)
+            u = M.bind(load("u", i))
+            T.buffer_store(st["dt"], dt, [i])
+            T.buffer_store(st["du"], dt * u, [i])
+            # D u starts the output sum, except where <C, h> is doubled afterwards
+            skip = sig.has_D and not self._doubled
+            T.buffer_store(st["y"], u * self.bufs["D"][c] if skip else M.f32(0.0), [i])
+
+        lanes.each(body)
+
+    def update(self, st, bi, l, c, n, i):
+        """One state n of one channel: h = exp(dt A) h + dt B u; y += C h."""
+        sig = self.sig
+        dt, du = st["dt"][i], st["du"][i]
+        b_re = self.bc("B", "re", bi, l, c, n)
+        c_re = self.bc("C", "re", bi, l, c, n)
+        if not sig.complex_a:
+            a = M.exp2(dt * self.bufs["A2"][n, c], self.deg)
+            h = M.bind(a * st["re"][n, i] + du * b_re)
+            T.buffer_store(st["re"], h, [n, i])
+            T.buffer_store(st["y"], st["y"][i] + h * c_re, [i])
+            return
+        # exp(dt (ar + i ai)) = exp(dt ar) (cos(dt ai) + i sin(dt ai))
+        mag = M.bind(M.exp2(dt * self.bufs["A2_re"][n, c], self.deg))
+        sin, cos = M.sincos(dt * self.bufs["A_im"][n, c])
+        a_re, a_im = M.bind(mag * cos), M.bind(mag * sin)
+        h_re, h_im = st["re"][n, i], st["im"][n, i]
+        b_im = self.bc("B", "im", bi, l, c, n)
+        new_re = M.bind(a_re * h_re - a_im * h_im + du * b_re)
+        new_im = a_re * h_im + a_im * h_re
+        new_im = M.bind(new_im + du * b_im if b_im is not None else new_im)
+        T.buffer_store(st["re"], new_re, [n, i])
+        T.buffer_store(st["im"], new_im, [n, i])
+        c_im = self.bc("C", "im", bi, l, c, n)
+        contrib = new_re * c_re if c_im is None else new_re * c_re - new_im * c_im
+        T.buffer_store(st["y"], st["y"][i] + contrib, [i])
+
+    def update_all(self, lanes, st, bi, l, chan):
+        N, U = self.sig.N, self.cfg.n_unroll
+        if U <= 0 or U >= N:
+            with T.unroll(0, N) as n:
+                lanes.each(lambda i: self.update(st, bi, l, chan(i), n, i))
+            return
+        U = math.gcd(N, U)
+        with T.serial(0, N // U) as no:
+            with T.unroll(0, U) as ni:
+                n = no * U + ni
+                lanes.each(lambda i: self.update(st, bi, l, chan(i), n, i))
+
+    def output(self, lanes, st, chan, load, store):
+        """y = (<C, h> + D u) * silu(z)."""
+        sig = self.sig
+
+        def body(i):
+            y = st["y"][i]
+            if self._doubled:
+                y = y * M.f32(2.0)
+                if sig.has_D:
+                    y = y + load("u", i) * self.bufs["D"][chan(i)]
+            if sig.has_z:
+                y = y * M.silu(load("z", i), self.deg)
+            store(i, y)
+
+        lanes.each(body)
+
+    def step(self, lanes, st, bi, l, chan, load, store):
+        self.step_inputs(lanes, st, chan, load)
+        self.update_all(lanes, st, bi, l, chan)
+        self.output(lanes, st, chan, load, store)
+
+    # --- a whole block over the sequence --------------------------------------------------
+    def run_block(self, lanes, bi, chan, tiled: bool):
+        st = self.alloc_state(lanes)
+        self.init_state(lanes, st, bi, chan)
+        if self.layout == "bdl" and tiled:
+            self._sequence_tiled(lanes, st, bi, chan)
+        else:
+            self._sequence_direct(lanes, st, bi, chan, 0, self.L)
+        self.save_state(lanes, st, bi, chan)
+
+    def _sequence_direct(self, lanes, st, bi, chan, start, stop):
+        with T.serial(start, stop) as l:
+            self.step(lanes, st, bi, l, chan,
+                      load=lambda name, i: self.seq(name, bi, l, chan(i)),
+                      store=lambda i, v: self.store_seq("out", bi, l, chan(i), v))
+
+    def _sequence_tiled(self, lanes, st, bi, chan):
+        """bdl: per tile of TL steps, copy u/delta/z rows (contiguous in L) into (TL, lanes)
+        tiles, scan the tile, write y back row by row; the last L % TL steps go direct."""
+        TL = self.cfg.time_tile
+        names = ["u", "delta"] + (["z"] if self.sig.has_z else [])
+        tiles = {nm: T.alloc_buffer((TL, lanes.count), F32, scope="local") for nm in names}
+        ytile = T.alloc_buffer((TL, lanes.count), F32, scope="local")
+        ntiles = self.L // TL
+        with T.serial(0, ntiles) as tb:
+            l0 = tb * TL
+            for nm in names:
+                with T.unroll(0, lanes.count) as i:
+                    with T.vectorized(0, TL) as t:
+                        T.buffer_store(tiles[nm], self.seq(nm, bi, l0 + t, chan(i)), [t, i])
+            with T.serial(0, TL) as t:
+                self.step(lanes, st, bi, l0 + t, chan,
+                          load=lambda name, i: tiles[name][t, i],
+                          store=lambda i, v: T.buffer_store(ytile, v, [t, i]))
+            with T.unroll(0, lanes.count) as i:
+                with T.vectorized(0, TL) as t:
+                    self.store_seq("out", bi, l0 + t, chan(i), ytile[t, i])
+        self._sequence_direct(lanes, st, bi, chan, ntiles * TL, self.L)
+
+
+# ----------------------------------------------------------------------------- the PrimFunc
+def _declare_args(sig: ScanSignature, layout: str, b, L) -> dict:
+    d, N = sig.d, sig.N
+    seq = (b, L, d) if layout == "bld" else (b, d, L)
+
+    def buf(shape):
+        # align=4: torch views may start anywhere; TVM would otherwise assume 64-byte
+        # alignment and emit aligned loads that fault on such views.
+        return T.buffer(shape, F32, align=4)
+
+    def bc_shape(groups):
+        if groups == 0:
+            return (N, d)
+        return (b, L, groups, N) if layout == "bld" else (b, groups, N, L)
+
+    state = (b, d, N, 2) if sig.complex_a else (b, d, N)
+    shapes = {"u": seq, "delta": seq, "A2": (N, d), "A2_re": (N, d), "A_im": (N, d),
+              "B": bc_shape(sig.b_groups), "B_re": bc_shape(sig.b_groups),
+              "B_im": bc_shape(sig.b_groups), "C": bc_shape(sig.c_groups),
+              "C_re": bc_shape(sig.c_groups), "C_im": bc_shape(sig.c_groups),
+              "D": (d,), "z": seq, "delta_bias": (d,), "h0": state, "out": seq,
+              "h_last": state}
+    return {nm: T.arg(nm, buf(shapes[nm])) for nm in arg_names(sig)}
+
+
+def build_selective_scan(sig: ScanSignature, config: Config, target_kind: str = "llvm"):
+    """The PrimFunc `selective_scan` for one signature and schedule."""
+    b = tir.Var("b", IDX)
+    L = tir.Var("L", IDX)
+    G = sig.partition_groups
+    dg = sig.d // G
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(FUNC_NAME)
+            T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
+            bufs = _declare_args(sig, config.layout, b, L)
+            alg = _ScanAlgorithm(sig, config, bufs, b, L)
+            if target_kind == "cuda":
+                _cuda_schedule(alg, config, b, G, dg)
+            else:
+                _cpu_schedule(alg, config, b, G, dg)
+    return ib.get()
+
+
+def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
+    cb = min(cfg.channel_block, dg)
+    vw = min(cfg.vector_width, cb)
+    cb = (cb // vw) * vw
+    nfull, rem = dg // cb, dg % cb
+    per_group = nfull + (1 if rem else 0)
+    per_batch = G * per_group
+    total = b * per_batch
+
+    def task(blk):
+        bi = M.bind(blk // per_batch)
+        r = M.bind(blk % per_batch)
+        g = r // per_group
+        j = M.bind(r % per_group)
+        c0 = M.bind(tir.Cast(IDX, g * dg + j * cb))
+
+        def full():
+            alg.run_block(_CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=True)
+
+        def tail():
+            # the channels left over when the group size is not a multiple of the block:
+            # same algorithm, one vector of `rem` lanes
+            alg.run_block(_CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=True)
+
+        if not rem:
+            full()
+        elif not nfull:
+            tail()
+        else:
+            with T.If(j < nfull):
+                with T.Then():
+                    full()
+                with T.Else():
+                    tail()
+
+    if cfg.threads <= 0:
+        with T.parallel(0, total) as blk:
+            task(blk)
+    else:
+        chunk = (total + cfg.threads - 1) // cfg.threads
+        with T.parallel(0, cfg.threads) as t:
+            with T.serial(0, chunk) as k:
+                blk = t * chunk + k
+                with T.If(blk < total):
+                    with T.Then():
+                        task(blk)
+
+
+def _cuda_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
+    tpb = max(1, min(cfg.channel_block, 1024))
+    per_group = (dg + tpb - 1) // tpb
+    per_batch = G * per_group
+    with T.thread_binding(0, b * per_batch, thread="blockIdx.x") as blk:
+        with T.thread_binding(0, tpb, thread="threadIdx.x") as tid:
+            bi = blk // per_batch
+            r = blk % per_batch
+            g = r // per_group
+            j = r % per_group
+            local = tir.Cast(IDX, j * tpb + tid)
+            c = tir.Cast(IDX, g * dg) + local
+            with T.If(local < dg):
+                with T.Then():
+                    alg.run_block(_CudaLanes(), bi, lambda i: c, tiled=False)
