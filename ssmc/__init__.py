@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from ssmc.errors import SpecError, SsmcError  # noqa: E402
 
-__all__ = ["__version__", "SpecError", "SsmcError", "load_spec"]
+__all__ = ["__version__", "SpecError", "SsmcError", "load_spec", "compile"]
 
 
 def load_spec(path_or_text, **kw):
@@ -12,3 +12,11 @@ def load_spec(path_or_text, **kw):
     from ssmc.ir.spec import load_spec as _load
 
     return _load(path_or_text, **kw)
+
+
+def compile(spec_or_path, target="auto", dtype=None, **kw):
+    """Compile a spec for a target ('auto' = this host) -> CompiledModel (an nn.Module with the
+    reference model's parameter names)."""
+    from ssmc.runtime.compiled import compile as _compile
+
+    return _compile(spec_or_path, target=target, dtype=dtype, **kw)

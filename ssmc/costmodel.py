@@ -50,7 +50,8 @@ def estimate(work: Work, target, algorithm: str) -> Estimate:
     flops_rate = (target.bf16_tflops if work.tensor_core else target.fp32_tflops) * 1e12 * util
     t_mem = work.bytes / (target.mem_bandwidth_gbs * 1e9)
     t_cmp = work.flops / flops_rate if flops_rate else 0.0
-    t_exp = work.exps / (target.exp_gops * 1e9 * util) if target.exp_gops else 0.0
+    exp_rate = target.exp_per_clk_per_unit * target.units * target.clock_ghz * 1e9  # exps per second
+    t_exp = work.exps / (exp_rate * util) if exp_rate else 0.0
     # The critical path: however many lanes there are, dependent steps run one after the other;
     # when there are more work items than lanes their steps interleave, which the throughput
     # bounds above already charge.

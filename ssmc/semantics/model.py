@@ -68,7 +68,7 @@ def _selective(graph, node):
     return SelectiveSSM(_last(graph, node), **kw)
 
 
-def _build_op(graph: Graph, node) -> nn.Module:
+def _build_op(graph: Graph, node, runner=None) -> nn.Module:
     """One node -> its module (parameters) ; forward(*inputs in port order) -> tensor or tuple."""
     op = node.OP
     if op == "embedding":
@@ -117,7 +117,7 @@ def _build_op(graph: Graph, node) -> nn.Module:
     if op == "mean":
         return _Fn(lambda x, a=node.axis: x.mean(dim=a))
     if op == "repeat":
-        return nn.ModuleList(GraphModule(node.body) for _ in range(node.times))
+        return nn.ModuleList(GraphModule(node.body, runner) for _ in range(node.times))
     if op == "diagonal_ssm":
         from ssmc.semantics.modules_ssm import DiagonalSSM
 
@@ -158,17 +158,21 @@ def _call(graph: Graph, node, mod: nn.Module, args: list):
 
 
 class GraphModule(nn.Module):
-    """Runs a verified graph eagerly, node by node in dependency order."""
+    """Runs a verified graph eagerly, node by node in dependency order.
 
-    def __init__(self, graph: Graph):
+    `runner(node, module, args)` may run a node some other way (a compiled kernel) and returns
+    NotImplemented to leave it to the reference; repeated blocks get the same runner."""
+
+    def __init__(self, graph: Graph, runner=None):
         super().__init__()
         self.graph = graph
+        self._runner = runner
         self._order = graph.topo_nodes()
         for node in self._order:
             if node.name in _RESERVED:
                 raise SpecError(node.loc, f"nodes.{node.name}.name",
                                 f"'{node.name}' is a reserved name in torch.nn.Module; rename the node")
-            self.add_module(node.name, _build_op(graph, node))
+            self.add_module(node.name, _build_op(graph, node, runner))
         for node in self._order:
             if node.OP == "linear" and node.tied:
                 src = getattr(self, node.tied, None)
@@ -192,7 +196,10 @@ class GraphModule(nn.Module):
             raise TypeError(f"missing input(s): {', '.join(missing)}")
         for node in self._order:
             ins = [env[v] for v in node.inputs.values()]
-            out = _call(self.graph, node, getattr(self, node.name), ins)
+            mod = getattr(self, node.name)
+            out = NotImplemented if self._runner is None else self._runner(node, mod, ins)
+            if out is NotImplemented:
+                out = _call(self.graph, node, mod, ins)
             outs = list(out) if isinstance(out, (tuple, list)) else [out]
             env.update(zip(node.outputs, outs))
         res = [env[v] for v in self.graph.outputs]

@@ -1,0 +1,81 @@
+"""`ssmc.compile`: a spec -> a CompiledModel, an nn.Module with the reference model's parameter
+names whose SSM nodes run the kernels the passes chose for the target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ssmc.ir.graph import Graph
+from ssmc.passes import PassContext, run_pipeline
+from ssmc.passes.select_algorithm import family
+from ssmc.runtime import executors
+from ssmc.semantics.model import GraphModule
+
+
+def backend_of(target) -> str:
+    return "tvm" if target.backend.startswith("tvm") else "triton"
+
+
+class _Runner:
+    """Maps a node (by identity) to its kernel; a plain object so nn.Module does not track it."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.plan = {}  # id(node) -> (executor, fn, config)
+
+    def add(self, node) -> str:
+        alg = node.meta.get("algorithm")
+        hit = executors.for_node(family(node), alg, self.backend) if alg else None
+        if hit is None:
+            return "reference"
+        self.plan[id(node)] = (hit[0], hit[1], node.meta.get("config", {}))
+        return f"{self.backend}:{node.meta.get('kernel')}"
+
+    def __call__(self, node, mod, args):
+        entry = self.plan.get(id(node))
+        if entry is None:
+            return NotImplemented
+        executor, fn, config = entry
+        return executor(node, mod, dict(zip(node.inputs, args)), fn, self.backend, config)
+
+
+class CompiledModel(GraphModule):
+    """The lowered graph run with compiled kernels where the target has them; the reference
+    elsewhere (and for gradients until the backward kernels land)."""
+
+    def __init__(self, graph: Graph, target, bindings: dict | None = None, records=None):
+        ctx = PassContext(target=target, bindings=dict(bindings or {"batch": 2, "seqlen": 1024}),
+                          records=records, dtype=graph.dtype)
+        lowered = run_pipeline(graph, ctx)
+        runner = _Runner(backend_of(target))
+        self.kernels = {}
+        for qname, node, _ in lowered.walk():
+            if node.ALGORITHMS and node.OP != "conv":
+                self.kernels[qname] = runner.add(node)
+        super().__init__(lowered, runner)
+        self.source_graph = graph
+        self.target = target
+        self.bindings = ctx.bindings
+
+    def summary(self) -> str:
+        lines = [f"{self.graph.name} compiled for {self.target.name}:"]
+        for qname, how in self.kernels.items():
+            lines.append(f"  {qname:<24} {how}")
+        return "\n".join(lines)
+
+
+def compile(spec_or_path, target="auto", dtype=None, *, seqlen: int = 1024, batch: int = 2,
+            records=None, device=None) -> CompiledModel:
+    """Compile a spec (path, YAML text or Graph) for a target ('auto' = this host)."""
+    from ssmc.ir.spec import load_spec
+    from ssmc.targets import detect_host, load_target
+
+    graph = spec_or_path if isinstance(spec_or_path, Graph) else load_spec(
+        Path(spec_or_path) if isinstance(spec_or_path, Path) else spec_or_path)
+    if dtype is not None:
+        graph.dtype = str(dtype).replace("torch.", "")
+    tgt = detect_host() if target == "auto" else (load_target(target) if isinstance(target, str) else target)
+    with torch.device(device or "cpu"):
+        return CompiledModel(graph, tgt, {"batch": batch, "seqlen": seqlen}, records)

@@ -1,0 +1,71 @@
+"""Running an SSM node with a compiled kernel: read the node's parameters from its module, put
+the activations in the layout the kernel takes, call it.  One function per node family."""
+
+from __future__ import annotations
+
+import torch
+
+from ssmc.runtime import dispatch
+
+
+def _grad_needed(mod, args) -> bool:
+    """The forward kernels have no backward yet: gradients go through the reference."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p.requires_grad for p in mod.parameters()) or any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
+    if _grad_needed(mod, ins.values()) or (mod.start is not None and mod.training):
+        return NotImplemented
+    x, delta, B, C = ins["x"], ins["delta"], ins["B"], ins["C"]
+    z, h0 = ins.get("z"), ins.get("initial_state")
+    b, L, d = x.shape
+    g, N = mod.groups, mod.d_state
+    kw = dict(D=mod.D, delta_bias=mod.delta_bias, delta_softplus=mod.delta_softplus,
+              return_last_state=node.final_state, initial_state=h0, conj_pair=mod.conj_pair)
+    if backend == "tvm":  # channels-last end to end: no transposes
+        out = fn(x, delta, mod.A(), B.reshape(b, L, g, N), C.reshape(b, L, g, N), z=z,
+                 layout="bld", **kw)  # the kernel's own per-target defaults until tuned configs map in
+        return out
+    Bs = B.reshape(b, L, g, N).permute(0, 2, 3, 1)
+    Cs = C.reshape(b, L, g, N).permute(0, 2, 3, 1)
+    if g == 1:
+        Bs, Cs = Bs[:, 0], Cs[:, 0]
+    out = fn(x.transpose(1, 2), delta.transpose(1, 2), mod.A(), Bs, Cs,
+             z=None if z is None else z.transpose(1, 2), **kw)
+    if node.final_state:
+        return out[0].transpose(1, 2), out[1]
+    return out.transpose(1, 2)
+
+
+def ssd(node, mod, ins: dict, fn, backend: str, config: dict):
+    if _grad_needed(mod, ins.values()):
+        return NotImplemented
+    x, dt, B, C = ins["x"], ins["dt"], ins["B"], ins["C"]
+    z, h0 = ins.get("z"), ins.get("initial_state")
+    b, L, d = x.shape
+    h, p, g, n = mod.heads, mod.head_dim, mod.groups, mod.d_state
+    out = fn(x.reshape(b, L, h, p), dt, mod.A(), B.reshape(b, L, g, n), C.reshape(b, L, g, n),
+             chunk_size=node.chunk_size or config.get("CHUNK", 64), D=mod.D,
+             z=None if z is None else z.reshape(b, L, h, p), dt_bias=mod.dt_bias,
+             initial_states=h0, dt_softplus=mod.dt_softplus, dt_limit=mod.dt_limit,
+             return_final_states=node.final_state)
+    if node.final_state:
+        return out[0].reshape(b, L, d), out[1]
+    return out.reshape(b, L, d)
+
+
+EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd}
+
+
+def for_node(family: str, algorithm: str, backend: str):
+    """(executor, kernel function) when a compiled kernel runs this node, else None."""
+    if family not in EXECUTORS or not dispatch.available(family, algorithm, backend):
+        return None
+    try:
+        fn = dispatch.kernel(family, algorithm, backend, strict=True)
+    except Exception:  # a backend that does not import here: the reference runs instead
+        return None
+    return EXECUTORS[family], fn
