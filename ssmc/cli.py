@@ -137,6 +137,79 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def _target(name: str):
+    from ssmc.targets import detect_host, load_target
+
+    return detect_host() if name in ("auto", "host") else load_target(name)
+
+
+def cmd_explain(args) -> int:
+    from ssmc.ir.printer import format_graph
+    from ssmc.ir.spec import load_spec
+    from ssmc.passes import PassContext, run_pipeline
+
+    g = load_spec(args.spec)
+    target = _target(args.target)
+    ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype)
+    print(f"# {g.name} for {target.name} ({target.backend}), " + ", ".join(f"{k}={v}" for k, v in ctx.bindings.items()))
+    print("\n== parsed ==")
+    print(format_graph(g, costs=False))
+
+    def trace(name, graph):
+        if args.all_passes or name == "schedule":
+            print(f"\n== after {name} ==")
+            print(format_graph(graph, costs=name in ("select_algorithm", "schedule")))
+
+    out = run_pipeline(g, ctx, trace=trace)
+    print("\n== decisions ==")
+    for qname, node, _ in out.walk():
+        if "algorithm" in node.meta:
+            print(f"  {qname:<26} {node.meta['algorithm']:<12} {node.meta['why']}")
+    return 0
+
+
+def _median_time(fn, repeats: int) -> float:
+    import statistics
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    import ssmc
+    from ssmc.semantics.inputs import random_inputs
+    from ssmc.semantics.model import build_reference
+
+    target = _target(args.target)
+    t0 = time.perf_counter()
+    model = ssmc.compile(args.spec, target=target, seqlen=args.seqlen, batch=args.batch).eval()
+    print(model.summary())
+    torch.manual_seed(0)
+    ref = build_reference(model.source_graph).eval()
+    model.load_state_dict(ref.state_dict())
+    inputs = random_inputs(model.source_graph, _bindings(args))
+    with torch.no_grad():
+        out = model(**inputs)  # first call builds (or loads from the cache) the kernels
+        print(f"compile + first run: {time.perf_counter() - t0:.1f} s")
+        want = ref(**inputs)
+        err = (out.float() - want.float()).abs().max().item()
+        scale = want.float().abs().max().item()
+        ok = err <= 2e-3 + 6e-4 * scale
+        print(f"check vs eager reference: max |diff| {err:.3g} (output max {scale:.3g}) -> {'OK' if ok else 'MISMATCH'}")
+        t_ref = _median_time(lambda: ref(**inputs), args.repeats)
+        t_cmp = _median_time(lambda: model(**inputs), args.repeats)
+    print(f"forward, batch {args.batch}, seqlen {args.seqlen}, median of {args.repeats}:")
+    print(f"  eager PyTorch reference {t_ref * 1e3:9.1f} ms")
+    print(f"  ssmc ({target.name})       {t_cmp * 1e3:9.1f} ms   {t_ref / t_cmp:6.1f}x faster")
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ssmc", description="Compile and tune state-space-model graphs.")
     from ssmc import __version__
@@ -158,6 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--backward", action="store_true", help="also time a backward pass")
     r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("explain", help="print the graph after each pass and the algorithm choices")
+    e.add_argument("spec", metavar="SPEC")
+    e.add_argument("--target", default="auto", help="a name from `ssmc targets`, or auto (this host)")
+    e.add_argument("--batch", type=_positive, default=2)
+    e.add_argument("--seqlen", type=_positive, default=1024)
+    e.add_argument("--dim", type=_dim_binding, action="append", metavar="NAME=VALUE")
+    e.add_argument("--all-passes", action="store_true", help="print the graph after every pass")
+    e.set_defaults(fn=cmd_explain)
+
+    d = sub.add_parser("demo", help="compile a model for this host, check it, time it against eager")
+    d.add_argument("spec", metavar="SPEC", nargs="?", default="ir/mamba.yaml")
+    d.add_argument("--target", default="auto")
+    d.add_argument("--batch", type=_positive, default=2)
+    d.add_argument("--seqlen", type=_positive, default=2048)
+    d.add_argument("--dim", type=_dim_binding, action="append", metavar="NAME=VALUE")
+    d.add_argument("--repeats", type=_positive, default=3)
+    d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("targets", help="list the target descriptors in targets/")
     t.set_defaults(fn=cmd_targets)
