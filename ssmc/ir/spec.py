@@ -66,10 +66,10 @@ def _ident(ctx, v, loc, field) -> str:
 
 # ---- dims --------------------------------------------------------------------------------------
 
-def _read_dims(ctx: _Ctx, m) -> None:
+def _read_dims(ctx: _Ctx, m, loc: Loc) -> None:
     if m is None:
         return
-    m = _expect(ctx, m, LocDict, Loc(ctx.file), "dims")
+    m = _expect(ctx, m, LocDict, loc, "dims")
     exprs = {}
     for name, value in m.items():
         _ident(ctx, name, m.key_loc(name), "dims")
@@ -90,7 +90,8 @@ def _read_dims(ctx: _Ctx, m) -> None:
         if name in ctx.consts:
             return
         if state.get(name) == "visiting":
-            raise ctx.err(m.value_loc(name), f"dims.{name}", "cyclic definition: " + " -> ".join(chain + [name]))
+            raise ctx.err(m.value_loc(name), f"dims.{name}", "cyclic definition: "
+                          + " -> ".join(chain[chain.index(name):] + [name]))  # the cycle, not the way in
         state[name] = "visiting"
         for s in sorted(exprs[name].symbols()):
             if s in ctx.symbolic:
@@ -170,8 +171,8 @@ def _float(ctx, v, loc, field) -> float:
         f = float(v)  # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as a number
     except (ValueError, OverflowError):
         raise ctx.err(loc, field, f"expected a number, got {v!r}"[:200]) from None
-    if math.isnan(f):
-        raise ctx.err(loc, field, "expected a number, got NaN")
+    if not math.isfinite(f):  # no attribute means infinity or NaN; they would only poison the math
+        raise ctx.err(loc, field, f"expected a finite number, got {f}")
     return f
 
 
@@ -375,7 +376,7 @@ def load_spec(source, *, verify: bool = True) -> Graph:
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ctx.err(top.value_loc("dtype"), "dtype", f"expected float32, float16 or bfloat16, got {dtype!r}"[:200],
                       did_you_mean(dtype, ("float32", "float16", "bfloat16")) if isinstance(dtype, str) else None)
-    _read_dims(ctx, top.get("dims"))
+    _read_dims(ctx, top.get("dims"), top.value_loc("dims"))
 
     inputs_raw = _expect(ctx, top["inputs"], LocDict, top.value_loc("inputs"), "inputs")
     if not inputs_raw:
@@ -383,7 +384,9 @@ def load_spec(source, *, verify: bool = True) -> Graph:
     inputs = {_ident(ctx, k, inputs_raw.key_loc(k), "inputs"): _read_tensor_type(ctx, v, inputs_raw.value_loc(k), f"inputs.{k}")
               for k, v in inputs_raw.items()}
 
-    blocks_raw = top.get("blocks") or LocDict()
+    blocks_raw = top.get("blocks")
+    if blocks_raw is None:  # absent or empty (`blocks:`); `blocks: 0` or `[]` are errors below
+        blocks_raw = LocDict()
     blocks_raw = _expect(ctx, blocks_raw, LocDict, top.value_loc("blocks") if "blocks" in top else top.loc, "blocks")
     block_defs = {}
     for bname, braw in blocks_raw.items():

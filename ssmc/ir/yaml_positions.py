@@ -76,12 +76,19 @@ _PositionSafeLoader.add_constructor("tag:yaml.org,2002:seq", _PositionSafeLoader
 
 def load_yaml(text: str, filename: str = "<spec>"):
     """Parse YAML text with positions; YAML syntax errors become SpecErrors with file:line."""
-    loader = _PositionSafeLoader(text)
-    loader.filename = filename
+    loader = None
     try:
+        # The constructor already scans the text (non-printable characters raise ReaderError).
+        loader = _PositionSafeLoader(text)
+        loader.filename = filename
         return loader.get_single_data()
     except SpecError:
         raise
+    except yaml.reader.ReaderError as e:  # no mark, only a character offset
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise SpecError(Loc(filename, line, col), "<yaml>",
+                        f"not valid YAML: character {e.character:#x} is not allowed") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         loc = _loc(filename, mark) if mark else Loc(filename, 1, 1)
@@ -91,4 +98,5 @@ def load_yaml(text: str, filename: str = "<spec>"):
     except RecursionError:
         raise SpecError(Loc(filename, 1, 1), "<yaml>", "nesting too deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

@@ -69,6 +69,8 @@ class LongConv(Op):
     def validate(self):
         if self.length < 1:
             raise ShapeError("length", f"must be >= 1, got {self.length}")
+        if self.tr <= 0:
+            raise ShapeError("tr", f"seconds per step must be > 0, got {self.tr}")
 
     def infer(self, ins):
         expect_rank(ins["x"], "x", 3)
@@ -98,6 +100,10 @@ Silu, Gelu, Relu, Sigmoid, Tanh, Softplus, Exp, Identity = (
 class RMSNorm(Op):
     OP: ClassVar[str] = "rmsnorm"
     eps: float = attr("float", 1e-5)
+
+    def validate(self):
+        if self.eps <= 0:
+            raise ShapeError("eps", f"must be > 0, got {self.eps}")
 
     def infer(self, ins):
         expect_float(ins["x"], "x")
