@@ -14,7 +14,8 @@ from ssmc.ir.ops import OPS
 from ssmc.ir.ops.base import Op
 from ssmc.ir.yaml_positions import LocDict, LocList, load_yaml
 
-TOP_KEYS = ("name", "description", "dims", "inputs", "blocks", "nodes", "outputs", "scaling", "dtype")
+TOP_KEYS = ("name", "description", "dims", "inputs", "blocks", "nodes", "outputs", "scaling", "mup_base",
+            "dtype")
 NODE_KEYS = ("name", "op", "inputs", "outputs", "algorithm")
 BLOCK_KEYS = ("inputs", "nodes", "outputs")
 PREDECLARED_SYMBOLIC = ("batch", "seqlen")
@@ -66,7 +67,7 @@ def _ident(ctx, v, loc, field) -> str:
 
 # ---- dims --------------------------------------------------------------------------------------
 
-def _read_dims(ctx: _Ctx, m, loc: Loc) -> None:
+def _read_dims(ctx: _Ctx, m, loc: Loc, overrides: dict | None = None) -> None:
     if m is None:
         return
     m = _expect(ctx, m, LocDict, loc, "dims")
@@ -83,6 +84,8 @@ def _read_dims(ctx: _Ctx, m, loc: Loc) -> None:
             exprs[name] = D.parse(value)
         except D.DimError as e:
             raise ctx.err(m.value_loc(name), f"dims.{name}", str(e)) from None
+    for name, value in (overrides or {}).items():  # e.g. the base widths of a muP model
+        exprs[name] = D.parse(int(value))
     # Resolve in dependency order; report unknown names and cycles.
     state: dict = {}
 
@@ -346,8 +349,28 @@ def _read_graph_body(ctx, m: LocDict, where: str, blocks: dict):
     return nodes, outputs, outs_loc
 
 
-def load_spec(source, *, verify: bool = True) -> Graph:
-    """Read a spec from a path (str or Path ending in .yaml/.yml) or from YAML text."""
+def _read_mup_base(ctx, top) -> dict:
+    """`mup_base: {dim: value}`: the widths at which the muP multipliers are 1."""
+    if "mup_base" not in top:
+        if top.get("scaling") == "mup":
+            raise ctx.err(top.key_loc("scaling"), "mup_base", "scaling: mup needs mup_base, the base "
+                          "widths (e.g. mup_base: {d_model: 64})")
+        return {}
+    m = _expect(ctx, top["mup_base"], LocDict, top.value_loc("mup_base"), "mup_base")
+    out = {}
+    for k, v in m.items():
+        if k not in ctx.consts:
+            raise ctx.err(m.key_loc(k), f"mup_base.{k}", "not a constant dim of this spec",
+                          did_you_mean(k, list(ctx.consts)) if isinstance(k, str) else None)
+        out[k] = _const_dim(ctx, v, m.value_loc(k), f"mup_base.{k}")
+        if out[k] < 1:
+            raise ctx.err(m.value_loc(k), f"mup_base.{k}", f"must be >= 1, got {out[k]}")
+    return out
+
+
+def load_spec(source, *, verify: bool = True, dims: dict | None = None) -> Graph:
+    """Read a spec from a path (str or Path ending in .yaml/.yml) or from YAML text.  `dims`
+    overrides constant dims (the muP base model is the same spec at its base widths)."""
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
                                     and source.endswith((".yaml", ".yml"))):
         path = Path(source)
@@ -376,7 +399,8 @@ def load_spec(source, *, verify: bool = True) -> Graph:
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ctx.err(top.value_loc("dtype"), "dtype", f"expected float32, float16 or bfloat16, got {dtype!r}"[:200],
                       did_you_mean(dtype, ("float32", "float16", "bfloat16")) if isinstance(dtype, str) else None)
-    _read_dims(ctx, top.get("dims"), top.value_loc("dims"))
+    _read_dims(ctx, top.get("dims"), top.value_loc("dims"), dims)
+    mup_base = _read_mup_base(ctx, top)
 
     inputs_raw = _expect(ctx, top["inputs"], LocDict, top.value_loc("inputs"), "inputs")
     if not inputs_raw:
@@ -411,6 +435,8 @@ def load_spec(source, *, verify: bool = True) -> Graph:
                   outputs=outputs, nodes=nodes, description=desc, scaling=scaling, dtype=dtype, file=file)
     graph.outputs_loc = outs_loc
     graph.block_defs = blocks
+    graph.mup_base = mup_base
+    graph.source = source
     if verify:
         from ssmc.ir.verify import verify as _verify
 

@@ -184,6 +184,31 @@ class GraphModule(nn.Module):
                                     f"shape {tuple(src.weight.shape)} of '{node.tied}' does not match "
                                     f"{tuple(getattr(self, node.name).weight.shape)}")
                 getattr(self, node.name).weight = src.weight
+        self.lr_multipliers = {}  # parameter name -> muP learning-rate multiplier
+        if getattr(graph, "mup_base", None):
+            self._apply_mup(graph)
+
+    def _apply_mup(self, graph: Graph) -> None:
+        """Rescale the init against the same spec at its base widths (MODELS.md section 9)."""
+        from ssmc.ir.spec import load_spec
+        from ssmc.semantics.mup import apply_mup
+
+        base_graph = load_spec(graph.source, dims=graph.mup_base)
+        base_graph.mup_base = {}
+        with torch.device("meta"):
+            base = GraphModule(base_graph)
+        for group in apply_mup(self, base=base, lr=1.0):
+            for name in group["mup_names"]:
+                self.lr_multipliers[name] = group["lr_mult"]
+
+    def param_groups(self, lr: float) -> list:
+        """Optimizer parameter groups: one per muP learning-rate multiplier (one group when the
+        spec uses standard scaling)."""
+        groups: dict = {}
+        for name, p in self.named_parameters():
+            mult = self.lr_multipliers.get(name, 1.0)
+            groups.setdefault(mult, {"params": [], "lr": lr * mult, "lr_mult": mult})["params"].append(p)
+        return list(groups.values())
 
     def forward(self, *args, **kwargs):
         names = list(self.graph.inputs)
