@@ -64,7 +64,8 @@ def _selective(graph, node):
                   dt_bias=node.delta_bias, chunk_size=node.chunk_size,
                   dt_limit=tuple(node.dt_limit) if node.dt_limit else (0.0, float("inf")))
     else:
-        kw.update(block=node.block, transition=node.transition, d_out=node.out)
+        kw.update(block_size=node.block, transition=node.transition, D=node.D,
+                  scan="assoc" if node.algorithm == "associative" else "sequential")
     return SelectiveSSM(_last(graph, node), **kw)
 
 

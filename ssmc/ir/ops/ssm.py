@@ -58,7 +58,7 @@ _VARIANT_ATTRS = {
                "dt_max", "D", "final_state"},
     "ssd": {"heads", "groups", "dt_limit", "chunk_size", "delta_bias", "delta_softplus", "dt_min",
             "dt_max", "D", "final_state"},
-    "dense": {"block", "transition", "out"},
+    "dense": {"block", "transition", "D"},
 }
 
 
@@ -87,7 +87,6 @@ class SelectiveSSM(Op):
     dt_limit: list = attr("floats", optional=True, doc="ssd: [lo, hi] clamp of dt")
     block: int = attr("dim", optional=True, doc="dense: block size of a block-diagonal transition")
     transition: str = attr("str", "linear", choices=("linear", "expm"), doc="dense: A(x) form")
-    out: int = attr("dim", optional=True, doc="dense: output width (default: input width)")
 
     def ports(self):
         return {"mamba1": ("x", "delta", "B", "C"), "ssd": ("x", "dt", "B", "C"),
@@ -131,7 +130,7 @@ class SelectiveSSM(Op):
         if self.variant == "dense":
             if self.block and int(self.d_state) % int(self.block):
                 raise ShapeError("block", f"d_state {self.d_state} is not a multiple of block {self.block}")
-            return [with_last(x, self.out or d)]
+            return [x]
         gn = num(self.groups * self.d_state)
         for port in ("B", "C"):
             t = _seq(ins, port)
