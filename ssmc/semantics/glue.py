@@ -134,7 +134,8 @@ class LongConv(nn.Module):
             raise ValueError(f"method must be 'fft' or 'direct', got {method!r}")
         if not tr > 0:
             raise ValueError(f"tr must be positive, got {tr!r}")
-        self.channels, self.length, self.init, self.method, self.tr = channels, length, init, method, tr
+        self.channels, self.length = channels, length
+        self.init, self.method, self.tr = init, method, tr
         self.kernel = nn.Parameter(torch.empty(channels, length, device=device, dtype=dtype))
         self.reset_parameters()
 

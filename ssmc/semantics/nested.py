@@ -134,8 +134,10 @@ def beam_reduce(x: torch.Tensor, mask: torch.Tensor, w: GRCWeights, scorer: Scor
         parent = torch.div(flat, k1, rounding_mode="floor")
         j = top_j.reshape(n, beam * k1).gather(1, flat)  # chosen pair per new beam
         src = seq.gather(1, parent[..., None, None].expand(n, beam, L, d))
-        pick = lambda idx: src.gather(2, idx[..., None, None].expand(n, beam, 1, d)).squeeze(2)  # noqa: E731
-        merged = grc(pick(j), pick(j + 1), w)  # (n, B, d)
+        def node(idx):  # src[:, :, idx] per (row, beam) -> (n, B, d)
+            return src.gather(2, idx[..., None, None].expand(n, beam, 1, d)).squeeze(2)
+
+        merged = grc(node(j), node(j + 1), w)
         # new position i holds src[i] left of the pair, the merge at j, src[i + 1] right of it
         ii = jj[None, None, :]
         take = ii + (ii > j[..., None]).long()
@@ -153,7 +155,8 @@ def _check(inner, chunk, beam, scorer):
     if inner not in INNER:
         raise ValueError(f"inner must be one of {INNER}, got {inner!r}")
     if not isinstance(chunk, int) or chunk < 2:
-        raise ValueError(f"chunk must be an int >= 2 (k = 1 never shrinks the sequence), got {chunk!r}")
+        raise ValueError(f"chunk must be an int >= 2 (k = 1 never shrinks the sequence), "
+                         f"got {chunk!r}")
     if inner == "beam":
         if not isinstance(beam, int) or beam < 1:
             raise ValueError(f"beam must be a positive int, got {beam!r}")

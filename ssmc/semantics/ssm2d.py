@@ -68,7 +68,8 @@ def _cell_param(p: torch.Tensor, name: str) -> torch.Tensor:
         return p.unsqueeze(3)
     if p.dim() == 5:
         return p
-    raise ValueError(f"{name}: expected (d, N), (b, T, V, N) or (b, T, V, d, N), got {tuple(p.shape)}")
+    raise ValueError(f"{name}: expected (d, N), (b, T, V, N) or (b, T, V, d, N), "
+                     f"got {tuple(p.shape)}")
 
 
 def _cell_dt(dt: torch.Tensor, name: str) -> torch.Tensor:
@@ -95,17 +96,12 @@ def discretize(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v) -> Coeffs:
     return Coeffs(a1, a2, a3, a4, b1, b2, _cell_param(f(C1), "C1"), _cell_param(f(C2), "C2"))
 
 
-def _full(c: torch.Tensor, shape) -> torch.Tensor:
-    """Broadcast a coefficient to the full (b, T, V, d, N) grid so cells can be indexed."""
-    return c.expand(shape)
-
-
 def _loop_one_direction(x: torch.Tensor, k: Coeffs, reverse: bool) -> torch.Tensor:
     """The double loop; reverse=True walks v from V-1 down, h2 carried from v+1."""
     b, T, V, d = x.shape
     N = k.a1.shape[-1]
     shape = (b, T, V, d, N)
-    k = Coeffs(*(_full(c, shape) for c in k))
+    k = Coeffs(*(c.expand(shape) for c in k))  # full grid, so that cells can be indexed
     zero = x.new_zeros(b, d, N)
     v_order = range(V - 1, -1, -1) if reverse else range(V)
     step = 1 if reverse else -1  # offset of the v-neighbour a cell reads
@@ -129,14 +125,14 @@ def _wavefront_forward(x: torch.Tensor, k: Coeffs) -> torch.Tensor:
     b, T, V, d = x.shape
     N = k.a1.shape[-1]
     shape = (b, T, V, d, N)
-    k = Coeffs(*(_full(c, shape) for c in k))
+    k = Coeffs(*(c.expand(shape) for c in k))  # full grid, so that cells can be indexed
     tt = torch.arange(T, device=x.device)
     h1 = x.new_zeros(b, T, d, N)  # diagonal s - 1; entries of cells off the grid stay zero
     h2 = x.new_zeros(b, T, d, N)
     ys = []
     for s in range(T + V - 1):
         vv = s - tt
-        valid = ((vv >= 0) & (vv < V)).to(x.dtype)[None, :, None, None]
+        valid = ((vv >= 0) & (vv < V))[None, :, None, None]
         vc = vv.clamp(0, V - 1)
         g = lambda c: c[:, tt, vc]  # noqa: E731  (b, T, d, N): the cells of diagonal s
         xs = x[:, tt, vc, :, None]
@@ -145,9 +141,9 @@ def _wavefront_forward(x: torch.Tensor, k: Coeffs) -> torch.Tensor:
         up2 = torch.cat([h2.new_zeros(b, 1, d, N), h2[:, :-1]], dim=1)
         # h2 reads cell (t, v-1): the same index t of the previous diagonal (zero when v = 0,
         # because that cell was off the grid and was masked to zero).
-        n1 = (g(k.a1) * up1 + g(k.a2) * up2 + g(k.b1) * xs) * valid
-        n2 = (g(k.a3) * h1 + g(k.a4) * h2 + g(k.b2) * xs) * valid
-        h1, h2 = n1, n2
+        n1 = g(k.a1) * up1 + g(k.a2) * up2 + g(k.b1) * xs
+        n2 = g(k.a3) * h1 + g(k.a4) * h2 + g(k.b2) * xs
+        h1, h2 = torch.where(valid, n1, 0.0), torch.where(valid, n2, 0.0)
         ys.append((g(k.c1) * h1 + g(k.c2) * h2).sum(-1))  # (b, T, d)
     Y = torch.stack(ys, dim=1)  # (b, T + V - 1, T, d): Y[:, s, t] is cell (t, s - t)
     s_idx = tt[:, None] + torch.arange(V, device=x.device)[None, :]  # (T, V)

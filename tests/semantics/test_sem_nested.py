@@ -82,7 +82,10 @@ def test_tree_shapes_by_hand():
     torch.testing.assert_close(nested_ref(x, w, "bbt", 2)[0], bbt)
     # rnn from a zero state: a one-element chunk still gets GRC(0, x)
     z = torch.zeros(D, dtype=torch.float64)
-    rnn1 = lambda *items: c(z, items[0]) if len(items) == 1 else c(rnn1(*items[:-1]), items[-1])  # noqa: E731
+
+    def rnn1(*items):
+        return c(z, items[0]) if len(items) == 1 else c(rnn1(*items[:-1]), items[-1])
+
     g01, g23, g4 = rnn1(v[0], v[1]), rnn1(v[2], v[3]), rnn1(v[4])
     torch.testing.assert_close(nested_ref(x, w, "rnn", 2)[0], rnn1(rnn1(g01, g23), rnn1(g4)))
     # odd BBT level: the masked right child keeps l; 3 elements with k = 30 run once

@@ -133,7 +133,8 @@ def test_zoh_axis_limits():
     E, cross, Bb = zoh_axis(A, torch.zeros(2, dtype=torch.float64),
                             torch.ones(2, dtype=torch.float64), dt)
     torch.testing.assert_close(Bb[0], dt[0], rtol=1e-8, atol=0)  # G -> dt as A -> 0
-    torch.testing.assert_close(Bb[1], (1 - math.exp(-0.2)) / 2 * torch.ones((), dtype=torch.float64))
+    want = torch.tensor((1 - math.exp(-0.2)) / 2, dtype=torch.float64)
+    torch.testing.assert_close(Bb[1], want)
     assert (cross == 0).all()
     torch.testing.assert_close(E, torch.exp(dt * A))
 
