@@ -10,6 +10,10 @@ if os.environ.get("SSMC_GPU_TESTS") != "1":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tests check values, not speed: one intra-op thread avoids OpenMP spin-wait contention with TVM's
+# thread pool and with other processes (fp32 gelu/layer_norm were seen 1000x slower under it).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
