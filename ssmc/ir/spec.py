@@ -183,8 +183,11 @@ def _convert_attr(ctx, spec, v, loc, field):
     k = spec.kind
     if v is None and spec.optional:
         return None
-    if k == "dim":
-        return _const_dim(ctx, v, loc, field)
+    if k == "dim":  # a size (width, count, length): zero is never meaningful
+        n = _const_dim(ctx, v, loc, field)
+        if n < 1:
+            raise ctx.err(loc, field, f"must be >= 1, got {n}")
+        return n
     if k == "int":
         return _const_dim(ctx, v, loc, field, allow_negative=True)
     if k == "float":

@@ -713,3 +713,49 @@ def test_final_state_output_type():
 def test_symbolic_dims():
     g = load_spec(zoo_dir() / "chimera.yaml")
     assert g.symbolic == ("batch", "seqlen", "variates")
+
+
+# ---- attribute combinations the reference modules cannot build ---------------------------------
+
+@pytest.mark.parametrize("old, new, field, message", [
+    ("complex: true", "complex: false", "init", "init 'lin' gives a complex A"),
+    ("        d_state: d_state\n", "        d_state: 63\n", "d_state", "must be even with complex and conj_pair"),
+])
+def test_diagonal_ssm_combinations(old, new, field, message):
+    text = edit(zoo("s4d_complex"), old, new)
+    e = spec_error(text)
+    assert e.field == f"nodes.ssm.{field}" and message in e.message
+
+
+def test_polar_needs_complex():
+    text = edit(zoo("lru_polar"), "complex: true", "complex: false, init: real")
+    e = spec_error(text)
+    check(e, at(text, "polar}"), "nodes.lru.parameterization", "'polar' needs complex: true")
+
+
+@pytest.mark.parametrize("spec, anchor, extra", [
+    ("mamba", "        D: true\n", "        dt_min: 0.5\n        dt_max: 0.1\n"),
+    ("mamba2", "        chunk_size: 64\n", "        dt_min: 0\n"),
+])
+def test_dt_range(spec, anchor, extra):
+    text = edit(zoo(spec), anchor, anchor + extra)
+    e = spec_error(text)
+    check(e, val(text, "dt_min: " + extra.split("dt_min: ")[1].split("\n")[0]), "nodes.ssm.dt_min",
+          "need 0 < dt_min <= dt_max")
+
+
+def test_dt_limit_range():
+    text = edit(zoo("mamba2"), "        chunk_size: 64\n", "        chunk_size: 64\n        dt_limit: [-1.0, 2.0]\n")
+    e = spec_error(text)
+    check(e, at(text, "[-1.0"), "nodes.ssm.dt_limit", "0 <= lo <= hi")
+
+
+@pytest.mark.parametrize("old, new, field", [
+    ("dim: d_model}", "dim: 0}", "nodes.embedding.dim"),
+    ("out: n_classes}", "out: 0}", "nodes.head.out"),
+    ("chunk: chunk,", "chunk: 0,", "nodes.encoder.chunk"),
+])
+def test_zero_sizes(old, new, field):
+    text = edit(zoo("rir"), old, new)
+    e = spec_error(text)
+    check(e, val(text, new.split(",")[0].rstrip("}")), field, "must be >= 1, got 0")

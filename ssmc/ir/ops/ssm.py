@@ -48,6 +48,15 @@ class DiagonalSSM(Op):
             raise ShapeError("dt_min", f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.init == "real" and self.complex:
             raise ShapeError("init", "init 'real' (S4D-Real) needs complex: false")
+        # The converse rules (as semantics.modules_ssm.DiagonalSSM enforces them):
+        if not self.complex and self.init != "real":
+            raise ShapeError("init", f"init '{self.init}' gives a complex A; it needs complex: true "
+                                     "(a real state takes init: real)")
+        if not self.complex and self.parameterization == "polar":
+            raise ShapeError("parameterization", "'polar' needs complex: true")
+        if self.complex and self.conj_pair and self.d_state % 2:
+            raise ShapeError("d_state", f"must be even with complex and conj_pair (N/2 conjugate pairs), "
+                                        f"got {self.d_state}")
 
     def infer(self, ins):
         return [_seq(ins, "u")]
@@ -105,10 +114,12 @@ class SelectiveSSM(Op):
                                        f"(it takes: {', '.join(sorted(_VARIANT_ATTRS[self.variant]))})")
         if self.d_state < 1 or self.groups < 1:
             raise ShapeError("d_state", "d_state and groups must be >= 1")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ShapeError("dt_min", f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         if self.variant == "ssd" and not self.heads:
             raise ShapeError("heads", "variant 'ssd' needs heads (the number of heads)")
-        if self.dt_limit is not None and (len(self.dt_limit) != 2 or self.dt_limit[0] > self.dt_limit[1]):
-            raise ShapeError("dt_limit", f"expected [lo, hi] with lo <= hi, got {self.dt_limit}")
+        if self.dt_limit is not None and (len(self.dt_limit) != 2 or not 0 <= self.dt_limit[0] <= self.dt_limit[1]):
+            raise ShapeError("dt_limit", f"expected [lo, hi] with 0 <= lo <= hi, got {self.dt_limit}")
         if self.start is not None:
             # The same rules as semantics.modules_ssm (which raises ValueError): check them here,
             # where the error can name the spec's line.
@@ -176,6 +187,8 @@ class SSM2D(Op):
     def validate(self):
         if self.d_state < 1:
             raise ShapeError("d_state", f"must be >= 1, got {self.d_state}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ShapeError("dt_min", f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
 
     def infer(self, ins):
         expect_rank(ins["x"], "x", 4)
