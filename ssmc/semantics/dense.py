@@ -7,13 +7,15 @@ associative scan with the matrix combine (A2, b2) o (A1, b1) = (A2 A1, A2 b1 + b
 (O(N^3 log L)) is its cross-check.
 
 Layouts are channel-last: x (b, L, K); transitions A (b, L, nb, bs, bs); inputs and states
-(b, L, nb, bs).  Computation is fp32; outputs take the dtype of the input.
+(b, L, nb, bs).  Computation is fp32 (float64 when an input is, for gradchecks); outputs take
+the dtype of the input.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ssmc.semantics.diagonal import as_work
 from ssmc.semantics.scan_assoc import assoc_scan
 
 __all__ = ["dense_transitions", "dense_scan_ref", "dense_scan_assoc", "dense_ssm"]
@@ -23,16 +25,17 @@ _MODES = ("linear", "expm")
 
 def dense_transitions(x, A_k, mode: str = "linear", A_0=None) -> torch.Tensor:
     """A(x_t) per token.  x: (b, L, K); A_k: (K, nb, bs, bs); A_0: (nb, bs, bs) or None, an
-    input-independent drift (the CDE's time channel).  Returns (b, L, nb, bs, bs) fp32.
+    input-independent drift (the CDE's time channel).  Returns (b, L, nb, bs, bs) in the computation dtype.
 
     "linear": I + A_0 + sum_k x^k A_k (one Euler step of dh = A_0 h dt + sum_k A_k h dx^k);
     "expm": expm(A_0 + sum_k x^k A_k) (the exact flow over a step with constant x).
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    M = torch.einsum("blk,knij->blnij", x.float(), A_k.float())
+    x, A_k, A_0 = as_work(x, A_k, A_0)
+    M = torch.einsum("blk,knij->blnij", x, A_k)
     if A_0 is not None:
-        M = M + A_0.float()
+        M = M + A_0
     if mode == "expm":
         return torch.linalg.matrix_exp(M)
     return M + torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
@@ -42,13 +45,13 @@ def dense_scan_ref(A, b, initial_state=None, return_final_state: bool = False):
     """Sequential h_t = A_t h_{t-1} + b_t (a matvec per step and block).
 
     A: (b, L, nb, bs, bs); b: (b, L, nb, bs); initial_state: (b, nb, bs).
-    Returns h (b, L, nb, bs) in b's dtype [, final state (b, nb, bs) fp32].
+    Returns h (b, L, nb, bs) in b's dtype [, final state (b, nb, bs) in the computation dtype].
     """
     dtype_in = b.dtype
-    Af, bf = A.float(), b.float()
-    h = torch.zeros(bf.shape[0], *bf.shape[2:], dtype=torch.float32, device=bf.device)
-    if initial_state is not None:
-        h = h + initial_state.float()
+    Af, bf, h0 = as_work(A, b, initial_state)
+    h = torch.zeros(bf.shape[0], *bf.shape[2:], dtype=bf.dtype, device=bf.device)
+    if h0 is not None:
+        h = h + h0
     hs = []
     for t in range(bf.shape[1]):
         h = torch.einsum("bnij,bnj->bni", Af[:, t], h) + bf[:, t]
@@ -69,21 +72,21 @@ def dense_scan_assoc(A, b, initial_state=None, return_final_state: bool = False)
     """The same scan as ``dense_scan_ref`` by a log-depth associative scan with the matrix
     combine.  Shapes and return values as ``dense_scan_ref``."""
     dtype_in = b.dtype
-    Af = A.float().movedim(1, 0)  # time first for assoc_scan
-    bf = b.float().movedim(1, 0)
+    Af, bf, h0 = as_work(A, b, initial_state)
+    Af, bf = Af.movedim(1, 0), bf.movedim(1, 0)  # time first for assoc_scan
     L = bf.shape[0]
-    if initial_state is not None and L > 0:
+    if h0 is not None and L > 0:
         # h_{-1} folded into the first input: b_0 <- b_0 + A_0 h_{-1}.
-        b0 = bf[0] + (Af[0] @ initial_state.float()[..., None])[..., 0]
+        b0 = bf[0] + (Af[0] @ h0[..., None])[..., 0]
         bf = torch.cat([b0[None], bf[1:]], dim=0)
     _, h = assoc_scan((Af, bf), _matrix_combine)
     h = h.movedim(0, 1)
     if L > 0:
         last = h[:, -1]
     else:
-        last = torch.zeros(bf.shape[1:], dtype=torch.float32, device=bf.device)
-        if initial_state is not None:
-            last = last + initial_state.float()
+        last = torch.zeros(bf.shape[1:], dtype=bf.dtype, device=bf.device)
+        if h0 is not None:
+            last = last + h0
     out = h.to(dtype_in)
     return (out, last) if return_final_state else out
 
@@ -94,21 +97,22 @@ def dense_ssm(x, A_k, W_B, W_C, D=None, mode: str = "linear", scan: str = "seque
 
     x: (b, L, d); A_k: (d, nb, bs, bs); A_0: (nb, bs, bs) drift or None; W_B: (N, d);
     W_C: (d, N) with N = nb * bs; D: (d,); initial_state: (b, N).  ``scan`` picks "sequential" (the oracle) or "assoc".
-    Returns y (b, L, d) in x's dtype [, final state (b, N) fp32].
+    Returns y (b, L, d) in x's dtype [, final state (b, N) in the computation dtype].
     """
     scans = {"sequential": dense_scan_ref, "assoc": dense_scan_assoc}
     if scan not in scans:
         raise ValueError(f"scan must be one of {sorted(scans)}, got {scan!r}")
     dtype_in = x.dtype
-    xf = x.float()
+    xf, A_k, W_B, W_C, D, h0, A_0 = as_work(x, A_k, W_B, W_C, D, initial_state, A_0)
     bsz, L, _ = xf.shape
     nb, bs = A_k.shape[1], A_k.shape[2]
     A = dense_transitions(xf, A_k, mode, A_0)
-    u = (xf @ W_B.float().t()).reshape(bsz, L, nb, bs)
-    h0 = None if initial_state is None else initial_state.float().reshape(bsz, nb, bs)
+    u = (xf @ W_B.t()).reshape(bsz, L, nb, bs)
+    if h0 is not None:
+        h0 = h0.reshape(bsz, nb, bs)
     h, last = scans[scan](A, u, h0, return_final_state=True)
-    y = h.reshape(bsz, L, nb * bs) @ W_C.float().t()
+    y = h.reshape(bsz, L, nb * bs) @ W_C.t()
     if D is not None:
-        y = y + xf * D.float()
+        y = y + xf * D
     y = y.to(dtype_in)
     return (y, last.reshape(bsz, nb * bs)) if return_final_state else y

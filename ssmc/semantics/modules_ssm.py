@@ -90,10 +90,10 @@ class DiagonalSSM(nn.Module):
     ``method`` picks the FFT convolution with the Vandermonde kernel or the recurrence.
     """
 
-    # mup.py's roles: C is read out over the state axis (y = sum_n C_n x_n: fan-in n); the
-    # other (d, n) tensors act elementwise per state.
-    mup_rules = {"C": ("output", (1,)), "B": "vector", "A_log_re": "vector", "A_im": "vector",
-                 "nu": "vector", "phi": "vector"}
+    # mup.py's roles: the (d, n) tensors act elementwise per state; C is read out over the
+    # state axis, which only the polar form's normalised modes make a width (see mup.py).
+    _MUP_ELEMENTWISE = {"B": "vector", "A_log_re": "vector", "A_im": "vector", "nu": "vector",
+                        "phi": "vector", "C": "vector"}
 
     def __init__(self, d_model, d_state, complex=True, discretization="zoh", init="lin",
                  conj_pair=True, learn_dt=True, dt_min=1e-3, dt_max=1e-1, D=True,
@@ -123,6 +123,9 @@ class DiagonalSSM(nn.Module):
         self.dt_min, self.dt_max = dt_min, dt_max
         self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
         self.n_modes = d_state // 2 if self.conj_pair else d_state
+        self.mup_rules = dict(self._MUP_ELEMENTWISE)
+        if parameterization == "polar":
+            self.mup_rules["C"] = ("output", (1,))
 
         d, n = d_model, self.n_modes
         pair = (2,) if complex else ()
@@ -149,7 +152,7 @@ class DiagonalSSM(nn.Module):
         d, n = self.d_model, self.n_modes
         if self.parameterization == "s4d":
             self.log_dt.copy_(I.log_dt_init(d, self.dt_min, self.dt_max))
-            A = I.s4d_init(self.init, n)
+            A = I.s4d_init(self.init, n).to(torch.complex64)  # S4D-Real: imaginary part 0
             self.A_log_re.copy_(torch.log(-A.real).expand(d, n))
             if self.complex:
                 self.A_im.copy_(A.imag.expand(d, n))
@@ -289,8 +292,11 @@ class Mamba1SSM(SelectiveSSM):
             raise ValueError(f"start: unknown keys {sorted(unknown)}")
         cfg = {"mode": "noise", "sigma": 0.1, "targets": START_TARGETS, **start}
         _choice("start['mode']", cfg["mode"], START_MODES)
-        if not isinstance(cfg["k"], int) or cfg["k"] < 0:
+        if isinstance(cfg["k"], bool) or not isinstance(cfg["k"], int) or cfg["k"] < 0:
             raise ValueError(f"start['k'] must be an int >= 0, got {cfg['k']!r}")
+        if isinstance(cfg["sigma"], bool) or not isinstance(cfg["sigma"], (int, float)) \
+                or not 0 <= cfg["sigma"] < math.inf:
+            raise ValueError(f"start['sigma'] must be a number >= 0, got {cfg['sigma']!r}")
         return cfg
 
     @torch.no_grad()

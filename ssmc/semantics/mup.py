@@ -2,34 +2,44 @@
 multipliers, relative to a base model whose shapes define width 1.
 
 The rules (ssmc's; the feature-learning paper's exact table could not be checked, so these
-follow from the same signal-propagation argument and are tested by a coordinate check).
-A parameter's *fan-in* is the axes its forward pass contracts over; a width is any axis whose
-size differs from the base model's.  m_in = fan_in / base fan_in, m_N = N / base N.
+follow from a signal-propagation argument of the same kind and are tested by a coordinate
+check, tests/semantics/test_sem_mup.py).  A parameter's *fan-in* is the axes its forward pass
+contracts over; a *width* is any axis whose size differs from the base model's;
+m_in = fan_in / base fan_in and m_N = N / base N (1 for axes that are not widths).
 
-| role          | which parameters                                   | init std x | Adam lr x     |
-|---------------|----------------------------------------------------|------------|---------------|
-| vector        | biases, D, A_log / A_im / A_imag, log_dt, nu, phi, | 1          | 1             |
-|               | delta_bias / dt_bias, S4D's B (elementwise per     |            |               |
-|               | state), any 0-/1-D tensor                          |            |               |
-| input         | matrix whose fan-in is not a width (in_proj from a | 1          | 1             |
-|               | fixed d_model, a depthwise conv)                    |            |               |
-| hidden        | matrix with width fan-in and width fan-out         | 1          | 1 / m_in      |
-|               | (projections d -> d, W_B: d -> N, dense A_k,        |            |               |
-|               | C_proj: N -> d)                                     |            |               |
-| output        | matrix with width fan-in, fixed fan-out (out_proj   | 1/sqrt(m_in)| 1 / m_in     |
-|               | to a fixed d_model; S4D's C, whose fan-in is N)     |            |               |
-| state_readout | W_C, the projection producing C_t (N rows from d):  | 1/sqrt(m_N)| 1/(m_in m_N)  |
-|               | C_t is contracted against the state over N          |            |               |
+| role          | parameters                                       | init std x  | Adam lr x    |
+|---------------|--------------------------------------------------|-------------|--------------|
+| vector        | biases, D, A_log / A_im / A_imag, log_dt, nu,    | 1           | 1            |
+|               | phi, delta_bias / dt_bias, S4D's B, any 0/1-D    |             |              |
+|               | tensor, S4D's C in the s4d parameterisation      |             |              |
+| input         | a matrix whose fan-in is not a width (in_proj    | 1           | 1            |
+|               | from a fixed d_model, a depthwise conv)           |             |              |
+| hidden        | width fan-in and width fan-out (d -> d           | 1           | 1 / m_in     |
+|               | projections, W_B: d -> N, dense A_k, C_proj)      |             |              |
+| output        | width fan-in, fixed fan-out (out_proj to a fixed | 1/sqrt(m_in)| 1 / m_in     |
+|               | d_model; S4D's C in the polar parameterisation)  |             |              |
+| state_readout | W_C, the projection making C_t (N rows from d)   | 1/sqrt(m_N) | 1/(m_in m_N) |
 
 "init std x" multiplies the standard parameterisation's init (std ~ 1/sqrt(fan_in)), so the
-model at base widths is unchanged.  Why: a coordinate of h = W x with W ~ 1/sqrt(fan_in) is
-O(1) (hidden/input).  A readout over a width n (S4D's y = sum_n C_n x_n, Mamba's
-y = <C_t, h_t>) sums n terms that are uncorrelated at init, so it grows like sqrt(n) unless the
-readout's coordinates are 1/sqrt(n) smaller: hence 1/sqrt(m) for output and state_readout.
-Under Adam an update changes every coordinate by O(lr), and after training the update is
-aligned with its input, so W x changes by O(lr * fan_in): lr / m_in keeps that O(1) (and
-lr / (m_in m_N) for W_C, whose output is then summed over N aligned terms).  Vectors act
-elementwise and keep lr x 1.
+model at base widths is unchanged.  Why:
+
+* h = W x with W ~ 1/sqrt(fan_in) has O(1) coordinates (input, hidden).  A readout into a
+  fixed width sums fan_in uncorrelated terms whose number grows: muP's output init
+  1/fan_in, i.e. 1/sqrt(m_in) relative to SP.
+* Under Adam an update moves every entry by O(lr) and, after a few steps, aligns with the
+  input, so Delta W x = O(lr * fan_in): lr / m_in keeps it O(1).  Vectors act elementwise:
+  lr x 1.
+* The state axis N of a selective SSM (Mamba-1): y_t = <C_t, h_t> sums N terms.  With a fixed
+  step dt and A_n = -(n+1), every state with dt n >> 1 holds only the current token
+  (h_n ~ dt B_n x_t), so as N grows almost all N terms are O(1) and uncorrelated at init:
+  y grows like sqrt(N) under SP, hence W_C's init 1/sqrt(m_N), and its aligned update is
+  summed over N states, hence lr / (m_in m_N).  W_B needs nothing extra: each h_n reads one B_n.
+* S4D (time-invariant): with ZOH or bilinear, Bbar_n = (Abar_n - 1)/A_n B shrinks like 1/|A_n|
+  once dt |A_n| > 1, so sum_n |x_n|^2 converges as N grows for S4D-Lin/-Real: the readout
+  stays O(1) with C ~ N(0, 1), and C is a vector (x 1, x 1).  (S4D-Inv/-LegS put frequencies
+  ~N^2 into the init itself; their readout still grows slowly, about N^(1/4) from N = 64 to
+  1024, and is not corrected.)  The polar / LRU parameterisation normalises every mode to
+  O(1) (gamma = sqrt(1 - r^2)), so there C is an output over N.
 
 ``apply_mup`` rescales a model in place and returns optimizer param groups.  Roles come from
 ``roles`` (full parameter name -> role or (role, fan_in_axes[, state_axes])), then from the

@@ -8,7 +8,8 @@
   plus ``chunk_size``.
 
 Nothing here calls the sequential oracles or their helpers: the point is to agree with them by
-a different route.  Computation is fp32 (complex64 for complex A); outputs take the input dtype.
+a different route.  Computation is fp32 (complex64 for complex A), or 64-bit when the inputs
+are (for float64 gradchecks); outputs take the input dtype.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ssmc.semantics.diagonal import work_dtype
 
 __all__ = ["assoc_scan", "linear_scan_assoc", "selective_scan_assoc", "ssd_chunked_ref"]
 
@@ -90,12 +93,13 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     initial_state (b, d, N).  Returns y (b, d, L) [, last state (b, d, N)].
     """
     dtype_in = u.dtype
+    real = work_dtype(u, delta, A, B, C)
     cplx = A.is_complex() or B.is_complex() or C.is_complex()
-    work = torch.complex64 if cplx else torch.float32
-    uf = u.float()
-    dt = delta.float()
+    work = (torch.complex128 if real == torch.float64 else torch.complex64) if cplx else real
+    uf = u.to(real)
+    dt = delta.to(real)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()[:, None]
+        dt = dt + delta_bias.to(real)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
     d = uf.shape[1]
@@ -116,9 +120,9 @@ def selective_scan_assoc(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if y.is_complex():
         y = y.real * (2.0 if conj_pair else 1.0)
     if D is not None:
-        y = y + uf * D.float()[:, None]
+        y = y + uf * D.to(real)[:, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(real))
     y = y.to(dtype_in)
     if not return_last_state:
         return y
@@ -173,17 +177,18 @@ def ssd_chunked_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states
     bsz, L, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     Q = chunk_size
-    xf, dtf = x.float(), dt.float()
+    real = work_dtype(x, dt, A, B, C)
+    xf, dtf = x.to(real), dt.to(real)
     if dt_bias is not None:
-        dtf = dtf + dt_bias.float()
+        dtf = dtf + dt_bias.to(real)
     if dt_softplus:
         dtf = F.softplus(dtf)
     lo, hi = dt_limit
     if lo > 0.0 or hi != math.inf:
         dtf = dtf.clamp(min=lo, max=hi)
     # Heads of one group share B, C: view heads as (g, h // g) instead of repeating B, C.
-    Bf = B.float()[:, :, :, None, :].expand(bsz, L, g, h // g, n).reshape(bsz, L, h, n)
-    Cf = C.float()[:, :, :, None, :].expand(bsz, L, g, h // g, n).reshape(bsz, L, h, n)
+    Bf = B.to(real)[:, :, :, None, :].expand(bsz, L, g, h // g, n).reshape(bsz, L, h, n)
+    Cf = C.to(real)[:, :, :, None, :].expand(bsz, L, g, h // g, n).reshape(bsz, L, h, n)
 
     nc = -(-L // Q)
     pad = nc * Q - L
@@ -196,7 +201,7 @@ def ssd_chunked_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states
 
     xdt = chunks(xf * dtf[..., None])           # (b, c, Q, h, p)
     Bc, Cc = chunks(Bf), chunks(Cf)             # (b, c, Q, h, n)
-    dA = chunks(dtf * A.float())                # (b, c, Q, h)
+    dA = chunks(dtf * A.to(real))                # (b, c, Q, h)
     if pad and L:  # padding continues the last segment
         seg = torch.cat([seg, seg[:, -1:].expand(bsz, pad)], dim=1)
     segc = seg.reshape(bsz, nc, Q)
@@ -217,18 +222,18 @@ def ssd_chunked_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states
     S = torch.einsum("bcjhn,bchj,bcjhp->bchpn", Bc, to_end, xdt)
 
     # Inter-chunk: carry the state sequentially (nc steps) and read it out inside each chunk.
-    H = torch.zeros(bsz, h, p, n, dtype=torch.float32, device=x.device)
+    H = torch.zeros(bsz, h, p, n, dtype=real, device=x.device)
     if initial_states is not None:
-        H = H + initial_states.float()
+        H = H + initial_states.to(real)
     seg_prev = torch.zeros(bsz, dtype=torch.long, device=x.device)  # segment of H
     chunk_total = torch.exp(cum[..., -1])                    # (b, c, h)
     from_start = torch.exp(cum)                              # (b, c, h, Q)
     y_off = []
     for c in range(nc):
-        keep = (segc[:, c] == seg_prev[:, None]).float()    # (b, Q): H reaches position i
+        keep = (segc[:, c] == seg_prev[:, None]).to(real)   # (b, Q): H reaches position i
         y_off.append(torch.einsum("bihn,bhpn,bhi->bihp", Cc[:, c], H,
                                   from_start[:, c] * keep[:, None]))
-        carry = (segc[:, c, -1] == seg_prev).float()[:, None, None, None]
+        carry = (segc[:, c, -1] == seg_prev).to(real)[:, None, None, None]
         H = chunk_total[:, c, :, None, None] * H * carry + S[:, c]
         seg_prev = segc[:, c, -1]
     if nc:
@@ -236,9 +241,9 @@ def ssd_chunked_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states
     y = y.reshape(bsz, nc * Q, h, p)[:, :L]
 
     if D is not None:
-        Df = D.float()
+        Df = D.to(real)
         y = y + xf * (Df[:, None] if Df.dim() == 1 else Df)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(real))
     y = y.to(dtype_in)
     return (y, H) if return_final_states else y
