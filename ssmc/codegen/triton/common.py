@@ -84,9 +84,20 @@ def check_flag(name: str, value):
 
 # --------------------------------------------------------------------------- knobs
 
-def pow2_field(default: int):
-    """A knob that must be a power of two (Triton block shapes and warp counts are)."""
+def pow2_field(default: int | None):
+    """A knob that must be a power of two (Triton block shapes and warp counts are); None means
+    "chosen from the problem" where the family allows it."""
     return field(default=default, metadata={"pow2": True})
+
+
+def auto_block_d(values_per_channel: int, num_warps: int, per_thread: int = 4,
+                 largest: int = 64) -> int:
+    """Channels per program so that each thread holds about `per_thread` state values: enough
+    independent work per thread without running out of registers (N = 64 complex states at
+    32 channels took all 255 registers of an sm_90 thread)."""
+    threads = 32 * num_warps
+    block = max(1, (per_thread * threads) // max(values_per_channel, 1))
+    return min(largest, 1 << (block.bit_length() - 1))
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,8 @@ class KernelConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("pow2"):
+                if value is None and f.default is None:
+                    continue
                 if not isinstance(value, int) or value < 1 or value & (value - 1):
                     raise ValueError(f"{f.name}: must be a power of two, got {value!r}")
             elif f.type in ("int", int) and (not isinstance(value, int) or value < 1):

@@ -7,7 +7,8 @@ source must compile for CUDA and HIP.
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E); exp2 is the native instruction
+# exp(x) == exp2(x * LOG2E); exp2 is the native instruction.  A constexpr, so kernels may read it.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit

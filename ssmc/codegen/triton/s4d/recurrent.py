@@ -15,15 +15,15 @@ import triton
 import triton.language as tl
 
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelConfig, KernelLaunch, LaunchPlan,
-                                        check_same_device, check_tensor, grid_dim, next_pow2,
-                                        pow2_field)
+                                        auto_block_d, check_same_device, check_tensor, grid_dim,
+                                        next_pow2, pow2_field)
 from ssmc.codegen.triton.s4d.params import (PARAM_DTYPES, as_pairs, check_params,
                                             readout_scale, state_is_complex)
 
 
 @dataclass(frozen=True)
 class S4dRecurrentConfig(KernelConfig):
-    block_d: int = pow2_field(32)
+    block_d: int | None = pow2_field(None)  # None: ~4 states a thread
     num_warps: int = pow2_field(4)
     num_stages: int = 1
 
@@ -96,16 +96,18 @@ def plan_s4d_recurrent(u, Abar, Bbar, C, D=None, conj_pair=True, initial_state=N
     h_out = u.new_empty((batch, dim, dstate, 2), dtype=torch.float32) \
         if return_final_state else None
     A2 = as_pairs(Abar)
+    complex_state = state_is_complex(Abar, Bbar)
+    block_d = config.block_d or auto_block_d(next_pow2(dstate) * (2 if complex_state else 1),
+                                             config.num_warps)
     launch = KernelLaunch(
-        _s4d_recurrent_kernel, (grid_dim(dim, config.block_d), batch),
+        _s4d_recurrent_kernel, (grid_dim(dim, block_d), batch),
         {"u_ptr": u, "out_ptr": out, "Abar_ptr": A2, "Bbar_ptr": as_pairs(Bbar),
          "C_ptr": as_pairs(C), "D_ptr": D.float().contiguous() if D is not None else A2,
          "h_in_ptr": h_in if h_in is not None else A2,
          "h_out_ptr": h_out if h_out is not None else A2,
          "dim": dim, "seqlen": seqlen, "dstate": dstate,
          "scale": readout_scale(Abar, Bbar, C, conj_pair)},
-        {"BLOCK_D": config.block_d, "BLOCK_N": next_pow2(dstate),
-         "STATE_COMPLEX": state_is_complex(Abar, Bbar), "HAS_D": D is not None,
+        {"BLOCK_D": block_d, "BLOCK_N": next_pow2(dstate), "STATE_COMPLEX": complex_state, "HAS_D": D is not None,
          "HAS_H_IN": h_in is not None, "HAS_H_OUT": h_out is not None},
         config.num_warps, config.num_stages)
     return LaunchPlan([launch], (out, h_out))

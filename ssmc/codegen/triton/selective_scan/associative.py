@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
-                                        next_pow2, pow2_field)
+from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, auto_block_d,
+                                        grid_dim, next_pow2, pow2_field)
 from ssmc.codegen.triton.elementwise import LOG2E, silu, softplus
 from ssmc.codegen.triton.selective_scan.problem import (SelectiveScanProblem, pick,
                                                         selective_scan_problem)
@@ -25,7 +25,8 @@ from ssmc.codegen.triton.selective_scan.problem import (SelectiveScanProblem, pi
 
 @dataclass(frozen=True)
 class AssociativeScanConfig(KernelConfig):
-    block_d: int = pow2_field(4)  # registers grow as block_d * N * block_l
+    block_d: int | None = pow2_field(None)  # registers grow as block_d * N * block_l;
+    # None: ~16 tile values a thread
     block_l: int = pow2_field(32)
     num_warps: int = pow2_field(4)
     num_stages: int = 1
@@ -124,6 +125,8 @@ def plan_associative(problem: SelectiveScanProblem,
     if p.is_complex:
         raise ValueError("A: complex A is not supported by the associative scan; use the "
                          "sequential or chunked algorithm")
+    block_d = config.block_d or auto_block_d(next_pow2(p.dstate) * config.block_l,
+                                             config.num_warps, per_thread=16)
     out = p.new_output()
     h_out = p.new_states(1) if p.return_last_state else None
     args = {
@@ -140,12 +143,12 @@ def plan_associative(problem: SelectiveScanProblem,
     args.update(p.C.kernel_args("C"))
     flags = p.flags()
     constexprs = {
-        "BLOCK_D": config.block_d, "BLOCK_N": next_pow2(p.dstate), "BLOCK_L": config.block_l,
+        "BLOCK_D": block_d, "BLOCK_N": next_pow2(p.dstate), "BLOCK_L": config.block_l,
         **{k: flags[k] for k in ("DELTA_SOFTPLUS", "HAS_D", "HAS_Z", "HAS_DELTA_BIAS")},
         "HAS_H_IN": p.initial_state is not None, "HAS_H_OUT": h_out is not None,
     }
     launch = KernelLaunch(_selective_scan_associative_kernel,
-                          (grid_dim(p.dim, config.block_d), p.batch), args, constexprs,
+                          (grid_dim(p.dim, block_d), p.batch), args, constexprs,
                           config.num_warps, config.num_stages)
     return LaunchPlan([launch], (out, h_out))
 

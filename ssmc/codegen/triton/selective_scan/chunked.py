@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
-                                        next_pow2, pow2_field)
+from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, auto_block_d,
+                                        grid_dim, next_pow2, pow2_field)
 from ssmc.codegen.triton.elementwise import LOG2E
 from ssmc.codegen.triton.selective_scan.problem import (SelectiveScanProblem, pick,
                                                         selective_scan_problem)
@@ -28,7 +28,7 @@ from ssmc.codegen.triton.selective_scan.sequential import recurrent_launch
 
 @dataclass(frozen=True)
 class ChunkedScanConfig(KernelConfig):
-    block_d: int = pow2_field(32)
+    block_d: int | None = pow2_field(None)  # None: ~4 states a thread
     chunk: int = pow2_field(128)  # time steps per chunk
     num_warps: int = pow2_field(4)
     num_stages: int = 1
@@ -98,19 +98,20 @@ def plan_chunked(problem: SelectiveScanProblem,
     states = p.new_states(chunks)  # chunk-local end states, then (in place) entering states
     dt_sum = p.u.new_empty((p.batch, chunks, p.dim), dtype=states.dtype)
     h_out = p.new_states(1) if p.return_last_state else None
-    knobs = dict(block_d=config.block_d, num_warps=config.num_warps,
+    block_d = config.block_d or auto_block_d(p.values_per_channel, config.num_warps)
+    knobs = dict(block_d=block_d, num_warps=config.num_warps,
                  num_stages=config.num_stages, chunk_len=config.chunk, chunks=chunks)
 
     local = recurrent_launch(p, **knobs, out=None, h_in=None, h_out=states, dt_sum=dt_sum,
                              write_y=False)
     carry = KernelLaunch(
-        _selective_scan_carry_kernel, (grid_dim(p.dim, config.block_d), p.batch),
+        _selective_scan_carry_kernel, (grid_dim(p.dim, block_d), p.batch),
         {"states_ptr": states, "dt_sum_ptr": dt_sum, "A_ptr": p.A,
          "h_in_ptr": p.initial_state if p.initial_state is not None else p.A,
          "h_out_ptr": h_out if h_out is not None else p.A,
          "dim": p.dim, "dstate": p.dstate, "chunks": chunks,
          "stride_A_dim": p.A.stride(0), "stride_A_state": p.A.stride(1)},
-        {"BLOCK_D": config.block_d, "BLOCK_N": next_pow2(p.dstate), "A_COMPLEX": p.is_complex,
+        {"BLOCK_D": block_d, "BLOCK_N": next_pow2(p.dstate), "A_COMPLEX": p.is_complex,
          "HAS_H_IN": p.initial_state is not None, "HAS_H_OUT": h_out is not None},
         config.num_warps, 1)
     output = recurrent_launch(p, **knobs, out=out, h_in=states, h_out=None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import triton
 
 from ssmc.codegen.triton.common import FLOAT_DTYPES, check_flag, check_same_device, check_tensor
 
@@ -68,6 +69,11 @@ class SelectiveScanProblem:
     @property
     def is_complex(self) -> bool:
         return self.A.dim() == 3
+
+    @property
+    def values_per_channel(self) -> int:
+        """fp32 state values one channel keeps in registers (padded N, x2 for complex)."""
+        return triton.next_power_of_2(self.dstate) * (2 if self.is_complex else 1)
 
     @property
     def device(self) -> torch.device:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
-                                        next_pow2, pow2_field)
+from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, auto_block_d,
+                                        grid_dim, next_pow2, pow2_field)
 from ssmc.codegen.triton.elementwise import LOG2E, silu, softplus
 from ssmc.codegen.triton.selective_scan.problem import (SelectiveScanProblem, pick,
                                                         selective_scan_problem)
@@ -26,7 +26,7 @@ from ssmc.codegen.triton.selective_scan.problem import (SelectiveScanProblem, pi
 
 @dataclass(frozen=True)
 class SequentialScanConfig(KernelConfig):
-    block_d: int = pow2_field(32)  # channels per program; states per program = block_d * N
+    block_d: int | None = pow2_field(None)  # channels per program; None: ~4 states a thread
     num_warps: int = pow2_field(4)
     num_stages: int = 1
 
@@ -172,10 +172,11 @@ def recurrent_launch(problem: SelectiveScanProblem, *, block_d: int, num_warps: 
 def plan_sequential(problem: SelectiveScanProblem,
                     config: SequentialScanConfig | None = None) -> LaunchPlan:
     config = config or SequentialScanConfig()
+    block_d = config.block_d or auto_block_d(problem.values_per_channel, config.num_warps)
     out = problem.new_output()
     h_out = problem.new_states(1) if problem.return_last_state else None
     launch = recurrent_launch(
-        problem, block_d=config.block_d, num_warps=config.num_warps,
+        problem, block_d=block_d, num_warps=config.num_warps,
         num_stages=config.num_stages, chunk_len=max(problem.seqlen, 1), chunks=1, out=out,
         h_in=problem.initial_state, h_out=h_out)
     return LaunchPlan([launch], (out, h_out))

@@ -41,7 +41,9 @@ def _dot_operand(v, dot_t: tl.constexpr, ROUND_VIA_FP32: tl.constexpr):
 @dataclass(frozen=True)
 class SsdChunkedConfig(KernelConfig):
     chunk: int = pow2_field(64)  # Q: steps per chunk (used when chunk_size is not given)
-    block_m: int = pow2_field(64)  # output rows (time steps) per program, <= chunk
+    # output rows (time steps) per program, <= chunk.  None: 64 for 16-bit inputs, 32 for fp32
+    # (the program keeps a (block_m, dstate) tile of C; fp32 at 64 x 128 spilled on sm_90)
+    block_m: int | None = pow2_field(None)
     block_k: int = pow2_field(32)  # time steps per inner matmul step, <= chunk
     block_p: int = pow2_field(32)  # headdim columns per program
     block_h: int = pow2_field(16)  # heads per program in the dt kernel
@@ -53,7 +55,7 @@ class SsdChunkedConfig(KernelConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("chunk", "block_m", "block_k", "block_p"):
-            if getattr(self, name) < 16:
+            if getattr(self, name) is not None and getattr(self, name) < 16:
                 raise ValueError(f"{name}: tl.dot needs at least 16, got {getattr(self, name)}")
         if self.dot_precision not in DOT_PRECISIONS:
             raise ValueError(f"dot_precision: expected one of {DOT_PRECISIONS}, "
@@ -275,7 +277,8 @@ def plan_ssd_chunked(problem: SsdProblem, config: SsdChunkedConfig | None = None
     config = config or SsdChunkedConfig()
     p = problem
     Q = chunk_size or config.chunk
-    block_m, block_k = min(config.block_m, Q), min(config.block_k, Q)
+    block_m = config.block_m or (32 if p.x.dtype == torch.float32 else 64)
+    block_m, block_k = min(block_m, Q), min(config.block_k, Q)
     block_p = min(config.block_p, max(next_pow2(p.headdim), 16))
     block_n = max(next_pow2(p.dstate), 16)
     chunks = max(triton.cdiv(p.seqlen, Q), 1)

@@ -1,0 +1,122 @@
+"""The registry of Triton kernel families: one entry per algorithm.
+
+For each: its Config dataclass (the knobs), its search space file (schedules/spaces/), the
+function that builds its launch plan from launcher arguments, and a realistic example problem
+made of `meta` tensors (shapes only, no memory), which is what `aot.py` compiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ssmc.codegen.triton.s4d.recurrent import S4dRecurrentConfig, plan_s4d_recurrent
+from ssmc.codegen.triton.s4d.vandermonde import VandermondeConfig, plan_vandermonde
+from ssmc.codegen.triton.selective_scan.associative import AssociativeScanConfig, \
+    plan_associative
+from ssmc.codegen.triton.selective_scan.chunked import ChunkedScanConfig, plan_chunked
+from ssmc.codegen.triton.selective_scan.problem import selective_scan_problem
+from ssmc.codegen.triton.selective_scan.sequential import SequentialScanConfig, \
+    plan_sequential
+from ssmc.codegen.triton.ssd.chunked import SsdChunkedConfig, plan_ssd_chunked
+from ssmc.codegen.triton.ssd.problem import ssd_problem
+from ssmc.errors import SsmcError, did_you_mean
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    name: str
+    config: type
+    space: str  # file name under schedules/spaces/
+    plan: Callable  # (launcher kwargs, config) -> LaunchPlan
+    example: Callable  # (dtype, device) -> launcher kwargs of a realistic problem
+    dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------- example problems (meta)
+# Sizes of the models people run: Mamba-130m (d_inner 1536, N 16), Mamba-2 (headdim 64,
+# dstate 128), S4D (N 64 stored modes); L = 4096.
+
+def _selective_example(dtype, device="meta"):
+    b, d, L, N = 2, 1536, 4096, 16
+    t = dict(dtype=dtype, device=device)
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(u=torch.empty(b, d, L, **t), delta=torch.empty(b, d, L, **t),
+                A=torch.empty(d, N, **f32), B=torch.empty(b, N, L, **t),
+                C=torch.empty(b, N, L, **t), D=torch.empty(d, **f32),
+                z=torch.empty(b, d, L, **t), delta_bias=torch.empty(d, **f32),
+                delta_softplus=True, return_last_state=True)
+
+
+def _ssd_example(dtype, device="meta"):
+    b, L, h, p, g, n = 2, 4096, 24, 64, 1, 128
+    t = dict(dtype=dtype, device=device)
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(x=torch.empty(b, L, h, p, **t), dt=torch.empty(b, L, h, **t),
+                A=torch.empty(h, **f32), B=torch.empty(b, L, g, n, **t),
+                C=torch.empty(b, L, g, n, **t), D=torch.empty(h, **f32),
+                z=torch.empty(b, L, h, p, **t), dt_bias=torch.empty(h, **f32),
+                dt_softplus=True, return_final_states=True)
+
+
+def _s4d_params(device):
+    d, N = 1024, 64
+    c64 = dict(dtype=torch.complex64, device=device)
+    return dict(Abar=torch.empty(d, N, **c64), Bbar=torch.empty(d, N, **c64),
+                C=torch.empty(d, N, **c64))
+
+
+def _s4d_recurrent_example(dtype, device="meta"):
+    b, d, L = 2, 1024, 4096
+    return dict(u=torch.empty(b, d, L, dtype=dtype, device=device), **_s4d_params(device),
+                D=torch.empty(d, dtype=torch.float32, device=device), return_final_state=True)
+
+
+def _vandermonde_example(dtype, device="meta"):
+    return dict(**_s4d_params(device), L=4096)
+
+
+# ----------------------------------------------------------------- plans from launcher kwargs
+
+def _selective(plan_fn):
+    def plan(kwargs, config):
+        return plan_fn(selective_scan_problem(**kwargs), config)
+    return plan
+
+
+def _ssd_plan(kwargs, config):
+    config = config or SsdChunkedConfig()
+    kwargs = dict(kwargs)
+    chunk = kwargs.pop("chunk_size", None) or config.chunk
+    return plan_ssd_chunked(ssd_problem(chunk_size=chunk, **kwargs), config, chunk)
+
+
+FAMILIES = {f.name: f for f in [
+    KernelFamily("selective_scan.sequential", SequentialScanConfig,
+                 "triton_selective_scan_sequential.yaml", _selective(plan_sequential),
+                 _selective_example),
+    KernelFamily("selective_scan.associative", AssociativeScanConfig,
+                 "triton_selective_scan_associative.yaml", _selective(plan_associative),
+                 _selective_example),
+    KernelFamily("selective_scan.chunked", ChunkedScanConfig,
+                 "triton_selective_scan_chunked.yaml", _selective(plan_chunked),
+                 _selective_example),
+    KernelFamily("ssd.chunked", SsdChunkedConfig, "triton_ssd_chunked.yaml", _ssd_plan,
+                 _ssd_example),
+    KernelFamily("s4d.recurrent", S4dRecurrentConfig, "triton_s4d_recurrent.yaml",
+                 lambda kw, cfg: plan_s4d_recurrent(**kw, config=cfg), _s4d_recurrent_example),
+    KernelFamily("s4d.vandermonde", VandermondeConfig, "triton_s4d_vandermonde.yaml",
+                 lambda kw, cfg: plan_vandermonde(**kw, config=cfg), _vandermonde_example,
+                 dtypes=(torch.float32,)),
+]}
+
+
+def get_family(name: str) -> KernelFamily:
+    if name not in FAMILIES:
+        hint = did_you_mean(name, FAMILIES)
+        raise SsmcError(f"unknown Triton kernel family {name!r}"
+                        + (f" (did you mean '{hint}'?)" if hint else "")
+                        + f"; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
