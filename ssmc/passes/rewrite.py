@@ -27,8 +27,15 @@ def is_graph_output(graph, value: str) -> bool:
 
 
 def concrete(graph, value: str, bindings: dict) -> tuple:
-    """The value's shape with run-time dims bound to the shape bucket."""
-    return tuple(D.as_int(e, bindings) for e in graph.types[value].shape)
+    """The value's shape with run-time dims bound to the shape bucket.  A run-time dim the
+    bucket leaves out is the user's error (an SsmcError naming it), not an internal one."""
+    from ssmc.errors import SsmcError
+
+    try:
+        return tuple(D.as_int(e, bindings) for e in graph.types[value].shape)
+    except D.Unbound as u:
+        raise SsmcError(f"value '{value}': run-time dimension '{u.name}' needs a value for the "
+                        f"shape bucket (e.g. --dim {u.name}=8)") from None
 
 
 def all_graphs(graph):
