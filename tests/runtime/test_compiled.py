@@ -1,0 +1,173 @@
+"""`ssmc.compile`: the compiled model keeps the reference model's parameter names, runs the
+chosen kernels (the TVM selective scan on the CPU) and matches the eager oracle; with gradients
+enabled the executors hand over to the reference so that training works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssmc
+from ssmc.paths import zoo_dir
+from ssmc.runtime.compiled import CompiledModel
+from ssmc.semantics.model import build_reference
+
+FP32 = dict(rtol=6e-4, atol=2e-3)
+VOCAB = 256  # mamba.yaml / mamba2.yaml
+
+
+def _count_kernel_calls(model: CompiledModel) -> list:
+    """Wrap every compiled kernel of `model` so that calls are counted (one list entry each)."""
+    calls = []
+    plan = model._runner.plan
+    for key, (executor, fn, config) in list(plan.items()):
+        def counted(*a, _fn=fn, **k):
+            calls.append(_fn)
+            return _fn(*a, **k)
+        plan[key] = (executor, counted, config)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def mamba_cpu():
+    torch.manual_seed(1)
+    model = ssmc.compile(zoo_dir() / "mamba.yaml", "cpu", seqlen=64, batch=2).eval()
+    return model, _count_kernel_calls(model)
+
+
+@pytest.fixture(scope="module")
+def mamba_ref(mamba_cpu):
+    torch.manual_seed(2)
+    return build_reference(mamba_cpu[0].source_graph).eval()
+
+
+@pytest.fixture(scope="module")
+def mamba2_cpu():
+    torch.manual_seed(3)
+    return ssmc.compile(zoo_dir() / "mamba2.yaml", "cpu", seqlen=64, batch=2).eval()
+
+
+def test_same_parameter_names(mamba_cpu, mamba_ref):
+    model, _ = mamba_cpu
+    assert set(model.state_dict()) == set(mamba_ref.state_dict())
+    assert {k: v.shape for k, v in model.state_dict().items()} == \
+        {k: v.shape for k, v in mamba_ref.state_dict().items()}
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in mamba_ref.named_parameters()]
+
+
+def test_summary_names_the_kernels(mamba_cpu, mamba2_cpu):
+    model, _ = mamba_cpu
+    s = model.summary()
+    assert "mamba compiled for cpu" in s
+    assert "layers.*.ssm" in s and "tvm:selective_ssm/mamba1/sequential" in s
+    assert model.kernels == {"layers.*.ssm": "tvm:selective_ssm/mamba1/sequential"}
+    # no TVM SSD kernel: the reference runs it, and the summary says so
+    assert mamba2_cpu.kernels == {"layers.*.ssm": "reference"}
+    assert "layers.*.ssm" in mamba2_cpu.summary() and "reference" in mamba2_cpu.summary()
+
+
+@pytest.mark.parametrize("L", [1, 7, 64])
+def test_mamba_matches_reference_loaded_from_it(mamba_cpu, mamba_ref, L):
+    """reference -> compiled: the compiled model takes the reference's weights."""
+    model, calls = mamba_cpu
+    model.load_state_dict(mamba_ref.state_dict())
+    tokens = torch.randint(0, VOCAB, (2, L))
+    n0 = len(calls)
+    with torch.no_grad():
+        out = model(tokens)
+        want = mamba_ref(tokens)
+    assert len(calls) - n0 == 2  # the TVM kernel ran, once per layer
+    assert out.shape == want.shape == (2, L, VOCAB)
+    torch.testing.assert_close(out, want, **FP32)
+
+
+@pytest.mark.parametrize("L", [1, 7, 64])
+def test_reference_matches_compiled_loaded_from_it(mamba_cpu, L):
+    """compiled -> reference: a fresh reference model takes the compiled model's weights."""
+    model, calls = mamba_cpu
+    torch.manual_seed(100 + L)
+    with torch.no_grad():  # weights the reference init would not produce
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ref = build_reference(model.source_graph).eval()
+    ref.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, VOCAB, (2, L))
+    n0 = len(calls)
+    with torch.no_grad():
+        out = model(tokens)
+        want = ref(tokens)
+    assert len(calls) - n0 == 2
+    torch.testing.assert_close(out, want, **FP32)
+
+
+@pytest.mark.parametrize("L", [1, 7, 64])
+def test_mamba2_matches_reference(mamba2_cpu, L):
+    model = mamba2_cpu
+    # the fused graph: the gate node went into the SSD node
+    names = [q for q, _, _ in model.graph.walk()]
+    assert "layers.*.gated" not in names
+    torch.manual_seed(4)
+    ref = build_reference(model.source_graph).eval()
+    assert set(ref.state_dict()) == set(model.state_dict())
+    model.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, VOCAB, (2, L))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens), **FP32)
+    # and the other direction
+    ref2 = build_reference(model.source_graph).eval()
+    ref2.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(ref2(tokens), model(tokens), **FP32)
+
+
+def test_gradients_reach_every_parameter(mamba_cpu, mamba_ref):
+    model, calls = mamba_cpu
+    model.load_state_dict(mamba_ref.state_dict())
+    model.zero_grad(set_to_none=True)
+    mamba_ref.zero_grad(set_to_none=True)
+    tokens = torch.randint(0, VOCAB, (2, 7))
+    n0 = len(calls)
+    loss = model(tokens).pow(2).mean()
+    assert len(calls) == n0  # grad enabled: the executors fell back to the reference
+    loss.backward()
+    params = dict(model.named_parameters())
+    assert params
+    for name, p in params.items():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    # the same gradients as the reference model's
+    mamba_ref(tokens).pow(2).mean().backward()
+    for name, p in mamba_ref.named_parameters():
+        torch.testing.assert_close(params[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    model.zero_grad(set_to_none=True)
+    mamba_ref.zero_grad(set_to_none=True)
+
+
+def test_grad_disabled_uses_kernel_even_in_train_mode(mamba_cpu):
+    model, calls = mamba_cpu
+    model.train()
+    try:
+        n0 = len(calls)
+        with torch.no_grad():
+            model(torch.randint(0, VOCAB, (2, 5)))
+        assert len(calls) - n0 == 2
+    finally:
+        model.eval()
+
+
+def test_compile_takes_yaml_text_and_a_graph():
+    from ssmc.ir.spec import load_spec
+
+    text = (zoo_dir() / "s4d.yaml").read_text()
+    a = ssmc.compile(text, "sm_90", seqlen=16384)
+    b = ssmc.compile(load_spec(text), "sm_90", seqlen=16384)
+    assert isinstance(a, CompiledModel) and isinstance(b, CompiledModel)
+    assert a.target.name == "sm_90" and a.bindings == {"batch": 2, "seqlen": 16384}
+    assert set(a.kernels) == set(b.kernels) == {"layers.*.ssm"}
+
+
+def test_compile_unknown_target_is_a_user_error():
+    from ssmc.errors import SsmcError
+
+    with pytest.raises(SsmcError, match="did you mean 'sm_90'"):
+        ssmc.compile(zoo_dir() / "mamba.yaml", "sm_9")
