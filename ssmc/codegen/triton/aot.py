@@ -78,20 +78,43 @@ def compile_family(family: str, target, *, dtype="fp16", config=None, out_dir=No
     replacing the family's realistic example problem; out_dir: where <target>/<family>/ with
     ttir/ttgir/llir/ptx/cubin (amdgcn/hsaco) and metadata JSON go (a temporary directory when
     None).  Returns one AotKernel per launch of the family's plan."""
+    from ssmc.codegen.triton.families import get_family
+
+    dtype = _dtype(dtype)
+    if dtype not in get_family(family).dtypes:
+        raise SsmcError(f"dtype: family {family} takes "
+                        f"{', '.join(_dtype_name(d) for d in get_family(family).dtypes)}")
+    return compile_families([family], [target], dtype=dtype, config=config, out_dir=out_dir,
+                            example=example)
+
+
+def compile_families(families, targets, *, dtype="fp16", config=None, out_dir=None,
+                     example=None) -> list[AotKernel]:
+    """compile_family for every (family, target) pair, in one process (one subprocess under
+    TRITON_INTERPRET=1).  A family that does not take `dtype` is compiled for its first dtype
+    (s4d.vandermonde has fp32 parameters only)."""
     from ssmc.targets import load_target
 
-    tgt = load_target(target)
-    if not tgt.is_gpu:
-        raise SsmcError(f"target {tgt.name}: backend {tgt.backend} does not compile Triton "
-                        "kernels")
+    tgts = [load_target(t) for t in targets]
+    for tgt in tgts:
+        if not tgt.is_gpu:
+            raise SsmcError(f"target {tgt.name}: backend {tgt.backend} does not compile Triton "
+                            "kernels")
     dtype = _dtype(dtype)
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="ssmc-aot-"))
+    if config is not None and len(families) > 1:
+        raise SsmcError("config: one family's knobs cannot apply to several families")
     if interpreting():
         if example is not None:
             raise SsmcError("example: a custom example problem cannot cross into the compile "
                             "subprocess used under TRITON_INTERPRET=1")
-        return _compile_in_subprocess(family, tgt.name, dtype, config, out_dir)
-    return _compile_here(family, tgt, dtype, config, out_dir, example)
+        return _compile_in_subprocess(list(families), [t.name for t in tgts], dtype, config,
+                                      out_dir)
+    results = []
+    for tgt in tgts:
+        for family in families:
+            results += _compile_here(family, tgt, dtype, config, out_dir, example)
+    return results
 
 
 def _compile_here(family_name, tgt, dtype, config, out_dir, example) -> list[AotKernel]:
@@ -104,8 +127,7 @@ def _compile_here(family_name, tgt, dtype, config, out_dir, example) -> list[Aot
     if isinstance(config, dict):
         config = family.config.from_dict(config)
     if dtype not in family.dtypes:
-        raise SsmcError(f"dtype: family {family_name} takes "
-                        f"{', '.join(_dtype_name(d) for d in family.dtypes)}")
+        dtype = family.dtypes[0]
     kwargs = example if example is not None else family.example(dtype, "meta")
     plan = family.plan(kwargs, config)
     gpu_target = GPUTarget(*tgt.triton_target())
@@ -203,20 +225,21 @@ def _amdgcn_usage(asm: str) -> tuple[int, int]:
     return vgprs, spills
 
 
-def _compile_in_subprocess(family, target, dtype, config, out_dir) -> list[AotKernel]:
+def _compile_in_subprocess(families, targets, dtype, config, out_dir) -> list[AotKernel]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     if config is not None and not isinstance(config, dict):
         config = config.as_dict()
     root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "ssmc.codegen.triton.aot", family, target,
-           "--dtype", _dtype_name(dtype), "--out", str(out_dir), "--json"]
+    cmd = [sys.executable, "-m", "ssmc.codegen.triton.aot", ",".join(families),
+           ",".join(targets), "--dtype", _dtype_name(dtype), "--out", str(out_dir), "--json"]
     if config:
         cmd += ["--config", json.dumps(config)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SsmcError(f"AOT compile of {family} for {target} failed:\n{proc.stderr[-4000:]}")
+        raise SsmcError(f"AOT compile of {', '.join(families)} for {', '.join(targets)} "
+                        f"failed:\n{proc.stderr[-4000:]}")
     return [AotKernel(**k) for k in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
@@ -224,17 +247,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssmc.codegen.triton.aot",
                                      description="Compile a Triton kernel family for a target "
                                                  "without a GPU.")
-    parser.add_argument("family")
-    parser.add_argument("target")
+    parser.add_argument("family", help="a family, a comma-separated list, or 'all'")
+    parser.add_argument("target", help="a target, a comma-separated list, or 'all' (GPUs)")
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPE_NAMES))
     parser.add_argument("--out", default=None)
     parser.add_argument("--config", default=None, help="knobs as a JSON object")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     config = json.loads(args.config) if args.config else None
+    from ssmc.codegen.triton.families import FAMILIES
+    from ssmc.targets import list_targets, load_target
+
+    families = list(FAMILIES) if args.family == "all" else args.family.split(",")
+    targets = [t for t in list_targets() if load_target(t).is_gpu] if args.target == "all" \
+        else args.target.split(",")
     try:
-        kernels = compile_family(args.family, args.target, dtype=args.dtype, config=config,
-                                 out_dir=args.out)
+        if len(families) == 1:
+            kernels = [k for t in targets
+                       for k in compile_family(families[0], t, dtype=args.dtype,
+                                               config=config, out_dir=args.out)]
+        else:
+            kernels = compile_families(families, targets, dtype=args.dtype, config=config,
+                                       out_dir=args.out)
     except (SsmcError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -242,7 +276,7 @@ def main(argv=None) -> int:
         print(json.dumps([k.as_dict() for k in kernels]))
     else:
         for k in kernels:
-            print(f"{k.target:<7} {k.kernel:<40} regs {k.n_regs:>3}  spills {k.n_spills:>4}  "
+            print(f"{k.target:<7} {k.family:<27} {k.kernel:<35} regs {k.n_regs:>3}  spills {k.n_spills:>4}  "
                   f"shared {k.shared:>6}  warps {k.num_warps}  "
                   f"{'fits' if k.fits else 'DOES NOT FIT'}  {k.compile_s:.1f}s")
     return 0
