@@ -76,7 +76,7 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     chk.tensor("x", x, 4)
     dev = x.device
     b, L, h, p = x.shape
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise chk.ArgumentError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     chk.tensor("dt", dt, 3, device=dev)
     chk.shape("dt", dt, (b, L, h), "(b, L, h)")
