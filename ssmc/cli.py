@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ssmc.errors import SsmcError
 
@@ -59,7 +60,7 @@ def cmd_check(args) -> int:
     status = 0
     for path in args.specs:
         try:
-            g = load_spec(path)
+            g = load_spec(Path(path))  # a SPEC argument is a file, never YAML text
             n = _count_params(g)
         except SsmcError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -96,7 +97,7 @@ def cmd_run(args) -> int:
     from ssmc.semantics.inputs import random_inputs
     from ssmc.semantics.model import build_reference
 
-    g = load_spec(args.spec)
+    g = load_spec(Path(args.spec))
     torch.manual_seed(args.seed)
     model = build_reference(g).eval()
     inputs = random_inputs(g, _bindings(args), seed=args.seed)
@@ -148,7 +149,7 @@ def cmd_explain(args) -> int:
     from ssmc.ir.spec import load_spec
     from ssmc.passes import PassContext, run_pipeline
 
-    g = load_spec(args.spec)
+    g = load_spec(Path(args.spec))
     target = _target(args.target)
     ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype)
     print(f"# {g.name} for {target.name} ({target.backend}), " + ", ".join(f"{k}={v}" for k, v in ctx.bindings.items()))
@@ -188,7 +189,8 @@ def cmd_demo(args) -> int:
 
     target = _target(args.target)
     t0 = time.perf_counter()
-    model = ssmc.compile(args.spec, target=target, seqlen=args.seqlen, batch=args.batch).eval()
+    model = ssmc.compile(Path(args.spec), target=target, seqlen=args.seqlen, batch=args.batch,
+                         dims=dict(args.dim or [])).eval()
     print(model.summary())
     torch.manual_seed(0)
     ref = build_reference(model.source_graph).eval()

@@ -67,8 +67,9 @@ class CompiledModel(GraphModule):
 
 
 def compile(spec_or_path, target="auto", dtype=None, *, seqlen: int = 1024, batch: int = 2,
-            records=None, device=None) -> CompiledModel:
-    """Compile a spec (path, YAML text or Graph) for a target ('auto' = this host)."""
+            records=None, device=None, dims: dict | None = None) -> CompiledModel:
+    """Compile a spec (path, YAML text or Graph) for a target ('auto' = this host).  The shape
+    bucket is (batch, seqlen) plus `dims`, the values of the spec's other run-time dims."""
     from ssmc.ir.spec import load_spec
     from ssmc.targets import detect_host, load_target
 
@@ -78,4 +79,4 @@ def compile(spec_or_path, target="auto", dtype=None, *, seqlen: int = 1024, batc
         graph.dtype = str(dtype).replace("torch.", "")
     tgt = detect_host() if target == "auto" else (load_target(target) if isinstance(target, str) else target)
     with torch.device(device or "cpu"):
-        return CompiledModel(graph, tgt, {"batch": batch, "seqlen": seqlen}, records)
+        return CompiledModel(graph, tgt, {"batch": batch, "seqlen": seqlen, **(dims or {})}, records)

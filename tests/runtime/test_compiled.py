@@ -171,3 +171,14 @@ def test_compile_unknown_target_is_a_user_error():
 
     with pytest.raises(SsmcError, match="did you mean 'sm_90'"):
         ssmc.compile(zoo_dir() / "mamba.yaml", "sm_9")
+
+
+def test_compile_binds_other_runtime_dims():
+    """chimera has a run-time dim `variates`: the shape bucket needs its value."""
+    from ssmc.errors import SsmcError
+
+    with pytest.raises(SsmcError, match="variates"):
+        ssmc.compile(zoo_dir() / "chimera.yaml", "cpu", seqlen=16)
+    model = ssmc.compile(zoo_dir() / "chimera.yaml", "cpu", seqlen=16, dims={"variates": 3})
+    assert model.bindings == {"batch": 2, "seqlen": 16, "variates": 3}
+    assert model.kernels  # the ssm2d node got an algorithm (run by the reference on the CPU)
