@@ -134,7 +134,9 @@ def _compile_here(family_name, tgt, dtype, config, out_dir, example) -> list[Aot
     where = out_dir / tgt.name / family_name
     where.mkdir(parents=True, exist_ok=True)
     results = []
-    for launch in plan.launches:
+    for index, launch in enumerate(plan.launches):
+        # a family may launch one kernel twice, specialised differently: number the files
+        stem = f"{index:02d}{launch.name}"
         src = _ast_source(launch, gpu_target)
         started = time.perf_counter()
         compiled = triton.compile(src, target=gpu_target,
@@ -145,7 +147,7 @@ def _compile_here(family_name, tgt, dtype, config, out_dir, example) -> list[Aot
         for stage, text in compiled.asm.items():
             if stage == "source":
                 continue
-            path = where / f"{launch.name}.{stage}"
+            path = where / f"{stem}.{stage}"
             path.write_bytes(text if isinstance(text, bytes) else text.encode())
             files[stage] = str(path)
         if "ptx" in compiled.asm:
@@ -160,7 +162,7 @@ def _compile_here(family_name, tgt, dtype, config, out_dir, example) -> list[Aot
             n_spills=n_spills, shared=shared,
             fits=tgt.fits(regs_per_thread=n_regs, threads=threads, smem_bytes=shared),
             compile_s=round(elapsed, 3), files=files)
-        (where / f"{launch.name}.json").write_text(json.dumps(kernel.as_dict(), indent=1))
+        (where / f"{stem}.json").write_text(json.dumps(kernel.as_dict(), indent=1))
         results.append(kernel)
     return results
 
