@@ -169,6 +169,34 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from ssmc.codegen.emit import emit
+    from ssmc.ir.spec import load_spec
+    from ssmc.passes import PassContext, run_pipeline
+
+    g = load_spec(args.spec)
+    target = _target(args.target)
+    ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype)
+    lowered = run_pipeline(g, ctx)
+    t0 = time.perf_counter()
+    manifest = emit(lowered, target, args.output, dtype=g.dtype)
+    print(f"{g.name} for {target.name}: {len(manifest['nodes'])} SSM node(s) -> {args.output} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    for e in manifest["nodes"]:
+        what = []
+        for k in e.get("triton", {}).get("kernels", []):
+            what.append(f"{k['kernel']}: {k['n_regs']} regs, {k['n_spills']} spill bytes, {k['shared']} B shared")
+        for key in ("tvm", "tvm_cuda"):
+            what += [f"{k} {v}" for k, v in e.get(key, {}).get("files", {}).items()]
+        if "runs" in e:
+            what.append(e["runs"])
+        print(f"  {e['node']:<24} {e['algorithm']:<12}")
+        for w in what:
+            print(f"      {w}")
+    print(f"  manifest: {args.output}/manifest.json")
+    return 0
+
+
 def _median_time(fn, repeats: int) -> float:
     import statistics
 
@@ -242,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dim", type=_dim_binding, action="append", metavar="NAME=VALUE")
     e.add_argument("--all-passes", action="store_true", help="print the graph after every pass")
     e.set_defaults(fn=cmd_explain)
+
+    co = sub.add_parser("compile", help="write each kernel's source (and GPU AOT artifacts) to a directory")
+    co.add_argument("spec", metavar="SPEC")
+    co.add_argument("--target", default="auto")
+    co.add_argument("-o", "--output", required=True, metavar="DIR")
+    co.add_argument("--batch", type=_positive, default=2)
+    co.add_argument("--seqlen", type=_positive, default=1024)
+    co.add_argument("--dim", type=_dim_binding, action="append", metavar="NAME=VALUE")
+    co.set_defaults(fn=cmd_compile)
 
     d = sub.add_parser("demo", help="compile a model for this host, check it, time it against eager")
     d.add_argument("spec", metavar="SPEC", nargs="?", default="ir/mamba.yaml")

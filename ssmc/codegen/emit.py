@@ -1,0 +1,101 @@
+"""`ssmc compile`: write every kernel a lowered graph needs for a target to a directory: the
+source, and for GPU targets the ahead-of-time artifacts (ptx/cubin or amdgcn/hsaco) with their
+register / shared-memory / spill metadata, plus manifest.json saying which node runs what."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ssmc.passes.select_algorithm import family
+
+# (node family, algorithm) -> the Triton kernel family that implements it
+TRITON_FAMILY = {
+    ("selective_ssm/mamba1", "sequential"): "selective_scan.sequential",
+    ("selective_ssm/mamba1", "associative"): "selective_scan.associative",
+    ("selective_ssm/mamba1", "chunked"): "selective_scan.chunked",
+    ("selective_ssm/ssd", "chunked"): "ssd.chunked",
+    ("diagonal_ssm", "sequential"): "s4d.recurrent",
+    ("diagonal_ssm", "fft"): "s4d.vandermonde",
+}
+TORCH_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _mamba1_signature(node, graph):
+    from ssmc.codegen.tvm import ScanSignature
+    from ssmc.ir import dims as D
+
+    d = D.as_int(graph.types[node.inputs["x"]].shape[-1], {})
+    return ScanSignature(d=d, N=node.d_state, b_groups=node.groups, c_groups=node.groups,
+                         complex_a=node.complex, has_D=node.D, has_z="z" in node.inputs,
+                         has_delta_bias=node.delta_bias, delta_softplus=node.delta_softplus,
+                         has_initial_state="initial_state" in node.inputs,
+                         return_last_state=node.final_state, conj_pair=node.conj_pair)
+
+
+def _emit_tvm(node, graph, target, out: Path) -> dict:
+    """TIR of the CPU kernel (and the LLVM module it builds to), or CUDA C for a GPU target."""
+    from ssmc.codegen.tvm import selective_scan_tir as tirb
+    from ssmc.codegen.tvm.config import default_config
+
+    sig = _mamba1_signature(node, graph)
+    files = {}
+    if target.is_gpu:
+        from ssmc.codegen.tvm import selective_scan_cuda_source
+
+        if target.backend != "triton-cuda":
+            return {"note": "TVM's second path emits CUDA only"}
+        p = out / "selective_scan.cu"
+        _write_atomic(p, selective_scan_cuda_source(sig, arch=target.arch))
+        files["cuda"] = str(p)
+    else:
+        prim = tirb.build_selective_scan(sig, default_config("llvm"), "llvm")
+        p = out / "selective_scan.tir.py"
+        _write_atomic(p, prim.script() if hasattr(prim, "script") else str(prim))
+        files["tir"] = str(p)
+    return {"files": files, "signature": sig.__dict__}
+
+
+def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
+    """Write the kernels of `lowered` (a graph after the pass pipeline) to out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"model": lowered.name, "target": target.name, "backend": target.backend, "nodes": []}
+    done = {}
+    for qname, node, graph in lowered.walk():
+        alg = node.meta.get("algorithm")
+        if alg is None:
+            continue
+        fam = family(node)
+        entry = {"node": qname, "family": fam, "algorithm": alg, "config": node.meta.get("config"),
+                 "why": node.meta.get("why")}
+        node_dir = out_dir / qname.replace("*", "all").replace(".", "_")
+        if target.is_gpu and (fam, alg) in TRITON_FAMILY:
+            tfam = TRITON_FAMILY[(fam, alg)]
+            if tfam not in done:
+                from ssmc.codegen.triton.aot import compile_family
+
+                kernels = compile_family(tfam, target, dtype=TORCH_DTYPE.get(dtype, "fp32"),
+                                         out_dir=out_dir / "triton")
+                done[tfam] = [k.as_dict() for k in kernels]
+            entry["triton"] = {"family": tfam, "kernels": done[tfam]}
+        elif not target.is_gpu and fam == "selective_ssm/mamba1":
+            node_dir.mkdir(parents=True, exist_ok=True)
+            entry["tvm"] = _emit_tvm(node, graph, target, node_dir)
+        else:
+            entry["runs"] = "eager reference (no kernel for this family/algorithm on this target yet)"
+        if target.is_gpu and fam == "selective_ssm/mamba1" and target.backend == "triton-cuda":
+            node_dir.mkdir(parents=True, exist_ok=True)
+            entry["tvm_cuda"] = _emit_tvm(node, graph, target, node_dir)
+        manifest["nodes"].append(entry)
+    _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+    return manifest
