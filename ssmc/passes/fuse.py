@@ -19,8 +19,8 @@ def _absorb_gate(g, node) -> bool:
     if len(users) != 1 or is_graph_output(g, y):
         return False
     gate = users[0]
-    if gate.OP != "gate" or gate.fn != "silu" or gate.inputs["x"] != y:
-        return False
+    if gate.OP != "gate" or gate.fn != "silu" or gate.inputs["x"] != y or gate.inputs["z"] == y:
+        return False  # y * silu(y) would make the node read its own output
     node.inputs["z"] = gate.inputs["z"]
     node.meta.setdefault("fused_nodes", []).append(gate.name)
     remove_node(g, gate, {gate.outputs[0]: y})

@@ -376,3 +376,48 @@ def test_debug_catches_a_broken_pass(monkeypatch, mamba):
     monkeypatch.setenv("SSMC_DEBUG", "1")
     with pytest.raises(SpecError, match="no_such_value"):
         run_pipeline(mamba, PassContext(load_target("cpu")))
+
+
+SELF_GATE = """\
+name: selfgate
+dims:
+  d: 16
+  h: 2
+  n: 4
+inputs:
+  x: {shape: [batch, seqlen, d]}
+  dt: {shape: [batch, seqlen, h]}
+  B: {shape: [batch, seqlen, n]}
+  C: {shape: [batch, seqlen, n]}
+nodes:
+  - name: ssm
+    op: selective_ssm
+    variant: ssd
+    inputs: {x: x, dt: dt, B: B, C: C}
+    heads: h
+    d_state: n
+  - {name: g, op: gate, inputs: [ssm, ssm], fn: silu}
+outputs: [g]
+"""
+
+
+def test_fuse_leaves_a_self_gate_alone():
+    """y * silu(y) reads the SSD output twice: it cannot become the node's z input (that would
+    be a cycle), so the gate stays and the graph still verifies."""
+    import torch
+
+    import ssmc
+    from ssmc.semantics.model import build_reference
+
+    g = load_spec(SELF_GATE)
+    for target in ("cpu", "sm_90"):
+        out = lower(g, target, seqlen=64)
+        assert [n.name for n in out.nodes] == ["ssm", "g"]
+        assert "z" not in out.nodes[0].inputs
+        reverify(out)
+    model = ssmc.compile(g, "cpu", seqlen=8).eval()
+    ref = build_reference(g).eval()
+    model.load_state_dict(ref.state_dict())
+    ins = dict(x=torch.randn(1, 5, 16), dt=torch.rand(1, 5, 2), B=torch.randn(1, 5, 4), C=torch.randn(1, 5, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**ins), ref(**ins))
