@@ -35,7 +35,13 @@ class SpecError(SsmcError):
         text = f"{self.loc}: {field}: {message}"
         if suggestion:
             text += f" (did you mean '{suggestion}'?)"
-        super().__init__(text)
+        super().__init__(_one_line(text))
+
+
+def _one_line(text: str) -> str:
+    """Keys and values quoted from a spec may hold newlines or control characters; escape them
+    so that an error stays one line on the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def did_you_mean(word: str, choices) -> str | None:

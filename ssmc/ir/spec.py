@@ -86,32 +86,44 @@ def _read_dims(ctx: _Ctx, m, loc: Loc, overrides: dict | None = None) -> None:
             raise ctx.err(m.value_loc(name), f"dims.{name}", str(e)) from None
     for name, value in (overrides or {}).items():  # e.g. the base widths of a muP model
         exprs[name] = D.parse(int(value))
-    # Resolve in dependency order; report unknown names and cycles.
-    state: dict = {}
-
-    def resolve(name, chain):
-        if name in ctx.consts:
-            return
-        if state.get(name) == "visiting":
-            raise ctx.err(m.value_loc(name), f"dims.{name}", "cyclic definition: "
-                          + " -> ".join(chain[chain.index(name):] + [name]))  # the cycle, not the way in
-        state[name] = "visiting"
-        for s in sorted(exprs[name].symbols()):
-            if s in ctx.symbolic:
-                raise ctx.err(m.value_loc(name), f"dims.{name}", f"uses '{s}', which is bound at run time; "
-                              "dims must be constants")
-            if s not in exprs:
-                raise ctx.err(m.value_loc(name), f"dims.{name}", f"unknown dimension '{s}'",
-                              did_you_mean(s, list(exprs) + ctx.symbolic))
-            resolve(s, chain + [name])
-        try:
-            ctx.consts[name] = D.as_int(exprs[name], ctx.consts)
-        except D.DimError as e:
-            raise ctx.err(m.value_loc(name), f"dims.{name}", str(e)) from None
-        state[name] = "done"
+    # Resolve in dependency order; report unknown names and cycles.  Depth-first with an explicit
+    # stack: a chain of thousands of dims must not hit Python's recursion limit.
+    def resolve(root):
+        path, todo = [], [root]  # path: the chain being resolved (for the cycle message)
+        while todo:
+            name = todo[-1]
+            if name in ctx.consts:
+                todo.pop()
+                continue
+            if not path or path[-1] != name:  # first visit: check and queue its dependencies
+                path.append(name)
+                deps = []
+                for s in sorted(exprs[name].symbols()):
+                    if s in ctx.symbolic:
+                        raise ctx.err(m.value_loc(name), f"dims.{name}", f"uses '{s}', which is bound at run "
+                                      "time; dims must be constants")
+                    if s not in exprs:
+                        raise ctx.err(m.value_loc(name), f"dims.{name}", f"unknown dimension '{s}'",
+                                      did_you_mean(s, list(exprs) + ctx.symbolic))
+                    if s in path:
+                        cycle = path[path.index(s):] + [s]  # the cycle, not the way in
+                        if len(cycle) > 9:
+                            cycle = cycle[:4] + [f"... ({len(cycle) - 7} more)"] + cycle[-3:]
+                        raise ctx.err(m.value_loc(s), f"dims.{s}", "cyclic definition: " + " -> ".join(cycle))
+                    if s not in ctx.consts:
+                        deps.append(s)
+                todo.extend(reversed(deps))
+                continue
+            # second visit: every dependency is resolved
+            try:
+                ctx.consts[name] = D.as_int(exprs[name], ctx.consts)
+            except D.DimError as e:
+                raise ctx.err(m.value_loc(name), f"dims.{name}", str(e)) from None
+            path.pop()
+            todo.pop()
 
     for name in exprs:
-        resolve(name, [])
+        resolve(name)
 
 
 def _const_dim(ctx, value, loc, field, allow_negative=False) -> int:

@@ -207,7 +207,11 @@ def test_equal_with_env_and_errors():
     assert not D.equal(D.parse("d*2"), D.parse("8"), {"d": 5})
     # an expression that cannot be evaluated is equal to nothing (and raises nothing)
     assert not D.equal(D.parse("1/(d-d)"), D.parse("1"))
-    assert not D.equal(D.parse("d**64"), D.parse("d**64"))  # out of range for the trial values
+    # the same expression is equal even where the trial values would go out of range ...
+    assert D.equal(D.parse("d**64"), D.parse("d**64"))
+    # ... and equivalent ones are compared with small trial values when large ones overflow
+    assert D.equal(D.parse("b**6"), D.parse("b*b**5"))
+    assert not D.equal(D.parse("b**6"), D.parse("b**5"))
 
 
 # ---- property: the parser only ever raises DimError --------------------------------------------

@@ -59,7 +59,7 @@ def check_loads_or_spec_error(text: str) -> None:
             msg = str(e)
             assert msg and e.field is not None
             assert e.loc.line >= 0 and e.loc.col >= 0
-            assert "\n" not in msg.split("(did you mean")[0][:400] or "<yaml>" in msg
+            assert "\n" not in msg and "\r" not in msg, "an error is one line"
             assert len(msg) < 2000, "error messages must stay short"
 
 
@@ -226,7 +226,7 @@ def test_arbitrary_text(text):
 
 @pytest.mark.parametrize("text", [
     "a: &a [*a]\n",                                   # recursive alias
-    "x: " + "[" * 5000 + "]" * 5000 + "\n",          # deep nesting
+    "x: " + "[" * 1500 + "]" * 1500 + "\n",          # deep nesting
     "x: " + "{a: " * 2000 + "1" + "}" * 2000 + "\n",
     "a: &a [1,2,3,4,5,6,7,8,9]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
     "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\nname: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",   # billion laughs

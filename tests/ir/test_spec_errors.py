@@ -533,6 +533,15 @@ def test_ssd_heads_do_not_divide_channels():
     assert e.field in ("nodes.ssm.inputs.dt", "nodes.ssm.inputs.x")
 
 
+def test_large_symbolic_shapes_compare_equal():
+    # batch**6 overflows the random trial values of dims.equal; the shape still matches itself
+    text = edit(TINY, "[batch, seqlen, d]", "[batch, seqlen, batch*batch*batch*batch*batch*batch]")
+    text = edit(text, "  - {name: a, op: linear, inputs: [x], out: d}\n",
+                "  - {name: a, op: silu, inputs: [x]}\n  - {name: s, op: add, inputs: [a, x]}\n")
+    g = load_spec(text.replace("outputs: [a]", "outputs: [s]"))
+    assert str(g.types["s"]) == "float32[batch, seqlen, (((((batch * batch) * batch) * batch) * batch) * batch)]"
+
+
 def test_bad_input_dtype():
     text = edit(TINY, "[batch, seqlen, d]}", "[batch, seqlen, d], dtype: float33}")
     e = spec_error(text)
