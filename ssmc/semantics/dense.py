@@ -25,7 +25,8 @@ _MODES = ("linear", "expm")
 
 def dense_transitions(x, A_k, mode: str = "linear", A_0=None) -> torch.Tensor:
     """A(x_t) per token.  x: (b, L, K); A_k: (K, nb, bs, bs); A_0: (nb, bs, bs) or None, an
-    input-independent drift (the CDE's time channel).  Returns (b, L, nb, bs, bs) in the computation dtype.
+    input-independent drift (the CDE's time channel).
+    Returns (b, L, nb, bs, bs) in the computation dtype.
 
     "linear": I + A_0 + sum_k x^k A_k (one Euler step of dh = A_0 h dt + sum_k A_k h dx^k);
     "expm": expm(A_0 + sum_k x^k A_k) (the exact flow over a step with constant x).
@@ -96,7 +97,8 @@ def dense_ssm(x, A_k, W_B, W_C, D=None, mode: str = "linear", scan: str = "seque
     """The whole dense selective SSM: h_t = A(x_t) h_{t-1} + W_B x_t, y_t = W_C h_t + D x_t.
 
     x: (b, L, d); A_k: (d, nb, bs, bs); A_0: (nb, bs, bs) drift or None; W_B: (N, d);
-    W_C: (d, N) with N = nb * bs; D: (d,); initial_state: (b, N).  ``scan`` picks "sequential" (the oracle) or "assoc".
+    W_C: (d, N) with N = nb * bs; D: (d,); initial_state: (b, N).
+    ``scan`` picks "sequential" (the oracle) or "assoc".
     Returns y (b, L, d) in x's dtype [, final state (b, N) in the computation dtype].
     """
     scans = {"sequential": dense_scan_ref, "assoc": dense_scan_assoc}

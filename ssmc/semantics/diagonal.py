@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
+from ssmc.semantics.init import polar_gamma
+
 __all__ = [
-    "work_dtype", "as_work", "discretize_zoh", "discretize_bilinear", "discretize", "polar_discrete",
-    "s4d_kernel", "s4d_fft_conv", "s4d_recurrence",
+    "work_dtype", "as_work", "discretize_zoh", "discretize_bilinear", "discretize",
+    "polar_discrete", "s4d_kernel", "s4d_fft_conv", "s4d_recurrence",
 ]
 
 
@@ -87,8 +89,6 @@ def polar_discrete(nu, phi, B, normalize: bool = True):
     a separate parameter), so Bbar = gamma B.  nu, phi: (d, n) real; B: (d, n).
     Returns Abar (d, n) complex64, Bbar (d, n) complex64.
     """
-    from ssmc.semantics.init import polar_gamma
-
     nu, phi, B = as_work(nu, phi, B)
     r = torch.exp(-torch.exp(nu))
     theta = torch.exp(phi)
@@ -109,8 +109,9 @@ def s4d_kernel(Abar, Bbar, C, L: int, conj_pair: bool = True) -> torch.Tensor:
     """Convolution kernel by a Vandermonde product: K[l] = 2 Re sum_n C_n Bbar_n Abar_n^l.
 
     (Re without conj_pair; no Re for real parameters.)  Abar, Bbar, C: (d, n).
-    Returns K (d, L) real (float32, float64 for 64-bit inputs).  Abar_n^l is evaluated directly as a power for every l, not by
-    repeated multiplication, so it is independent of the recurrence.
+    Returns K (d, L) real (float32; float64 for 64-bit inputs).  Abar_n^l is evaluated
+    directly as a power for every l, not by repeated multiplication, so it is independent of
+    the recurrence.
     """
     Abar, Bbar, C = as_work(Abar, Bbar, C)
     ell = torch.arange(L, dtype=work_dtype(Abar), device=Abar.device)

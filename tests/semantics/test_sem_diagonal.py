@@ -2,6 +2,7 @@
 recurrence and vs a direct causal convolution, discretisations vs the continuous system,
 polar form, the module (fft vs recurrence, dtypes, gradients, validation)."""
 
+import cmath
 import math
 
 import pytest
@@ -46,6 +47,21 @@ def test_kernel_is_impulse_response(init, disc, conj_pair):
     impulse[..., 0] = 1.0
     y = s4d_recurrence(impulse, Abar, Bbar, C, None, conj_pair)
     torch.testing.assert_close(K, y[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conj_pair, factor", [(True, 2), (False, 1)])
+def test_kernel_closed_form_one_mode(conj_pair, factor):
+    # One mode by Python's complex arithmetic: K[l] = factor * Re(C Bbar Abar^l).
+    a, bb, c, dt = complex(-0.3, 2.0), complex(0.5, -0.2), complex(1.1, 0.7), 0.1
+    Abar = cmath.exp(dt * a)
+    Bbar = (Abar - 1) / a * bb
+    want = torch.tensor([[factor * (c * Bbar * Abar ** l).real for l in range(6)]],
+                        dtype=torch.float64)
+    t = lambda z: torch.tensor([[z]], dtype=torch.complex128)  # noqa: E731
+    Ab, Bb = discretize_zoh(t(a), t(bb), torch.tensor([dt], dtype=torch.float64))
+    torch.testing.assert_close(s4d_kernel(Ab, Bb, t(c), 6, conj_pair), want)
+    real = s4d_kernel(torch.tensor([[0.5]]), torch.tensor([[2.0]]), torch.tensor([[3.0]]), 4)
+    torch.testing.assert_close(real, torch.tensor([[6.0, 3.0, 1.5, 0.75]]))  # no Re, no 2
 
 
 @pytest.mark.parametrize("L", [1, 7, 1000])
