@@ -236,7 +236,9 @@ def cmd_demo(args) -> int:
         t_cmp = _median_time(lambda: model(**inputs), args.repeats)
     print(f"forward, batch {args.batch}, seqlen {args.seqlen}, median of {args.repeats}:")
     print(f"  eager PyTorch reference {t_ref * 1e3:9.1f} ms")
-    print(f"  ssmc ({target.name})       {t_cmp * 1e3:9.1f} ms   {t_ref / t_cmp:6.1f}x faster")
+    ratio = t_ref / t_cmp
+    verdict = f"{ratio:6.1f}x faster" if ratio >= 1 else f"{1 / ratio:6.1f}x slower"
+    print(f"  ssmc ({target.name})       {t_cmp * 1e3:9.1f} ms   {verdict} than eager")
     return 0 if ok else 1
 
 
