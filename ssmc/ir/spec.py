@@ -339,7 +339,7 @@ def _read_outputs(ctx, node: Op) -> None:
 
 # ---- the file ----------------------------------------------------------------------------------
 
-def _read_graph_body(ctx, m: LocDict, where: str, blocks: dict):
+def _read_graph_body(ctx, m: LocDict, where: str, blocks: dict, later=()):
     nodes_raw = _expect(ctx, m.get("nodes"), LocList, m.value_loc("nodes") if "nodes" in m else m.loc, f"{where}nodes")
     if not nodes_raw:
         raise ctx.err(nodes_raw.loc, f"{where}nodes", "expected at least one node")
@@ -348,6 +348,10 @@ def _read_graph_body(ctx, m: LocDict, where: str, blocks: dict):
     nodes = [_read_node(ctx, raw, nodes_raw.item_loc(i), f"{where}nodes[{i}]") for i, raw in enumerate(nodes_raw)]
     for node in nodes:
         if node.OP == "repeat":
+            if node.block in later:  # defined, but not yet: no recursion through blocks
+                raise ctx.err(node.locs.get("block", node.loc), f"nodes.{node.name}.block",
+                              f"block {node.block!r} is this block or one defined after it; a block may "
+                              "only repeat blocks defined before it")
             if node.block not in blocks:
                 raise ctx.err(node.locs.get("block", node.loc), f"nodes.{node.name}.block",
                               f"unknown block {node.block!r}", did_you_mean(node.block, list(blocks)))
@@ -442,7 +446,8 @@ def load_spec(source, *, verify: bool = True, dims: dict | None = None) -> Graph
     # Blocks may use each other (nested repeats); read bodies in order, a block sees the earlier ones.
     blocks = {}
     for bname, (braw, bins) in block_defs.items():
-        nodes, outputs, outs_loc = _read_graph_body(ctx, braw, f"blocks.{bname}.", blocks)
+        nodes, outputs, outs_loc = _read_graph_body(ctx, braw, f"blocks.{bname}.", blocks,
+                                                    later=[b for b in block_defs if b not in blocks])
         blocks[bname] = dict(inputs=bins, nodes=nodes, outputs=outputs, outputs_loc=outs_loc, loc=braw.loc)
     nodes, outputs, outs_loc = _read_graph_body(ctx, top, "", blocks)
 

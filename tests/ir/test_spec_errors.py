@@ -768,3 +768,55 @@ def test_zero_sizes(old, new, field):
     text = edit(zoo("rir"), old, new)
     e = spec_error(text)
     check(e, val(text, new.split(",")[0].rstrip("}")), field, "must be >= 1, got 0")
+
+
+# ---- limits: big but well-formed specs load; hostile ones fail cleanly --------------------------
+
+def _dims_chain(n: int, last: str) -> str:
+    return ("name: t\ndims:\n" + "".join(f"  d{i}: d{i + 1}\n" for i in range(n)) + f"  d{n}: {last}\n"
+            "inputs:\n  x: {shape: [batch, seqlen, d0]}\nnodes:\n  - {name: a, op: silu, inputs: [x]}\n"
+            "outputs: [a]\n")
+
+
+def test_long_dims_chain_in_reverse_order():
+    g = load_spec(_dims_chain(2000, "8"))  # each dim names the next: deeper than Python's recursion limit
+    assert g.dims["d0"] == 8
+
+
+def test_long_dims_cycle():
+    e = spec_error(_dims_chain(2000, "d0"))
+    check(e, (3, 7), "dims.d0", "cyclic definition: d0 -> d1 -> d2 -> d3 -> ... (1995 more) -> d1999 -> d2000 -> d0")
+
+
+def test_nested_blocks():
+    n = 60
+    blocks = ("blocks:\n  b0:\n    inputs: [h]\n    nodes:\n      - {name: s, op: silu, inputs: [h]}\n"
+              "    outputs: [s]\n")
+    blocks += "".join(f"  b{i}:\n    inputs: [h]\n    nodes:\n      - {{name: r, op: repeat, block: b{i - 1}, "
+                      f"times: 2, inputs: [h]}}\n    outputs: [r]\n" for i in range(1, n))
+    text = TINY.replace("nodes:\n", blocks + "nodes:\n")
+    text = text.replace("{name: a, op: linear, inputs: [x], out: d}", f"{{name: a, op: repeat, block: b{n - 1}, "
+                        "times: 2, inputs: [x]}")
+    g = load_spec(text)
+    assert str(g.types["a"]) == "float32[batch, seqlen, 8]"
+
+
+def test_block_cannot_repeat_itself():
+    text = edit(zoo("mamba"), "      - {name: res, op: add, inputs: [h, out_proj]}\n",
+                "      - {name: res, op: add, inputs: [h, out_proj]}\n"
+                "      - {name: again, op: repeat, block: mamba_block, times: 1, inputs: [res]}\n")
+    e = spec_error(text)
+    check(e, at(text, "mamba_block, times: 1"), "nodes.again.block",
+          "block 'mamba_block' is this block or one defined after it")
+
+
+def test_a_key_with_a_newline_gives_a_one_line_error():
+    e = spec_error(edit(TINY, "outputs: [a]\n", 'outputs: [a]\n"bad\\nkey": 1\n'))
+    assert "\n" not in str(e) and "bad\\nkey" in str(e)
+
+
+def test_many_nodes_rejected():
+    text = edit(TINY, "  - {name: a, op: linear, inputs: [x], out: d}\n",
+                "  - 0\n" * 10_001)  # the count is checked before the nodes are read
+    e = spec_error(text)
+    check(e, (7, 3), "nodes", "at most 10000 nodes")
