@@ -19,22 +19,22 @@ def backend_of(target) -> str:
 
 
 class _Runner:
-    """Maps a node (by identity) to its kernel; a plain object so nn.Module does not track it."""
+    """Runs a node with the kernel recorded in node.meta['run'] (kept on the node, so copies of
+    the model keep their kernels); a plain object so nn.Module does not track it."""
 
     def __init__(self, backend: str):
         self.backend = backend
-        self.plan = {}  # id(node) -> (executor, fn, config)
 
     def add(self, node) -> str:
         alg = node.meta.get("algorithm")
         hit = executors.for_node(family(node), alg, self.backend) if alg else None
         if hit is None:
             return "reference"
-        self.plan[id(node)] = (hit[0], hit[1], node.meta.get("config", {}))
+        node.meta["run"] = (hit[0], hit[1], node.meta.get("config", {}))
         return f"{self.backend}:{node.meta.get('kernel')}"
 
     def __call__(self, node, mod, args):
-        entry = self.plan.get(id(node))
+        entry = node.meta.get("run")
         if entry is None:
             return NotImplemented
         executor, fn, config = entry

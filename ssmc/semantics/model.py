@@ -152,8 +152,10 @@ def _call(graph: Graph, node, mod: nn.Module, args: list):
             outs = block(*outs)
             outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
         return outs
-    if node.OP == "selective_ssm" or node.OP == "diagonal_ssm" or node.OP == "ssm2d":
+    if node.OP in ("selective_ssm", "diagonal_ssm", "ssm2d"):
         kwargs = dict(zip(node.inputs, args))
+        if node.OP == "selective_ssm" and node.final_state:
+            kwargs["return_final_state"] = True
         return mod(**kwargs)
     return mod(*args)
 

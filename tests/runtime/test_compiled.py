@@ -19,12 +19,15 @@ VOCAB = 256  # mamba.yaml / mamba2.yaml
 def _count_kernel_calls(model: CompiledModel) -> list:
     """Wrap every compiled kernel of `model` so that calls are counted (one list entry each)."""
     calls = []
-    plan = model._runner.plan
-    for key, (executor, fn, config) in list(plan.items()):
+    for _, node, _ in model.graph.walk():
+        if "run" not in node.meta:
+            continue
+        executor, fn, config = node.meta["run"]
+
         def counted(*a, _fn=fn, **k):
             calls.append(_fn)
             return _fn(*a, **k)
-        plan[key] = (executor, counted, config)
+        node.meta["run"] = (executor, counted, config)
     return calls
 
 
