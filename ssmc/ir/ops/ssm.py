@@ -46,9 +46,7 @@ class DiagonalSSM(Op):
             raise ShapeError("d_state", f"must be >= 1, got {self.d_state}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ShapeError("dt_min", f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
-        if self.init == "real" and self.complex:
-            raise ShapeError("init", "init 'real' (S4D-Real) needs complex: false")
-        # The converse rules (as semantics.modules_ssm.DiagonalSSM enforces them):
+        # As semantics.modules_ssm.DiagonalSSM enforces them (S4D-Real may also seed a complex A):
         if not self.complex and self.init != "real":
             raise ShapeError("init", f"init '{self.init}' gives a complex A; it needs complex: true "
                                      "(a real state takes init: real)")
