@@ -278,8 +278,8 @@ def main(argv=None) -> int:
         print(json.dumps([k.as_dict() for k in kernels]))
     else:
         for k in kernels:
-            print(f"{k.target:<7} {k.family:<27} {k.kernel:<35} regs {k.n_regs:>3}  spills {k.n_spills:>4}  "
-                  f"shared {k.shared:>6}  warps {k.num_warps}  "
+            print(f"{k.target:<7} {k.family:<27} {k.kernel:<35} regs {k.n_regs:>3}  "
+                  f"spills {k.n_spills:>4}  shared {k.shared:>6}  warps {k.num_warps}  "
                   f"{'fits' if k.fits else 'DOES NOT FIT'}  {k.compile_s:.1f}s")
     return 0
 

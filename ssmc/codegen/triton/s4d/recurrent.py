@@ -107,8 +107,8 @@ def plan_s4d_recurrent(u, Abar, Bbar, C, D=None, conj_pair=True, initial_state=N
          "h_out_ptr": h_out if h_out is not None else A2,
          "dim": dim, "seqlen": seqlen, "dstate": dstate,
          "scale": readout_scale(Abar, Bbar, C, conj_pair)},
-        {"BLOCK_D": block_d, "BLOCK_N": next_pow2(dstate), "STATE_COMPLEX": complex_state, "HAS_D": D is not None,
-         "HAS_H_IN": h_in is not None, "HAS_H_OUT": h_out is not None},
+        {"BLOCK_D": block_d, "BLOCK_N": next_pow2(dstate), "STATE_COMPLEX": complex_state,
+         "HAS_D": D is not None, "HAS_H_IN": h_in is not None, "HAS_H_OUT": h_out is not None},
         config.num_warps, config.num_stages)
     return LaunchPlan([launch], (out, h_out))
 
