@@ -1,7 +1,10 @@
 """Drop-in functional ops with the signatures users know (mamba-ssm, Mamba-2's ssd).
 
-backend: "auto" (Triton on a CUDA/ROCm device, TVM on the CPU, the reference where a kernel is
-missing), "triton", "tvm" or "reference".  Arguments are checked here, once, for every backend.
+backend: "auto" (Triton on a CUDA/ROCm device, TVM on the CPU, ssmc's vectorised torch engine
+where a kernel is missing or for float64), "triton", "tvm" or "reference" (the eager oracle,
+differentiated by autograd).  Arguments are checked here, once, for every backend.  Every backend
+but "reference" runs through the ``ssmc::`` torch.library ops (ssmc.runtime.library): they are
+differentiable (the chunked reverse scan), work on meta / fake tensors and under torch.compile.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import torch
 
 from ssmc.runtime import checks as chk
-from ssmc.runtime.dispatch import pick_backend, selective_scan_impl, ssd_impl
+from ssmc.runtime.dispatch import kernel, pick_backend, selective_scan_impl, ssd_impl
 
 BACKENDS = ("auto", "triton", "tvm", "reference")
 
@@ -19,6 +22,14 @@ BACKENDS = ("auto", "triton", "tvm", "reference")
 def _check_backend(backend):
     if backend not in BACKENDS:
         raise chk.ArgumentError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _op_backend(family: str, backend: str, like) -> str:
+    """The backend the op gets: an explicit one must exist here (an error names what does)."""
+    chosen = pick_backend(backend, like)
+    if backend != "auto" and like.device.type != "meta":
+        kernel(family, None, chosen, strict=True)
+    return backend
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -51,9 +62,18 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     chk.shape("z", z, (b, d, L), "(b, d, L)")
     chk.tensor("delta_bias", delta_bias, 1, device=dev, optional=True)
     chk.shape("delta_bias", delta_bias, (d,), "(d,)")
-    impl = selective_scan_impl(pick_backend(backend, u), backend)
-    return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                return_last_state=return_last_state)
+    if backend == "reference":
+        impl = selective_scan_impl("reference", backend)
+        return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                    delta_softplus=delta_softplus, return_last_state=return_last_state)
+    from ssmc.runtime import library
+
+    be = _op_backend("selective_ssm/mamba1", backend, u)
+    Bo = B.unsqueeze(1) if B.dim() == 3 else B  # (b, N, L) -> one group (b, 1, N, L)
+    Co = C.unsqueeze(1) if C.dim() == 3 else C
+    return library.selective_scan(u, delta, A, Bo, Co, D=D, z=z, delta_bias=delta_bias,
+                                  delta_softplus=bool(delta_softplus), layout="bdl",
+                                  return_last_state=bool(return_last_state), backend=be)
 
 
 def _seq_idx_from_cu(cu_seqlens, L, device):
@@ -112,7 +132,15 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
         raise chk.ArgumentError(f"dt_limit: expected (lo, hi), got {dt_limit!r}") from None
     if math.isnan(lo) or math.isnan(hi) or lo > hi:
         raise chk.ArgumentError(f"dt_limit: expected lo <= hi, got {dt_limit!r}")
-    impl = ssd_impl(pick_backend(backend, x), backend)
-    return impl(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
-                initial_states=initial_states, seq_idx=seq_idx, dt_softplus=dt_softplus,
-                dt_limit=(lo, hi), return_final_states=return_final_states)
+    if backend == "reference":
+        impl = ssd_impl("reference", backend)
+        return impl(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                    initial_states=initial_states, seq_idx=seq_idx, dt_softplus=dt_softplus,
+                    dt_limit=(lo, hi), return_final_states=return_final_states)
+    from ssmc.runtime import library
+
+    be = _op_backend("selective_ssm/ssd", backend, x)
+    return library.ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                       initial_states=initial_states, seq_idx=seq_idx,
+                       dt_softplus=bool(dt_softplus), dt_limit=(lo, hi),
+                       return_final_states=bool(return_final_states), backend=be)
