@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("targets", help="list the target descriptors in targets/")
     t.set_defaults(fn=cmd_targets)
+    __import__("ssmc.bench.cli", fromlist=["register"]).register(sub)  # ssmc bench: ssmc/bench/cli.py
     return p
 
 
