@@ -10,7 +10,7 @@ _os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 from ssmc.errors import SpecError, SsmcError  # noqa: E402
 
-__all__ = ["__version__", "SpecError", "SsmcError", "load_spec", "compile"]
+__all__ = ["__version__", "SpecError", "SsmcError", "load_spec", "compile", "load"]
 
 
 def load_spec(path_or_text, **kw):
@@ -26,3 +26,13 @@ def compile(spec_or_path, target="auto", dtype=None, **kw):
     from ssmc.runtime.compiled import compile as _compile
 
     return _compile(spec_or_path, target=target, dtype=dtype, **kw)
+
+
+def load(directory, target=None, **kw):
+    """A CompiledModel saved with `CompiledModel.save(directory)`: same weights, same kernel
+    choices (no recompile when the kernel cache holds them).  A model saved by another stack
+    (ssmc, torch, triton, tvm or target version) is rebuilt with a VersionMismatchWarning
+    (on_mismatch="error" raises instead)."""
+    from ssmc.runtime.saveload import load as _load
+
+    return _load(directory, target=target, **kw)

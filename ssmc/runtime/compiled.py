@@ -59,6 +59,13 @@ class CompiledModel(GraphModule):
         self.target = target
         self.bindings = ctx.bindings
 
+    def save(self, directory):
+        """Write the spec, weights, chosen algorithms/configs and stack versions to `directory`
+        (atomically); `ssmc.load(directory)` brings the model back without recompiling."""
+        from ssmc.runtime.saveload import save
+
+        return save(self, directory)
+
     def summary(self) -> str:
         lines = [f"{self.graph.name} compiled for {self.target.name}:"]
         for qname, how in self.kernels.items():
