@@ -41,8 +41,9 @@ def _dot_operand(v, dot_t: tl.constexpr, ROUND_VIA_FP32: tl.constexpr):
 @dataclass(frozen=True)
 class SsdChunkedConfig(KernelConfig):
     chunk: int = pow2_field(64)  # Q: steps per chunk (used when chunk_size is not given)
-    # output rows (time steps) per program, <= chunk.  None: 64 for 16-bit inputs, 32 for fp32
-    # (the program keeps a (block_m, dstate) tile of C; fp32 at 64 x 128 spilled on sm_90)
+    # output rows (time steps) per program, <= chunk.  None: 64 for 16-bit inputs, 16 for fp32
+    # (the program keeps a (block_m, dstate) tile of C: fp32 at 64 x 128 spilled on sm_90,
+    # at 32 x 128 on sm_86/sm_89 -- see `python -m ssmc.codegen.triton.aot ssd.chunked all`)
     block_m: int | None = pow2_field(None)
     block_k: int = pow2_field(32)  # time steps per inner matmul step, <= chunk
     block_p: int = pow2_field(32)  # headdim columns per program
@@ -277,7 +278,7 @@ def plan_ssd_chunked(problem: SsdProblem, config: SsdChunkedConfig | None = None
     config = config or SsdChunkedConfig()
     p = problem
     Q = chunk_size or config.chunk
-    block_m = config.block_m or (32 if p.x.dtype == torch.float32 else 64)
+    block_m = config.block_m or (16 if p.x.dtype == torch.float32 else 64)
     block_m, block_k = min(block_m, Q), min(config.block_k, Q)
     block_p = min(config.block_p, max(next_pow2(p.headdim), 16))
     block_n = max(next_pow2(p.dstate), 16)
