@@ -1,0 +1,203 @@
+"""Drop-in SSM layers for any PyTorch model, backed by ssmc's compiled kernels.
+
+    import ssmc.nn
+    mixer = ssmc.nn.Mamba(d_model=256)            # the Mamba-1 mixer block
+    y = mixer(x)                                  # x, y: (batch, seqlen, d_model)
+
+Each layer writes a one-layer spec (YAML, `layer.spec`) from its constructor arguments and
+compiles it with `ssmc.compile`: it *is* a CompiledModel, so its parameter names are the
+reference model's (`layer.reference()` builds the eager oracle of the same spec; state dicts
+move both ways), its SSM node runs the kernel chosen for the target (TVM on the CPU, Triton on
+a GPU) with the ``ssmc::`` ops' gradients when training, and the reference runs wherever a
+kernel is missing.  `use_kernels=False` builds the reference itself.
+
+Constructor arguments follow mamba-ssm's (``d_model, d_state, d_conv, expand, dt_rank="auto"``,
+...).  The step-size bias lives on the scan (``ssm.delta_bias`` / ``ssm.dt_bias``), fused into
+the kernel, rather than on ``dt_proj``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ssmc.runtime.compiled import CompiledModel
+from ssmc.semantics.model import GraphModule
+
+__all__ = ["S4D", "Mamba", "Mamba2", "SpecLayer"]
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def _f(v: float) -> str:
+    if v == math.inf:
+        return ".inf"
+    return repr(float(v))
+
+
+class SpecLayer(CompiledModel):
+    """A layer defined by a spec text: compiled for `target` ('auto' = this host), or the eager
+    reference with use_kernels=False."""
+
+    def __init__(self, spec: str, *, target="auto", use_kernels: bool = True, seqlen: int = 1024,
+                 batch: int = 2, device=None, dtype=None):
+        from ssmc.ir.spec import load_spec
+        from ssmc.targets import detect_host, load_target
+
+        graph = load_spec(spec)
+        self.spec = spec
+        with torch.device(device or "cpu"):
+            if use_kernels:
+                tgt = detect_host() if target == "auto" else (
+                    load_target(target) if isinstance(target, str) else target)
+                super().__init__(graph, tgt, {"batch": batch, "seqlen": seqlen})
+            else:  # the reference: no runner, every node eager
+                GraphModule.__init__(self, graph)
+                self.kernels, self.source_graph, self.target = {}, graph, None
+                self.bindings = {"batch": batch, "seqlen": seqlen}
+        if dtype is not None:
+            self.to(dtype)
+
+    def reference(self) -> GraphModule:
+        """The eager oracle of the same spec, holding a copy of this layer's weights."""
+        ref = GraphModule(self.source_graph).to(next(self.parameters()).device)
+        ref.load_state_dict(self.state_dict())
+        return ref
+
+
+class Mamba(SpecLayer):
+    """The Mamba-1 mixer (Gu & Dao 2023): in_proj -> causal conv1d + SiLU -> x_proj -> dt_proj
+    -> selective scan (softplus(dt + bias), D skip, SiLU(z) gate fused) -> out_proj.
+    forward(hidden_states (b, L, d_model)) -> (b, L, d_model)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 conv_bias: bool = True, bias: bool = False, **kw):
+        d_inner = int(expand * d_model)
+        rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner, self.dt_rank = d_inner, rank
+        spec = f"""\
+name: mamba_mixer
+dims: {{d_model: {d_model}, d_inner: {d_inner}, d_state: {d_state}, d_conv: {d_conv}, dt_rank: {rank}}}
+inputs:
+  hidden_states: {{shape: [batch, seqlen, d_model]}}
+nodes:
+  - {{name: in_proj, op: linear, inputs: [hidden_states], out: 2*d_inner, bias: {_b(bias)}}}
+  - {{name: xz, op: split, inputs: [in_proj], sizes: [d_inner, d_inner], outputs: [xs, z]}}
+  - {{name: conv1d, op: conv1d, inputs: [xs], kernel: d_conv, activation: silu, bias: {_b(conv_bias)}}}
+  - {{name: x_proj, op: linear, inputs: [conv1d], out: dt_rank + 2*d_state, bias: false}}
+  - {{name: dbc, op: split, inputs: [x_proj], sizes: [dt_rank, d_state, d_state], outputs: [dt_low, Bm, Cm]}}
+  - {{name: dt_proj, op: linear, inputs: [dt_low], out: d_inner, bias: false}}
+  - name: ssm
+    op: selective_ssm
+    variant: mamba1
+    inputs: {{x: conv1d, delta: dt_proj, B: Bm, C: Cm, z: z}}
+    d_state: d_state
+    delta_bias: true
+    delta_softplus: true
+    D: true
+    dt_min: {_f(dt_min)}
+    dt_max: {_f(dt_max)}
+  - {{name: out_proj, op: linear, inputs: [ssm], out: d_model, bias: {_b(bias)}}}
+outputs: [out_proj]
+"""
+        super().__init__(spec, **kw)
+
+
+class Mamba2(SpecLayer):
+    """The Mamba-2 mixer (Dao & Gu 2024): in_proj -> (z, xBC, dt); causal conv1d + SiLU on xBC
+    -> SSD (scalar A per head, softplus(dt + dt_bias), D skip) -> RMSNorm(y * SiLU(z))
+    (mamba-ssm's gated norm with norm_before_gate=False) -> out_proj.
+    forward(hidden_states (b, L, d_model)) -> (b, L, d_model)."""
+
+    def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2,
+                 headdim: int = 64, ngroups: int = 1, chunk_size: int = 256,
+                 dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_limit=(0.0, float("inf")), rmsnorm: bool = True, conv_bias: bool = True,
+                 bias: bool = False, **kw):
+        d_inner = int(expand * d_model)
+        if d_inner % headdim:
+            raise ValueError(f"headdim ({headdim}) must divide expand * d_model ({d_inner})")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner, self.headdim, self.nheads, self.ngroups = d_inner, headdim, \
+            d_inner // headdim, ngroups
+        limit = ""
+        if tuple(dt_limit) != (0.0, float("inf")):
+            limit = f"\n    dt_limit: [{_f(dt_limit[0])}, {_f(dt_limit[1])}]"
+        gate_nodes = "  - {name: gated, op: gate, inputs: [ssm, z], fn: silu}\n"
+        last = "gated"
+        if rmsnorm:
+            gate_nodes += "  - {name: norm, op: rmsnorm, inputs: [gated]}\n"
+            last = "norm"
+        spec = f"""\
+name: mamba2_mixer
+dims:
+  d_model: {d_model}
+  d_inner: {d_inner}
+  headdim: {headdim}
+  nheads: d_inner / headdim
+  ngroups: {ngroups}
+  d_state: {d_state}
+  d_conv: {d_conv}
+  conv_dim: d_inner + 2*ngroups*d_state
+inputs:
+  hidden_states: {{shape: [batch, seqlen, d_model]}}
+nodes:
+  - {{name: in_proj, op: linear, inputs: [hidden_states], out: d_inner + conv_dim + nheads, bias: {_b(bias)}}}
+  - {{name: zxbcdt, op: split, inputs: [in_proj], sizes: [d_inner, conv_dim, nheads], outputs: [z, xBC, dt]}}
+  - {{name: conv1d, op: conv1d, inputs: [xBC], kernel: d_conv, activation: silu, bias: {_b(conv_bias)}}}
+  - {{name: xbc, op: split, inputs: [conv1d], sizes: [d_inner, ngroups*d_state, ngroups*d_state], outputs: [xs, Bm, Cm]}}
+  - name: ssm
+    op: selective_ssm
+    variant: ssd
+    inputs: {{x: xs, dt: dt, B: Bm, C: Cm}}
+    heads: nheads
+    groups: ngroups
+    d_state: d_state
+    chunk_size: {chunk_size}
+    delta_bias: true
+    delta_softplus: true
+    dt_min: {_f(dt_min)}
+    dt_max: {_f(dt_max)}{limit}
+{gate_nodes}  - {{name: out_proj, op: linear, inputs: [{last}], out: d_model, bias: {_b(bias)}}}
+outputs: [out_proj]
+"""
+        super().__init__(spec, **kw)
+
+
+class S4D(SpecLayer):
+    """The S4D layer (Gu et al. 2022): a diagonal time-invariant SSM per channel,
+    u (b, L, d_model) -> y (b, L, d_model) (no mixing: add your own activation / linear).
+    init: lin | inv | real | legs; complex=False takes the real S4D-Real state."""
+
+    def __init__(self, d_model: int, d_state: int = 64, complex: bool = True, init: str = "lin",
+                 discretization: str = "zoh", dt_min: float = 0.001, dt_max: float = 0.1,
+                 D: bool = True, learn_dt: bool = True, conj_pair: bool = True, **kw):
+        if not complex and init == "lin":
+            init = "real"
+        self.d_model, self.d_state = d_model, d_state
+        spec = f"""\
+name: s4d_layer
+dims: {{d_model: {d_model}, d_state: {d_state}}}
+inputs:
+  u: {{shape: [batch, seqlen, d_model]}}
+nodes:
+  - name: ssm
+    op: diagonal_ssm
+    inputs: [u]
+    d_state: d_state
+    complex: {_b(complex)}
+    init: {init}
+    discretization: {discretization}
+    conj_pair: {_b(conj_pair)}
+    learn_dt: {_b(learn_dt)}
+    D: {_b(D)}
+    dt_min: {_f(dt_min)}
+    dt_max: {_f(dt_max)}
+outputs: [ssm]
+"""
+        super().__init__(spec, **kw)
