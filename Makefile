@@ -27,7 +27,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m 'not gpu'
 
 gpu-test: $(STAMP)
-	$(PY) -m pytest -q -m gpu
+	SSMC_GPU_TESTS=1 $(PY) -m pytest -q -m gpu
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks --benchmark-only -m '' 
