@@ -105,12 +105,13 @@ def test_softplus_off_and_no_bias(tol, cache):
     check(args, kw, tol, cache=cache, softplus=False)
 
 
-def test_channels_last_layout_has_no_new_build(tol, cache):
-    args, kw = make_inputs(d=100, N=16, L=333)
-    check(args, kw, tol, cache=cache)
+def test_channels_last_layout(tol, cache):
+    """layout='bld' (what compiled models pass): the kernel reads it as is, any L."""
     before = cache.stats.compiled
-    check(args, kw, tol, layout="bld", cache=cache)
-    assert cache.stats.compiled == before
+    for L in (333, 64):
+        args, kw = make_inputs(d=100, N=16, L=L)
+        check(args, kw, tol, layout="bld", cache=cache)
+    assert cache.stats.compiled - before <= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -29,6 +29,13 @@ from ssmc.codegen.tvm.target import configure_thread_pool, target_key, target_ki
 
 CACHE_ENV = "SSMC_CACHE_DIR"
 
+# TVM passes to skip when compiling (none today).  Note for kernel writers: TVM 0.27's
+# StmtSimplify substitutes every let-bound value into its uses, floats included, so deep
+# chains of T.Bind temporaries grow exponentially; tirmath.Scratch exists for that reason.
+# Disabling the simplifier instead was measured slower at run time (index expressions are
+# then not simplified into vector ramps).
+DISABLED_PASSES: tuple[str, ...] = ()
+
 
 def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ssmc")
@@ -122,7 +129,7 @@ class KernelCache:
     def _compile_and_store(self, path: Path, func_name, build, target, signature, config,
                            family) -> Kernel:
         prim = build()
-        ex = tvm.compile(tvm.IRModule({func_name: prim}), target=target)
+        ex = compile_module(prim, target, func_name)
         self.stats.compiled += 1
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{family}-", suffix=".so", dir=path.parent)
@@ -157,9 +164,15 @@ def _write_atomic(path: Path, text: str) -> None:
 DEFAULT_CACHE = KernelCache()
 
 
+def compile_module(prim, target, func_name: str):
+    """tvm.compile of one PrimFunc (minus DISABLED_PASSES)."""
+    with tvm.transform.PassContext(disabled_pass=list(DISABLED_PASSES)):
+        return tvm.compile(tvm.IRModule({func_name: prim}), target=target)
+
+
 def compile_source(prim, target, func_name: str) -> str:
     """Device source of a kernel (CUDA C for a cuda target); needs no GPU."""
-    ex = tvm.compile(tvm.IRModule({func_name: prim}), target=target)
+    ex = compile_module(prim, target, func_name)
     mod = ex.mod
     if target_kind(target) == "llvm":
         return mod.inspect_source("ll")

@@ -84,8 +84,58 @@ def i32(value: int):
     return tir.IntImm(I32, int(value))
 
 
+class Scratch:
+    """Slots for fp32 temporaries: a (slots, lanes) buffer allocated once per kernel block.
+
+    Why not `T.Bind`: TVM 0.27's StmtSimplify substitutes each bound value into its uses, so
+    a chain of temporaries (exp -> log1p -> log in softplus) grows exponentially (5 KB of TIR
+    became 500 KB, 5-20 s of TVM passes per kernel).  A store to a stack buffer is not
+    substituted, and LLVM turns the buffer back into registers (SROA: constant slots).
+    """
+
+    def __init__(self, buffer, slots: int):
+        self.buffer = buffer
+        self.slots = slots
+        self.lane = None
+        self.used = 0
+
+    def put(self, value):
+        if self.used >= self.slots:
+            raise RuntimeError(f"tirmath.Scratch: more than {self.slots} temporaries in one "
+                               "lane body; allocate more slots")
+        slot = self.used
+        self.used += 1
+        T.buffer_store(self.buffer, value, [slot, self.lane])
+        return self.buffer[slot, self.lane]
+
+
+_scratch: list[Scratch] = []
+
+
+class lane_scratch:
+    """Context: temporaries bound inside go to `scratch` at lane index `lane` (slots are
+    reused from 0 by every new lane body: bodies run one after the other)."""
+
+    def __init__(self, scratch: Scratch | None, lane):
+        self.scratch, self.lane = scratch, lane
+
+    def __enter__(self):
+        if self.scratch is not None:
+            self.scratch.lane, self.scratch.used = self.lane, 0
+        _scratch.append(self.scratch)
+        return self.scratch
+
+    def __exit__(self, *exc):
+        _scratch.pop()
+
+
 def bind(value):
-    """Name an intermediate value once (a Bind statement), return the variable."""
+    """Compute an intermediate value once and return a handle to it: a scratch slot for fp32
+    values inside `lane_scratch`, else a `T.Bind` variable (integers, and callers without
+    scratch such as the math probes)."""
+    scratch = _scratch[-1] if _scratch else None
+    if scratch is not None and str(value.ty) == F32:
+        return scratch.put(value)
     return T.Bind(value)
 
 

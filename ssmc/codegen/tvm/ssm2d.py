@@ -1,0 +1,139 @@
+"""torch-facing 2-D SSM (Chimera) on the TVM CPU kernels of ssm2d_tir.
+
+`ssm2d` takes the oracle's arguments (ssmc.semantics.ssm2d.ssm2d_ref): x (b, T, V, d);
+A1..A4 (d, N); B1, B2, C1, C2 (d, N), (b, T, V, N) or (b, T, V, d, N); dt_t, dt_v (d,) or
+(b, T, V, d) (the steps themselves, positive); D (d,) or None; bidirectional.  It checks them
+(ValueError naming the argument), discretises what does not depend on the cell in torch (E and
+G of a per-channel step), and runs the cached kernel for the operands' forms.  fp16/bf16
+inputs are computed in fp32 and the result is cast back; fp32 contiguous tensors reach the
+kernel without copies.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ssmc.codegen.tvm import ssm2d_tir as tirb
+from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache
+from ssmc.codegen.tvm.target import host_target
+
+FAMILY = "ssm2d"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_kernels: dict = {}
+
+
+def _shape(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"shape {tuple(t.shape)} dtype {str(t.dtype).replace('torch.', '')} device {t.device}"
+
+
+def _check(name: str, t, shapes: list, text: str) -> torch.Tensor:
+    """t must be a CPU float tensor of one of `shapes`."""
+    ok = (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in FLOAT_DTYPES
+          and tuple(t.shape) in [tuple(s) for s in shapes])
+    if not ok:
+        raise ValueError(f"ssm2d: {name} must be a CPU float32/float16/bfloat16 tensor of "
+                         f"{text}; got {_shape(t)}")
+    return t
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def default_config() -> tirb.Ssm2dConfig:
+    from ssmc.codegen.tvm.target import host_vector_lanes_f32
+
+    lanes = host_vector_lanes_f32()
+    return tirb.Ssm2dConfig(channel_block=lanes, vector_width=lanes)
+
+
+def get_kernel(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, target=None,
+               cache: KernelCache | None = None):
+    """The compiled kernel (memory, the disk cache, or a new build)."""
+    target = target if target is not None else host_target()
+    cache = cache if cache is not None else DEFAULT_CACHE
+    fast_key = (sig, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
+    kernel = _kernels.get(fast_key)
+    if kernel is None:
+        kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.as_dict(), "float32", target,
+                           config.as_dict(), lambda: tirb.build_ssm2d(sig, config))
+        _kernels[fast_key] = kernel
+    return kernel
+
+
+def _bc_form(name, t, b, T, V, d, N) -> int:
+    text = f"(d, N)=({d}, {N}), (b, T, V, N)=({b}, {T}, {V}, {N}) or (b, T, V, d, N)"
+    forms = {(d, N): tirb.BC_PARAM, (b, T, V, N): tirb.BC_SHARED,
+             (b, T, V, d, N): tirb.BC_FULL}
+    _check(name, t, list(forms), text)
+    # (d, N) and (b, T, V, N) cannot coincide (different ranks); the first match wins
+    return forms[tuple(t.shape)]
+
+
+def _dt_cell(name, t, b, T, V, d) -> bool:
+    _check(name, t, [(d,), (b, T, V, d)], f"(d,)=({d},) or (b, T, V, d)=({b}, {T}, {V}, {d})")
+    return t.dim() == 4
+
+
+def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=False,
+          config: tirb.Ssm2dConfig | None = None, cache: KernelCache | None = None):
+    """2-D SSM on the CPU (same arguments and result as ssmc.semantics.ssm2d.ssm2d_ref).
+
+    config: an Ssm2dConfig (order 'wavefront' or 'rows', channel block, vector width);
+    None takes the host's default.  Returns y (b, T, V, d) in x's dtype."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"ssm2d: x must be a 4-D tensor (b, T, V, d); got {_shape(x)}")
+    b, T, V, d = (int(s) for s in x.shape)
+    _check("x", x, [x.shape], "(b, T, V, d)")
+    if not isinstance(A1, torch.Tensor) or A1.dim() != 2 or A1.shape[0] != d:
+        raise ValueError(f"ssm2d: A1 must be a (d, N) tensor with d={d}; got {_shape(A1)}")
+    N = int(A1.shape[1])
+    for name, A in (("A1", A1), ("A2", A2), ("A3", A3), ("A4", A4)):
+        _check(name, A, [(d, N)], f"(d, N)=({d}, {N})")
+    for name, A in (("A1", A1), ("A4", A4)):
+        if bool((A == 0).any()):
+            raise ValueError(f"ssm2d: {name} must be nonzero (the diagonal of a stable "
+                             "transition is negative); it has zeros")
+    bc = tuple(_bc_form(nm, t, b, T, V, d, N) for nm, t in zip(tirb.BC_NAMES, (B1, B2, C1, C2)))
+    dt_cell = (_dt_cell("dt_t", dt_t, b, T, V, d), _dt_cell("dt_v", dt_v, b, T, V, d))
+    if D is not None:
+        _check("D", D, [(d,)], f"(d,)=({d},)")
+    if not isinstance(bidirectional, bool):
+        raise ValueError(f"ssm2d: bidirectional must be a bool; got {bidirectional!r}")
+    if config is not None and not isinstance(config, tirb.Ssm2dConfig):
+        raise ValueError(f"ssm2d: config must be an Ssm2dConfig; got {type(config).__name__}")
+    if b == 0 or T == 0 or V == 0:
+        return x.new_zeros(x.shape)
+
+    sig = tirb.Ssm2dSignature(d=d, N=N, bc=bc, dt_cell=dt_cell, has_D=D is not None,
+                              bidirectional=bidirectional)
+    config = config or default_config()
+    args = {"x": _f32(x), "A2": _f32(A2.t()), "A3": _f32(A3.t())}
+    for k, (A, dt) in enumerate(((A1, dt_t), (A4, dt_v))):
+        Af = A.float()
+        if dt_cell[k]:
+            dtn, An, Ainv = ("dt_t", "A1", "A1inv") if k == 0 else ("dt_v", "A4", "A4inv")
+            args[dtn], args[An], args[Ainv] = _f32(dt), _f32(Af.t()), _f32((1.0 / Af).t())
+        else:  # one step per channel: E and G once here (the oracle's zoh_axis)
+            dA = dt.float()[:, None] * Af
+            E, G = ("E1", "G1") if k == 0 else ("E4", "G4")
+            args[E], args[G] = _f32(torch.exp(dA).t()), _f32((torch.expm1(dA) / Af).t())
+    for name, t, form in zip(tirb.BC_NAMES, (B1, B2, C1, C2), bc):
+        args[name] = _f32(t.t()) if form == tirb.BC_PARAM else _f32(t)
+    if D is not None:
+        args["D"] = _f32(D)
+    args["out"] = torch.empty(b, T, V, d, dtype=torch.float32)
+    args["ws"] = torch.empty(tirb.workspace_shape(sig, config, b, V), dtype=torch.float32)
+    get_kernel(sig, config, cache=cache)(*[args[n] for n in tirb.arg_names(sig)])
+    y = args["out"]
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+__all__ = ["ssm2d", "get_kernel", "default_config"]
