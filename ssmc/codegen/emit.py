@@ -76,8 +76,8 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
         if alg is None:
             continue
         fam = family(node)
-        entry = {"node": qname, "family": fam, "algorithm": alg, "config": node.meta.get("config"),
-                 "why": node.meta.get("why")}
+        entry = {"node": qname, "family": fam, "algorithm": alg, "backend": target.backend,
+                 "config": node.meta.get("config"), "why": node.meta.get("why")}
         node_dir = out_dir / qname.replace("*", "all").replace(".", "_")
         if target.is_gpu and (fam, alg) in TRITON_FAMILY:
             tfam = TRITON_FAMILY[(fam, alg)]
