@@ -1,0 +1,62 @@
+"""`ssmc compile`: kernel sources, AOT artifacts and manifest for every target, without a GPU."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssmc.cli import main
+from ssmc.paths import zoo_dir
+from ssmc.targets import list_targets, load_target
+
+MAMBA = str(zoo_dir() / "mamba.yaml")
+GPU_TARGETS = [t for t in list_targets() if load_target(t).is_gpu]
+
+
+def _compile(target: str, out: Path, seqlen=16384) -> dict:
+    assert main(["compile", MAMBA, "--target", target, "-o", str(out), "--seqlen", str(seqlen)]) == 0
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _check_gpu_manifest(manifest: dict, target: str) -> None:
+    tgt = load_target(target)
+    (node,) = manifest["nodes"]
+    assert node["node"] == "layers.*.ssm" and node["backend"] == tgt.backend
+    assert node["algorithm"] in ("sequential", "associative", "chunked")
+    kernels = node["triton"]["kernels"]
+    assert kernels, "no kernel compiled"
+    want = {"cubin", "ptx"} if tgt.backend == "triton-cuda" else {"hsaco", "amdgcn"}
+    for k in kernels:
+        assert want <= set(k["files"]), k["files"]
+        for path in k["files"].values():
+            assert Path(path).stat().st_size > 0
+        assert 0 < k["n_regs"] <= (tgt.regs_per_thread or 512)
+        assert k["n_spills"] == 0
+        assert k["shared"] <= tgt.smem_per_block
+        assert k["fits"]
+
+
+@pytest.mark.parametrize("target", ["sm_90", "gfx942"])
+def test_compile_gpu_target_without_gpu(tmp_path, target, capsys):
+    manifest = _compile(target, tmp_path)
+    _check_gpu_manifest(manifest, target)
+    assert "manifest" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_compile_every_gpu_target(tmp_path, target):
+    _check_gpu_manifest(_compile(target, tmp_path), target)
+
+
+def test_compile_cpu_writes_tir(tmp_path):
+    manifest = _compile("cpu", tmp_path, seqlen=256)
+    (node,) = manifest["nodes"]
+    tir = Path(node["tvm"]["files"]["tir"])
+    assert "prim_func" in tir.read_text() or "T." in tir.read_text()
+
+
+def test_compile_bad_target_exits_2(tmp_path, capsys):
+    assert main(["compile", MAMBA, "--target", "sm_9O", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" in err and "Traceback" not in err
