@@ -87,10 +87,10 @@ def space_path() -> Path:
     return schedules_dir() / SPACE_FILE
 
 
-def load_space() -> list[dict]:
-    """The tunable knobs as a list of {name, type, choices | low/high} dicts."""
+def load_space(target_kind: str = "llvm") -> list[dict]:
+    """The tunable knobs for a target kind as a list of {name, type, choices[, when]} dicts."""
     import yaml
 
     with open(space_path()) as fh:
         doc = yaml.safe_load(fh)
-    return list(doc["knobs"])
+    return list(doc["cuda_knobs" if target_kind == "cuda" else "knobs"])
