@@ -148,10 +148,12 @@ def cmd_explain(args) -> int:
     from ssmc.ir.printer import format_graph
     from ssmc.ir.spec import load_spec
     from ssmc.passes import PassContext, run_pipeline
+    from ssmc.tune.records import default_records
 
     g = load_spec(Path(args.spec))
     target = _target(args.target)
-    ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype)
+    ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype,
+                      records=default_records(target))  # as ssmc.compile sees them
     print(f"# {g.name} for {target.name} ({target.backend}), " + ", ".join(f"{k}={v}" for k, v in ctx.bindings.items()))
     print("\n== parsed ==")
     print(format_graph(g, costs=False))
@@ -173,10 +175,12 @@ def cmd_compile(args) -> int:
     from ssmc.codegen.emit import emit
     from ssmc.ir.spec import load_spec
     from ssmc.passes import PassContext, run_pipeline
+    from ssmc.tune.records import default_records
 
     g = load_spec(args.spec)
     target = _target(args.target)
-    ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype)
+    ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype,
+                      records=default_records(target))  # as ssmc.compile sees them
     lowered = run_pipeline(g, ctx)
     t0 = time.perf_counter()
     manifest = emit(lowered, target, args.output, dtype=g.dtype)
@@ -294,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list the target descriptors in targets/")
     t.set_defaults(fn=cmd_targets)
     __import__("ssmc.bench.cli", fromlist=["register"]).register(sub)  # ssmc bench: ssmc/bench/cli.py
+    __import__("ssmc.tune.cli", fromlist=["register"]).register(sub)  # ssmc tune: ssmc/tune/cli.py
     return p
 
 

@@ -76,7 +76,8 @@ class CompiledModel(GraphModule):
 def compile(spec_or_path, target="auto", dtype=None, *, seqlen: int = 1024, batch: int = 2,
             records=None, device=None, dims: dict | None = None) -> CompiledModel:
     """Compile a spec (path, YAML text or Graph) for a target ('auto' = this host).  The shape
-    bucket is (batch, seqlen) plus `dims`, the values of the spec's other run-time dims."""
+    bucket is (batch, seqlen) plus `dims`, the values of the spec's other run-time dims.
+    records: tuned records (ssmc.tune.Records); None = the target's defaults, False = none."""
     from ssmc.ir.spec import load_spec
     from ssmc.targets import detect_host, load_target
 
@@ -85,5 +86,10 @@ def compile(spec_or_path, target="auto", dtype=None, *, seqlen: int = 1024, batc
     if dtype is not None:
         graph.dtype = str(dtype).replace("torch.", "")
     tgt = detect_host() if target == "auto" else (load_target(target) if isinstance(target, str) else target)
+    if records is None:  # the tuned records for the target (user dir, then schedules/<target>/)
+        from ssmc.tune.records import default_records
+
+        records = default_records(tgt)
+    records = records or None  # False: no records at all
     with torch.device(device or "cpu"):
         return CompiledModel(graph, tgt, {"batch": batch, "seqlen": seqlen, **(dims or {})}, records)

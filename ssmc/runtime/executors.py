@@ -16,6 +16,39 @@ def _grad_needed(mod, args) -> bool:
         isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
+# The Triton kernel family (ssmc.codegen.triton.families) of a node family, by prefix.
+TRITON_FAMILY_PREFIX = {"selective_ssm/mamba1": "selective_scan", "selective_ssm/ssd": "ssd"}
+
+
+def tvm_config(config: dict | None):
+    """A schedule dict (node.meta['config'], a tuned record's config) -> the TVM kernel's Config;
+    the kernel's own defaults where the dict says nothing, None (= all defaults) when empty."""
+    if not config:
+        return None
+    import dataclasses
+
+    from ssmc.codegen.tvm.config import Config, default_config
+
+    known = {f.name for f in dataclasses.fields(Config)}
+    return default_config("llvm").replace(**{k: v for k, v in config.items() if k in known})
+
+
+def triton_config(family: str, algorithm: str, config: dict | None):
+    """A schedule dict -> the Triton family's Config dataclass.  The schedule pass spells knobs
+    in upper case (BLOCK_D, CHUNK); the Configs in lower case; knobs a family lacks are
+    dropped."""
+    if not config or family not in TRITON_FAMILY_PREFIX:
+        return None
+    import dataclasses
+
+    from ssmc.codegen.triton.families import get_family
+
+    cls = get_family(f"{TRITON_FAMILY_PREFIX[family]}.{algorithm}").config
+    known = {f.name for f in dataclasses.fields(cls)}
+    knobs = {k.lower(): v for k, v in config.items() if k.lower() in known}
+    return cls.from_dict(knobs) if knobs else None
+
+
 def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
     if _grad_needed(mod, ins.values()) or (mod.start is not None and mod.training):
         return NotImplemented
@@ -26,15 +59,15 @@ def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
     kw = dict(D=mod.D, delta_bias=mod.delta_bias, delta_softplus=mod.delta_softplus,
               return_last_state=node.final_state, initial_state=h0, conj_pair=mod.conj_pair)
     if backend == "tvm":  # channels-last end to end: no transposes
-        out = fn(x, delta, mod.A(), B.reshape(b, L, g, N), C.reshape(b, L, g, N), z=z,
-                 layout="bld", **kw)  # the kernel's own per-target defaults until tuned configs map in
-        return out
+        return fn(x, delta, mod.A(), B.reshape(b, L, g, N), C.reshape(b, L, g, N), z=z,
+                  layout="bld", config=tvm_config(config), **kw)
     Bs = B.reshape(b, L, g, N).permute(0, 2, 3, 1)
     Cs = C.reshape(b, L, g, N).permute(0, 2, 3, 1)
     if g == 1:
         Bs, Cs = Bs[:, 0], Cs[:, 0]
     out = fn(x.transpose(1, 2), delta.transpose(1, 2), mod.A(), Bs, Cs,
-             z=None if z is None else z.transpose(1, 2), **kw)
+             z=None if z is None else z.transpose(1, 2),
+             config=triton_config("selective_ssm/mamba1", node.meta.get("algorithm"), config), **kw)
     if node.final_state:
         return out[0].transpose(1, 2), out[1]
     return out.transpose(1, 2)
@@ -48,13 +81,19 @@ def ssd(node, mod, ins: dict, fn, backend: str, config: dict):
     b, L, d = x.shape
     h, p, g, n = mod.heads, mod.head_dim, mod.groups, mod.d_state
     out = fn(x.reshape(b, L, h, p), dt, mod.A(), B.reshape(b, L, g, n), C.reshape(b, L, g, n),
-             chunk_size=node.chunk_size or config.get("CHUNK", 64), D=mod.D,
+             chunk_size=node.chunk_size or config.get("CHUNK") or config.get("chunk", 64), D=mod.D,
              z=None if z is None else z.reshape(b, L, h, p), dt_bias=mod.dt_bias,
              initial_states=h0, dt_softplus=mod.dt_softplus, dt_limit=mod.dt_limit,
-             return_final_states=node.final_state)
+             return_final_states=node.final_state,
+             **_config_kw(triton_config("selective_ssm/ssd", "chunked", config)))
     if node.final_state:
         return out[0].reshape(b, L, d), out[1]
     return out.reshape(b, L, d)
+
+
+def _config_kw(cfg) -> dict:
+    # the reference (the fallback when Triton is absent) takes no config argument
+    return {} if cfg is None else {"config": cfg}
 
 
 EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd}

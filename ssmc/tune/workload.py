@@ -1,0 +1,221 @@
+"""What is tuned: the SSM nodes of a spec at a shape bucket, grouped by record key, and the
+kernel calls a trial times (the same calls the runtime executors make, on synthetic inputs of
+the node's shape, so that a tuned config is measured where it will run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ssmc.errors import SsmcError
+from ssmc.tune.records import RecordKey, key_for_node
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Workload:
+    """One study's subject: a node family at one record key, with a representative node."""
+
+    key: RecordKey
+    node: object  # the lowered node (attributes and the compiler's default choice in .meta)
+    nodes: list  # qualified names of every node of the spec this key covers
+    batch: int
+    seqlen: int  # the length asked for (the key holds its power-of-two bucket)
+    channels: int
+
+    @property
+    def family(self) -> str:
+        return self.key.family
+
+    @property
+    def default_algorithm(self) -> str:
+        return self.node.meta["algorithm"]
+
+    @property
+    def default_config(self) -> dict:
+        return dict(self.node.meta.get("config") or {})
+
+    @property
+    def candidates(self) -> tuple:
+        """The algorithms the compiler may pick for this node (one when the spec asked)."""
+        from ssmc.passes.select_algorithm import candidates
+
+        if self.node.algorithm != "auto":
+            return (self.node.algorithm,)
+        return candidates(self.node)
+
+    def describe(self) -> str:
+        return (f"{self.family} batch={self.batch} seqlen={self.seqlen} channels={self.channels} "
+                f"d_state={self.key.d_state} {self.key.dtype}")
+
+
+def workloads(graph, target, bindings: dict) -> list[Workload]:
+    """The SSM nodes of `graph` lowered for `target` without records (so .meta holds the
+    compiler's own default), one Workload per record key."""
+    from ssmc.passes import PassContext, run_pipeline
+    from ssmc.passes.rewrite import concrete
+    from ssmc.passes.select_algorithm import family
+
+    ctx = PassContext(target=target, bindings=dict(bindings), records=None, dtype=graph.dtype)
+    lowered = run_pipeline(graph, ctx)
+    found: dict = {}
+    for qname, node, g in lowered.walk():
+        if "algorithm" not in node.meta or node.OP == "conv":
+            continue
+        key = key_for_node(family(node), node, g, ctx.bindings, ctx.dtype)
+        if key in found:
+            found[key].nodes.append(qname)
+            continue
+        x = node.inputs.get("x") or node.inputs.get("u") or node.inputs.get("s")
+        shape = concrete(g, x, ctx.bindings)
+        found[key] = Workload(key, node, [qname], shape[0], shape[1], shape[-1])
+    return list(found.values())
+
+
+# ---- synthetic inputs ------------------------------------------------------------------------
+
+def _gen(seed: int):
+    return torch.Generator().manual_seed(seed)
+
+
+def mamba1_inputs(w: Workload, layout: str, device="cpu", seed: int = 0) -> dict:
+    """Arguments of a Mamba-1 selective scan of w's shape: layout 'bld' as the TVM executor
+    passes them, 'bdl' as the Triton kernels (mamba-ssm) take them.  device='meta' gives shapes
+    only (what the Triton AOT compile needs)."""
+    node = w.node
+    b, L, d, N, g = w.batch, w.seqlen, w.channels, node.d_state, node.groups
+    dtype = TORCH_DTYPES.get(w.key.dtype, torch.float32)
+    gen = _gen(seed)
+
+    def rand(*shape, dt=dtype, scale=1.0, offset=0.0):
+        if device == "meta":
+            return torch.empty(shape, dtype=dt, device="meta")
+        return (torch.randn(shape, generator=gen) * scale + offset).to(dt).to(device)
+
+    seq = (b, L, d) if layout == "bld" else (b, d, L)
+    if g == 1:
+        bc = (b, L, N) if layout == "bld" else (b, N, L)
+    else:
+        bc = (b, L, g, N) if layout == "bld" else (b, g, N, L)
+    if node.complex:
+        if device == "meta":
+            A = torch.empty(d, N, dtype=torch.complex64, device="meta")
+        else:
+            A = torch.complex(-torch.rand(d, N, generator=gen) - 0.1,
+                              torch.randn(d, N, generator=gen)).to(device)
+        B = rand(*bc, dt=torch.complex64) if device == "meta" else torch.complex(
+            rand(*bc, dt=torch.float32), rand(*bc, dt=torch.float32))
+        C = B.clone() if device != "meta" else rand(*bc, dt=torch.complex64)
+    else:
+        A = -torch.rand(d, N, generator=gen).to(device) - 0.1 if device != "meta" else \
+            torch.empty(d, N, device="meta")
+        B, C = rand(*bc), rand(*bc)
+    kw = dict(u=rand(*seq), delta=rand(*seq, scale=0.5, offset=-2.0), A=A, B=B, C=C,
+              delta_softplus=node.delta_softplus, return_last_state=node.final_state)
+    if node.D:
+        kw["D"] = rand(d, dt=torch.float32)
+    if node.delta_bias:
+        kw["delta_bias"] = rand(d, dt=torch.float32, scale=0.1)
+    if "z" in node.inputs:
+        kw["z"] = rand(*seq)
+    if node.complex:
+        kw["conj_pair"] = node.conj_pair
+    return kw
+
+
+def ssd_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
+    """Arguments of a Mamba-2 SSD of w's shape (mamba_chunk_scan_combined's)."""
+    node = w.node
+    b, L, d, n, g, h = w.batch, w.seqlen, w.channels, node.d_state, node.groups, node.heads
+    p = d // h
+    dtype = TORCH_DTYPES.get(w.key.dtype, torch.float32)
+    gen = _gen(seed)
+
+    def rand(*shape, dt=dtype, scale=1.0, offset=0.0):
+        if device == "meta":
+            return torch.empty(shape, dtype=dt, device="meta")
+        return (torch.randn(shape, generator=gen) * scale + offset).to(dt).to(device)
+
+    kw = dict(x=rand(b, L, h, p), dt=rand(b, L, h, scale=0.5, offset=-2.0),
+              A=-torch.rand(h, generator=gen).to(device) - 0.1 if device != "meta" else
+              torch.empty(h, device="meta"),
+              B=rand(b, L, g, n), C=rand(b, L, g, n), dt_softplus=node.delta_softplus,
+              return_final_states=node.final_state)
+    if node.chunk_size:
+        kw["chunk_size"] = node.chunk_size
+    if node.D:
+        kw["D"] = rand(h, dt=torch.float32)
+    if node.delta_bias:
+        kw["dt_bias"] = rand(h, dt=torch.float32, scale=0.1)
+    if "z" in node.inputs:
+        kw["z"] = rand(b, L, h, p)
+    if node.dt_limit is not None:
+        kw["dt_limit"] = tuple(node.dt_limit)
+    return kw
+
+
+def kernel_inputs(w: Workload, backend: str, device="cpu", seed: int = 0) -> dict:
+    if w.family == "selective_ssm/mamba1":
+        return mamba1_inputs(w, "bld" if backend == "tvm" else "bdl", device, seed)
+    if w.family == "selective_ssm/ssd":
+        return ssd_inputs(w, device, seed)
+    raise SsmcError(f"no tunable kernel for {w.family}")
+
+
+def reference_output(w: Workload, inputs: dict, backend: str):
+    """The oracle's answer for kernel_inputs(w, backend), in the kernel's layout."""
+    from ssmc.semantics.selective import selective_scan_ref, ssd_ref
+
+    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if w.family == "selective_ssm/ssd":
+        cpu.pop("chunk_size", None)
+        return ssd_ref(**cpu)
+    if backend == "tvm":  # 'bld' -> the oracle's 'bdl' and back
+        for name in ("u", "delta", "z"):
+            if name in cpu:
+                cpu[name] = cpu[name].transpose(1, 2)
+        for name in ("B", "C"):
+            t = cpu[name]
+            cpu[name] = t.permute(0, 2, 1) if t.dim() == 3 else t.permute(0, 2, 3, 1)
+    out = selective_scan_ref(**cpu)
+    if backend == "tvm":
+        return (out[0].transpose(1, 2), out[1]) if isinstance(out, tuple) else out.transpose(1, 2)
+    return out
+
+
+def kernel_call(w: Workload, algorithm: str, config: dict, backend: str, inputs: dict):
+    """A no-argument function that runs the kernel that would run this node with `config`,
+    exactly as the runtime executors call it."""
+    from ssmc.runtime import dispatch, executors
+
+    fn = dispatch.kernel(w.family, algorithm, backend, strict=True)
+    if backend == "tvm":
+        cfg = executors.tvm_config(config)
+        return lambda: fn(**inputs, layout="bld", config=cfg)
+    cfg = executors.triton_config(w.family, algorithm, config)
+    return lambda: fn(**inputs, config=cfg)
+
+
+def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dict:
+    """A config in the kernel's own knob names with every knob spelled out: a schedule-pass
+    dict (BLOCK_D, CHUNK) or a space's partial one -> what a record holds and a trial means."""
+    import dataclasses
+
+    from ssmc.runtime import executors
+
+    if backend == "tvm":
+        cfg = executors.tvm_config(config)
+        if cfg is None:
+            from ssmc.codegen.tvm.config import default_config
+
+            cfg = default_config("llvm")
+        return cfg.as_dict()
+    cfg = executors.triton_config(w.family, algorithm, config)
+    if cfg is None:
+        from ssmc.codegen.triton.families import get_family
+
+        prefix = executors.TRITON_FAMILY_PREFIX[w.family]
+        cfg = get_family(f"{prefix}.{algorithm}").config()
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
