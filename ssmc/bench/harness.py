@@ -127,6 +127,12 @@ def run(recipe: Recipe, settings: Settings, argv: list | None = None) -> dict:
         bar.close()
         for r in runners.values():
             r.close()
+    doc["device"]["load_average_end"] = env.load_average()
+    busy = [x[0] for x in (doc["device"]["load_average"], doc["device"]["load_average_end"]) if x]
+    if busy and max(busy) >= 0.5 * doc["device"]["cores"]:
+        doc["notes"].append(f"other processes were running (1-minute load average up to "
+                            f"{max(busy):.1f} on {doc['device']['cores']} cores): times are "
+                            "noisy and the slower for it")
     if recipe.backward:
         doc["notes"].append("no roofline for forward+backward: the cost model counts forward "
                             "work only")

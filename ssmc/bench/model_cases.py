@@ -39,11 +39,11 @@ def model_works(lowered, bindings: dict) -> list:
             elif node.meta.get("algorithm") and node.meta.get("costs"):
                 row = next(r for r in node.meta["costs"]
                            if r["algorithm"] == node.meta["algorithm"])
-                works += [cm.Work(**{k: row[k] for k in cm.Work.__dataclass_fields__})] * times
+                works.extend([cm.Work(**{k: row[k] for k in cm.Work.__dataclass_fields__})] * times)
             elif node.OP == "linear":
                 shape = concrete(g, node.inputs["x"], bindings)
                 rows = math.prod(shape[:-1])
-                works += [linear_work(rows, shape[-1], _int(node.out, bindings))] * times
+                works.extend([linear_work(rows, shape[-1], _int(node.out, bindings))] * times)
 
     visit(lowered, 1)
     return works

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 TUKEY_K = 1.5
@@ -77,21 +77,22 @@ def drop_outliers(samples) -> tuple:
 
 @dataclass
 class Policy:
-    """How many calls to make.  `repeats` timed calls, but no more than fit in `budget_s`
-    (judged from the last warm-up call) and never fewer than `min_repeats`: a 30 s eager loop
-    gets 3 samples, a 1 ms kernel gets `repeats`."""
+    """How many calls to make: `warmup` untimed calls, then timed calls until there are
+    `repeats` samples or the samples add up to `budget_s`, but never fewer than `min_repeats`.
+    A 30 s eager loop gets 3 samples, a 1 ms kernel gets `repeats`.  Stopping on the time
+    already spent, rather than predicting it from a warm-up call, keeps a first call that
+    compiles from cutting the repeats short."""
 
     warmup: int = 1
     repeats: int = 10
     min_repeats: int = 3
     budget_s: float = 20.0
-    extra: dict = field(default_factory=dict)
 
-    def planned_repeats(self, per_call_s: float) -> int:
-        if per_call_s <= 0 or math.isnan(per_call_s):
-            return self.repeats
-        fit = int(self.budget_s // per_call_s)
-        return max(self.min_repeats, min(self.repeats, fit))
+    def enough(self, samples) -> bool:
+        n = len(samples)
+        if n >= self.repeats:
+            return True
+        return n >= self.min_repeats and sum(samples) >= self.budget_s
 
 
 def measure(fn: Callable[[], object], policy: Policy | None = None, *,
@@ -110,8 +111,8 @@ def measure(fn: Callable[[], object], policy: Policy | None = None, *,
         return clock() - t0
 
     warm = [timed_call() for _ in range(policy.warmup)]
-    first = warm[0] if warm else math.nan
-    per_call = warm[-1] if warm else math.nan
-    samples = tuple(timed_call() for _ in range(policy.planned_repeats(per_call)))
-    return Timing(samples=samples, kept=drop_outliers(samples), warmup=policy.warmup,
-                  first_call_s=first)
+    samples = []
+    while not policy.enough(samples):
+        samples.append(timed_call())
+    return Timing(samples=tuple(samples), kept=drop_outliers(samples), warmup=policy.warmup,
+                  first_call_s=warm[0] if warm else math.nan)
