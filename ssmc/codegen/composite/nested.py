@@ -1,0 +1,419 @@
+"""Nested recursion (RIR / BBT-GRC, MODELS.md section 7) as a level-synchronous tree program.
+
+The meaning is ``ssmc.semantics.nested.nested_ref`` (the oracle); this is how it runs fast.
+
+**Plan.**  The tree shape depends only on the lengths, the chunk size k and the inner model,
+never on the values, so it is worked out once (cached) as a list of *levels*: each level is a
+list of (left, right) node ids whose GRC merges are independent, and whose results become new
+node ids.  Every node ever made lives in one *store* (total_nodes, d): the b * L leaves first,
+one zero node (the RNN's initial state), then each level's outputs in order, so a level writes
+one contiguous slice and nothing is ever copied to "carry" an unpaired node: the next level
+just names its id.  One level holds the merges of all chunks, all outer-tree levels that can
+run together and all batch rows (rows with different lengths are planned separately and
+merged level by level: a row's level t only depends on its own earlier levels).  For L 4096,
+k 32: 12 levels (5 + 5 + 2), one pair of GEMMs each.
+
+**A level.**  lr = store[pairs] (one gather, (P, 2d): [l; r] is the cell's input as it is),
+h = GELU(lr W1^T + b1), g = h W2^T + b2 (two GEMMs for every pair of the level), then the
+fused epilogue out = LayerNorm(sigmoid(f1) l + sigmoid(f2) r + sigmoid(i) p) straight into the
+store.  Epilogue backends: "tvm" (CPU fp32: ssmc.codegen.tvm.grc, GELU in place and the
+epilogue in one pass each), "triton" (CUDA: ssmc.codegen.triton.grc), "torch" (any device and
+dtype; float64 runs here so gradchecks of the oracle stay meaningful).
+
+**Beam.**  The beam tree's choices depend on the values, so it is not a static plan: it runs
+the oracle's algorithm (all chunks and beams batched per step) with two changes: the pair
+scorer's first layer is split, W1 [l; r] = W1_l l + W1_r r, so every node's two projections are
+computed once when the node is made (a step then costs a gather and a GELU instead of a GEMM
+over every adjacent pair), and merges use the fused GRC above.
+
+Forward only: the executor hands training (gradients) to the oracle.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssmc.semantics.nested import NEG, GRCWeights, ScorerWeights, _cast, _check, _chunks_of, \
+    _lengths
+
+EPILOGUES = ("auto", "tvm", "triton", "torch")
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    levels: tuple  # per level an (P, 2) int64 array of local ids
+    starts: np.ndarray  # local id of each level's first output (n + merges before it)
+    root: int
+
+
+@functools.lru_cache(maxsize=256)
+def _row_plan(n: int, k: int, inner: str) -> _RowPlan:
+    """The merges of one sequence of length n.  Local ids: leaves 0..n-1, the zero node -1,
+    merge outputs n, n+1, ... in level order."""
+    levels: list = []
+    nxt = n
+    seq = list(range(n))
+    while len(seq) > 1:
+        cur = [seq[s:s + size] for s, size in _chunks_of(len(seq), k)]
+        if inner == "bbt":
+            while any(len(c) > 1 for c in cur):
+                pairs, new = [], []
+                for c in cur:
+                    nc = []
+                    for i in range(0, len(c) - 1, 2):
+                        pairs.append((c[i], c[i + 1]))
+                        nc.append(nxt)
+                        nxt += 1
+                    if len(c) % 2:
+                        nc.append(c[-1])  # a masked right child keeps l
+                    new.append(nc)
+                levels.append(pairs)
+                cur = new
+            seq = [c[0] for c in cur]
+        else:  # "rnn": h <- GRC(h, s_i) from a zero state, every chunk in parallel
+            hs = [-1] * len(cur)
+            for i in range(max(len(c) for c in cur)):
+                pairs = []
+                for ci, c in enumerate(cur):
+                    if i < len(c):
+                        pairs.append((hs[ci], c[i]))
+                        hs[ci] = nxt
+                        nxt += 1
+                levels.append(pairs)
+            seq = hs
+    arrays = tuple(np.asarray(p, dtype=np.int64).reshape(-1, 2) for p in levels)
+    starts = np.cumsum([n] + [len(p) for p in levels])[:-1] if levels else np.zeros(0, np.int64)
+    return _RowPlan(arrays, np.asarray(starts, dtype=np.int64), seq[0])
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """Levels over a global node store: leaves are rows r * L + j, `zero` the zero node."""
+
+    b: int
+    L: int
+    zero: int
+    total: int  # nodes in the store
+    levels: tuple  # per level (pairs (P, 2) int64 tensor, first output id)
+    roots: torch.Tensor  # (b,) int64
+    max_pairs: int
+
+    @property
+    def merges(self) -> int:
+        return self.total - self.zero - 1
+
+
+@functools.lru_cache(maxsize=64)
+def build_plan(lens: tuple, L: int, k: int, inner: str) -> TreePlan:
+    """The level-synchronous plan for rows of lengths `lens` (padded length L)."""
+    if inner not in ("bbt", "rnn"):
+        raise ValueError(f"inner must be 'bbt' or 'rnn' for a static plan, got {inner!r}")
+    b = len(lens)
+    groups: dict = {}
+    for r, n in enumerate(lens):
+        groups.setdefault(int(n), []).append(r)
+    plans = {n: _row_plan(n, k, inner) for n in groups}
+    depth = max((len(p.levels) for p in plans.values()), default=0)
+    zero = b * L
+    nxt = zero + 1
+    base: dict = {}  # (n, t) -> global id of that group's first output at level t
+    firsts = []
+    for t in range(depth):
+        firsts.append(nxt)
+        for n, rows in groups.items():
+            lv = plans[n].levels
+            if t < len(lv):
+                base[(n, t)] = nxt
+                nxt += len(rows) * len(lv[t])
+
+    def to_global(local: np.ndarray, n: int, rows: list) -> np.ndarray:
+        """local ids (...) of group n -> global ids (m, ...) for its m rows."""
+        p = plans[n]
+        rows_a = np.asarray(rows, dtype=np.int64).reshape((-1,) + (1,) * local.ndim)
+        idx = np.arange(len(rows), dtype=np.int64).reshape(rows_a.shape)
+        out = np.where(local < 0, zero, rows_a * L + local)
+        new = local >= n
+        if new.any() and len(p.starts):
+            t = np.searchsorted(p.starts, local, side="right") - 1
+            t = np.clip(t, 0, len(p.starts) - 1)
+            sizes = np.asarray([len(a) for a in p.levels], dtype=np.int64)
+            bases = np.asarray([base[(n, i)] for i in range(len(p.levels))], dtype=np.int64)
+            glob = bases[t] + idx * sizes[t] + (local - p.starts[t])
+            out = np.where(new, glob, out)
+        return out
+
+    levels = []
+    for t in range(depth):
+        parts = [to_global(plans[n].levels[t], n, rows).reshape(-1, 2)
+                 for n, rows in groups.items() if t < len(plans[n].levels)]
+        pairs = np.concatenate(parts)
+        levels.append((torch.from_numpy(np.ascontiguousarray(pairs)), firsts[t]))
+    roots = np.zeros(b, dtype=np.int64)
+    for n, rows in groups.items():
+        roots[rows] = to_global(np.asarray(plans[n].root, dtype=np.int64), n, rows).reshape(-1)
+    max_pairs = max((lv[0].shape[0] for lv in levels), default=0)
+    return TreePlan(b, L, zero, nxt, tuple(levels), torch.from_numpy(roots), max_pairs)
+
+
+def plan_stats(L: int, k: int, inner: str = "bbt") -> dict:
+    """Levels, merges and the pairs of the widest level for one row of length L (the cost
+    model's view of a plan)."""
+    p = _row_plan(int(L), int(k), inner)
+    sizes = [len(a) for a in p.levels]
+    return {"levels": len(sizes), "merges": int(sum(sizes)), "max_pairs": max(sizes, default=0),
+            "pairs": sizes}
+
+
+# ----------------------------------------------------------------------------- the GRC cell
+
+
+def _pick_epilogue(epilogue: str, device: torch.device, dtype: torch.dtype) -> str:
+    if epilogue not in EPILOGUES:
+        raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+    if epilogue != "auto":
+        if epilogue == "tvm" and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError(f"epilogue: 'tvm' runs fp32 CPU tensors, got {dtype} on {device}")
+        if epilogue == "triton" and dtype != torch.float32:
+            raise ValueError(f"epilogue: 'triton' runs fp32 tensors, got {dtype}")
+        return epilogue
+    if dtype != torch.float32:
+        return "torch"
+    if device.type == "cpu":
+        return "tvm"
+    return "triton" if device.type == "cuda" else "torch"
+
+
+def _gelu_torch_(h):
+    h.copy_(F.gelu(h))
+    return h
+
+
+def _epilogue_torch(g, lr, w: GRCWeights, out):
+    d = out.shape[-1]
+    f1, f2, i, p = g.chunk(4, dim=-1)
+    mix = torch.sigmoid(f1) * lr[:, :d] + torch.sigmoid(f2) * lr[:, d:] + torch.sigmoid(i) * p
+    out.copy_(F.layer_norm(mix, (d,), w.ln_weight, w.ln_bias, w.eps))
+    return out
+
+
+def _elementwise(kind: str):
+    """(gelu_(h), epilogue(g, lr, w, out)) of a backend."""
+    if kind == "tvm":
+        from ssmc.codegen.tvm.grc import gelu_, grc_epilogue
+
+        return gelu_, lambda g, lr, w, out: grc_epilogue(g, lr, w.ln_weight, w.ln_bias, w.eps,
+                                                         out)
+    if kind == "triton":
+        from ssmc.codegen.triton.grc import gelu_, grc_epilogue
+
+        return gelu_, lambda g, lr, w, out: grc_epilogue(g, lr, w.ln_weight, w.ln_bias, w.eps,
+                                                         out)
+    return _gelu_torch_, _epilogue_torch
+
+
+class _Cell:
+    """GRC on rows [l; r] (P, 2d) with work buffers reused across levels."""
+
+    def __init__(self, w: GRCWeights, kind: str, rows: int, like: torch.Tensor):
+        self.w = w
+        self.w1t, self.w2t = w.w1.t(), w.w2.t()
+        self.gelu_, self.epilogue = _elementwise(kind)
+        d4 = w.w1.shape[0]
+        self.h = like.new_empty(max(rows, 1), d4)
+        self.g = like.new_empty(max(rows, 1), d4)
+
+    def __call__(self, lr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        P = lr.shape[0]
+        if P > self.h.shape[0]:
+            self.h = self.h.new_empty(P, self.h.shape[1])
+            self.g = self.g.new_empty(P, self.g.shape[1])
+        h = torch.addmm(self.w.b1, lr, self.w1t, out=self.h[:P])
+        self.gelu_(h)
+        g = torch.addmm(self.w.b2, h, self.w2t, out=self.g[:P])
+        return self.epilogue(g, lr, self.w, out)
+
+
+def grc_rows(l: torch.Tensor, r: torch.Tensor, w: GRCWeights, epilogue: str = "auto"):
+    """GRC(l, r) for (..., d) tensors through the fused cell (the oracle is semantics.grc)."""
+    d = l.shape[-1]
+    lr = torch.cat([l, r], dim=-1).reshape(-1, 2 * d).contiguous()
+    kind = _pick_epilogue(epilogue, lr.device, lr.dtype)
+    out = lr.new_empty(lr.shape[0], d)
+    _Cell(w, kind, lr.shape[0], lr)(lr, out)
+    return out.reshape(l.shape)
+
+
+# ----------------------------------------------------------------------------- the tree
+
+
+def run_plan(x2: torch.Tensor, plan: TreePlan, w: GRCWeights, kind: str) -> torch.Tensor:
+    """Execute a plan on leaves x2 (b * L, d) -> roots (b, d)."""
+    d = x2.shape[1]
+    store = x2.new_empty(plan.total, d)
+    store[:plan.zero] = x2
+    store[plan.zero] = 0
+    if plan.levels:
+        cell = _Cell(w, kind, plan.max_pairs, x2)
+        lr_buf = x2.new_empty(plan.max_pairs, 2 * d)
+        dev = x2.device
+        for pairs, first in plan.levels:
+            P = pairs.shape[0]
+            lr = lr_buf[:P]
+            torch.index_select(store, 0, pairs.to(dev, non_blocking=True).view(-1),
+                               out=lr.view(2 * P, d))
+            cell(lr, store[first:first + P])
+    return store[plan.roots.to(x2.device)]
+
+
+def _weights(x, grc_w, scorer):
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w = _cast(grc_w, ct)
+    w = GRCWeights(*(t.contiguous() if isinstance(t, torch.Tensor) else t for t in w))
+    sw = _cast(scorer, ct) if scorer is not None else None
+    return ct, w, sw
+
+
+def _check_x(x, grc_w):
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a (b, L, d) tensor, got {got}")
+    d = grc_w.ln_weight.shape[0]
+    if x.shape[2] != d or tuple(grc_w.w1.shape) != (4 * d, 2 * d) \
+            or tuple(grc_w.w2.shape) != (4 * d, 4 * d):
+        raise ValueError(f"x: last dim {x.shape[2]} does not match the GRC weights "
+                         f"(w1 {tuple(grc_w.w1.shape)}, w2 {tuple(grc_w.w2.shape)}, "
+                         f"d = {d})")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"x must have b >= 1 and L >= 1, got {tuple(x.shape)}")
+
+
+def nested_tree(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, lengths=None,
+                scorer: ScorerWeights | None = None, beam: int = 7,
+                epilogue: str = "auto") -> torch.Tensor:
+    """Nested recursion, level-synchronous (same arguments and result as
+    ``semantics.nested.nested_ref``).  x: (b, L, d); lengths: (b,) or None -> (b, d).
+    epilogue: where the GRC's elementwise parts run: auto | tvm | triton | torch."""
+    _check(inner, chunk, beam, scorer)
+    _check_x(x, grc_w)
+    lens = _lengths(x, lengths)
+    ct, w, sw = _weights(x, grc_w, scorer)
+    kind = _pick_epilogue(epilogue, x.device, ct)
+    b, L, d = x.shape
+    xf = x.to(ct)
+    if inner == "beam":
+        out = _beam_outer(xf, lens, chunk, w, sw, beam, kind)
+    else:
+        plan = build_plan(tuple(lens), L, chunk, inner)
+        out = run_plan(xf.reshape(b * L, d).contiguous(), plan, w, kind)
+    return out.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- the beam tree
+
+
+def _beam_reduce(x, mask, w: GRCWeights, s: ScorerWeights, beam: int, cell_fn):
+    """The oracle's beam_reduce (semantics.nested) with node projections kept per node."""
+    n, m, d = x.shape
+    count = mask.sum(1)
+    w1l, w1r = s.w1[:, :d], s.w1[:, d:]
+    hid = s.w1.shape[0]
+    seq = x[:, None].expand(n, beam, m, d)
+    pl = torch.addmm(s.b1, x.reshape(-1, d), w1l.t()).reshape(n, 1, m, hid).expand(n, beam, m, hid)
+    pr = (x.reshape(-1, d) @ w1r.t()).reshape(n, 1, m, hid).expand(n, beam, m, hid)
+    slot = torch.arange(beam, device=x.device)
+    score = torch.where(slot == 0, 0.0, NEG).to(x.dtype).expand(n, beam)
+    w2 = s.w2[0]
+    for _ in range(m - 1):
+        L = seq.shape[2]
+        logits = F.gelu(pl[:, :, :-1] + pr[:, :, 1:]) @ w2  # (n, B, L-1)
+        jj = torch.arange(L - 1, device=x.device)
+        pair_ok = (jj[None, :] < (count - 1)[:, None])[:, None]
+        logp = torch.log_softmax(logits.masked_fill(~pair_ok, NEG), dim=-1)
+        k1 = min(beam, L - 1)
+        top_lp, top_j = logp.topk(k1, dim=-1)
+        cand = (score[..., None] + top_lp).reshape(n, beam * k1)
+        new_score, flat = cand.topk(beam, dim=-1)
+        parent = torch.div(flat, k1, rounding_mode="floor")
+        j = top_j.reshape(n, beam * k1).gather(1, flat)
+
+        def pick(t):  # the parent beam's tensor
+            return t.gather(1, parent[..., None, None].expand(n, beam, *t.shape[2:]))
+
+        src, srcl, srcr = pick(seq), pick(pl), pick(pr)
+
+        def node(idx):
+            return src.gather(2, idx[..., None, None].expand(n, beam, 1, d)).squeeze(2)
+
+        merged = cell_fn(node(j), node(j + 1))  # (n, B, d)
+        ml = torch.addmm(s.b1, merged.reshape(-1, d), w1l.t()).reshape(n, beam, 1, hid)
+        mr = (merged.reshape(-1, d) @ w1r.t()).reshape(n, beam, 1, hid)
+        ii = jj[None, None, :]
+        take = (ii + (ii > j[..., None]).long())[..., None]
+        at_j = (ii == j[..., None])[..., None]
+
+        def rebuild(t, new_node):
+            moved = t.gather(2, take.expand(n, beam, L - 1, t.shape[-1]))
+            return torch.where(at_j, new_node, moved)
+
+        new_seq = rebuild(src, merged[:, :, None])
+        new_pl, new_pr = rebuild(srcl, ml), rebuild(srcr, mr)
+        done = count <= 1
+        keep = done[:, None, None, None]
+        seq = torch.where(keep, seq[:, :, :-1], new_seq)
+        pl = torch.where(keep, pl[:, :, :-1], new_pl)
+        pr = torch.where(keep, pr[:, :, :-1], new_pr)
+        score = torch.where(done[:, None], score, new_score)
+        count = (count - 1).clamp(min=1)
+    weights = torch.softmax(score, dim=-1)
+    return (weights[..., None] * seq[:, :, 0]).sum(1)
+
+
+def _beam_outer(seq, lens, chunk, w, sw, beam, kind):
+    """The oracle's outer k-ary tree (nested_ref) around the batched beam reduce."""
+    b, _, d = seq.shape
+    dev = seq.device
+
+    def cell_fn(l, r):
+        lr = torch.cat([l, r], dim=-1).reshape(-1, 2 * d).contiguous()
+        out = lr.new_empty(lr.shape[0], d)
+        _Cell(w, kind, lr.shape[0], lr)(lr, out)
+        return out.reshape(l.shape)
+
+    while max(lens) > 1:
+        rows, starts, sizes, new_lens = [], [], [], []
+        for r, n in enumerate(lens):
+            spans = _chunks_of(n, chunk) if n > 1 else []
+            for s0, size in spans:
+                rows.append(r)
+                starts.append(s0)
+                sizes.append(size)
+            new_lens.append(max(len(spans), 1))
+        W = max(sizes)
+        S = seq.shape[1]
+        rows_t = torch.tensor(rows, device=dev)
+        sizes_t = torch.tensor(sizes, device=dev)
+        offs = torch.arange(W, device=dev)
+        valid = offs[None, :] < sizes_t[:, None]
+        pos = (torch.tensor(starts, device=dev)[:, None] + offs[None, :]).clamp(max=S - 1)
+        chunks = torch.where(valid[..., None], seq[rows_t[:, None], pos], 0.0)
+        out = _beam_reduce(chunks, valid, w, sw, beam, cell_fn)
+        sources = torch.cat([out, seq[:, 0], seq.new_zeros(1, d)])
+        zero_row = sources.shape[0] - 1
+        table = [[zero_row] * max(new_lens) for _ in range(b)]
+        fill = [0] * b
+        for c, r in enumerate(rows):
+            table[r][fill[r]] = c
+            fill[r] += 1
+        for r, n in enumerate(lens):
+            if n == 1:
+                table[r][0] = out.shape[0] + r
+        seq = sources[torch.tensor(table, device=dev)]
+        lens = new_lens
+    return seq[:, 0]
