@@ -101,24 +101,51 @@ def _seq(t: torch.Tensor, s: int, e: int) -> torch.Tensor:
     return t[:, s:e].transpose(0, 1).contiguous()
 
 
-def _bc_chunk(M: torch.Tensor, s: int, e: int, d: int) -> torch.Tensor:
-    """B or C for steps [s, e): (1, 1, d, N) when time-invariant, else (K, b, d, N)."""
-    if M.dim() == 2:
-        return M[None, None]
-    Mc = M[:, s:e].transpose(0, 1)  # (K, b, g, N)
-    K, b, g, N = Mc.shape
-    return Mc[:, :, :, None, :].expand(K, b, g, d // g, N).reshape(K, b, d, N)
+class _Operand:
+    """B or C for steps [s, e), without repeating a group over its channels: time-invariant
+    (d, N), or grouped (K, b, g, N) with r = d // g channels per group.  The products with
+    (K, b, d, N) state-shaped tensors go through einsum (batched matmuls)."""
 
+    def __init__(self, M: torch.Tensor, s: int, e: int, d: int, sdt):
+        self.ti = M.dim() == 2
+        self.real = not M.is_complex()
+        self.data = M if self.ti else M[:, s:e].transpose(0, 1).contiguous()
+        self.g = d if self.ti else self.data.shape[2]
+        self.r = d // self.g
+        self.sdt = sdt
+        self.ds = self.data.to(sdt)  # in the state dtype (complex when the state is)
 
-def _bc_reduce(full: torch.Tensor, M: torch.Tensor, real: bool) -> torch.Tensor:
-    """(K, b, d, N) per-channel gradient -> M's chunk shape: (d, N) summed, or (K, b, g, N)."""
-    if real and full.is_complex():
-        full = full.real
-    if M.dim() == 2:
-        return full.sum((0, 1))
-    K, b, d, N = full.shape
-    g = M.shape[2]
-    return full.reshape(K, b, g, d // g, N).sum(3)
+    def _view(self, S: torch.Tensor) -> torch.Tensor:
+        K, b, d, N = S.shape
+        return S.view(K, b, self.g, self.r, N)
+
+    def times(self, v: torch.Tensor) -> torch.Tensor:
+        """v (K, b, d) real -> v * M, (K, b, d, N) in the state dtype."""
+        v = v.to(self.sdt)
+        if self.ti:
+            return v[..., None] * self.ds
+        K, b, d = v.shape
+        out = v.view(K, b, self.g, self.r, 1) * self.ds[:, :, :, None, :]
+        return out.view(K, b, d, -1)
+
+    def dot(self, S: torch.Tensor, conj: bool = False) -> torch.Tensor:
+        """sum_n S * M (or S * conj(M)) -> (K, b, d)."""
+        M = self.ds.conj().resolve_conj() if conj and self.ds.is_complex() else self.ds
+        if self.ti:
+            return torch.einsum("kbdn,dn->kbd", S, M)
+        K, b, d, N = S.shape
+        return torch.einsum("kbgrn,kbgn->kbgr", self._view(S), M).reshape(K, b, d)
+
+    def grad(self, S: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """sum over the channels sharing an entry of M of S * v: M's (chunk) gradient, (d, N)
+        or (K, b, g, N); real when M is."""
+        if self.real and S.is_complex():
+            S = S.real
+        v = v.to(S.dtype)
+        if self.ti:
+            return torch.einsum("kbdn,kbd->dn", S, v)
+        K, b, d = v.shape
+        return torch.einsum("kbgrn,kbgr->kbgn", self._view(S), v.view(K, b, self.g, self.r))
 
 
 def _chunk_inputs(p: ScanProblem, s: int, e: int):
@@ -128,11 +155,11 @@ def _chunk_inputs(p: ScanProblem, s: int, e: int):
     a = torch.exp(dt[..., None].to(p.A.dtype) * p.A)  # (K, b, d, N|1)
     if p.keep is not None:
         a = a * _seq(p.keep, s, e)[..., None, None].to(a.dtype)
-    Bc = _bc_chunk(p.B, s, e, d)
-    Cc = _bc_chunk(p.C, s, e, d)
+    Bo = _Operand(p.B, s, e, d, p.state_dtype)
+    Co = _Operand(p.C, s, e, d, p.state_dtype)
     dtu = dt * u
-    x = (dtu[..., None].to(Bc.dtype) * Bc).to(p.state_dtype)  # (K, b, d, N)
-    return dt, u, a, Bc, Cc, dtu, x
+    x = Bo.times(dtu)  # (K, b, d, N)
+    return dt, u, a, Bo, Co, dtu, x
 
 
 def _states(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor) -> torch.Tensor:
@@ -145,9 +172,9 @@ def _states(a: torch.Tensor, x: torch.Tensor, h_in: torch.Tensor) -> torch.Tenso
     return Hf
 
 
-def _readout(H: torch.Tensor, Cc: torch.Tensor, scale: float) -> torch.Tensor:
+def _readout(H: torch.Tensor, Co: _Operand, scale: float) -> torch.Tensor:
     """y (K, b, d) = scale * Re(sum_n C h)."""
-    y = (H * Cc.to(H.dtype)).sum(-1)
+    y = Co.dot(H)
     if y.is_complex():
         y = y.real * scale
     return y
@@ -169,9 +196,9 @@ def scan_forward(p: ScanProblem, chunk: int, want_checkpoints: bool = True):
         e = min(s + chunk, L)
         if want_checkpoints:
             ckpts.append(h)
-        _, _, a, _, Cc, _, x = _chunk_inputs(p, s, e)
+        _, _, a, _, Co, _, x = _chunk_inputs(p, s, e)
         Hf = _states(a, x, h)
-        y[:, s:e] = _readout(Hf[1:], Cc, p.scale).transpose(0, 1)
+        y[:, s:e] = _readout(Hf[1:], Co, p.scale).transpose(0, 1)
         h = Hf[-1].clone()
     if p.D is not None:
         y = y + p.u * p.D
@@ -214,43 +241,43 @@ def scan_backward(p: ScanProblem, gout: torch.Tensor, glast: torch.Tensor | None
         s = starts[c]
         e = min(s + chunk, L)
         K = e - s
-        dt, u, a, Bc, Cc, dtu, x = _chunk_inputs(p, s, e)
+        dt, u, a, Bo, Co, dtu, x = _chunk_inputs(p, s, e)
         Hf = _states(a, x, checkpoints[:, c].to(p.state_dtype))
         H = Hf[1:]
         gyc = _seq(gy, s, e)  # (K, b, d)
-        Cs = Cc.to(p.state_dtype)
-        q = (gyc * p.scale).to(p.state_dtype)[..., None] * (Cs.conj() if cplx else Cs)
-        if q.shape[0] != K:
-            q = q.expand(K, b, d, N)
-        ac = a.conj() if cplx else a
+        gys = gyc * p.scale
+        q = Co.times(gys)
+        if cplx:
+            q = q.conj().resolve_conj()  # scale * dy * conj(C)
+        ac = a.conj().resolve_conj() if cplx else a
         G = torch.empty_like(H)
         torch.add(q[K - 1], carry, out=G[K - 1])
         for t in range(K - 2, -1, -1):
             torch.addcmul(q[t], ac[t + 1], G[t + 1], out=G[t])
         carry = ac[0] * G[0]
-        # a_t h_{t-1} = h_t - x_t; w = G conj(a h_prev) is the gradient reaching log a.
+        # a_t h_{t-1} = h_t - x_t: w = G conj(a_t h_{t-1}) is the gradient reaching log a_t,
+        # and d log a / d dt = A, d log a / d A = dt.
         w = G * (H - x).conj() if cplx else G * (H - x)
-        Aconj = p.A.conj() if cplx else p.A
-        g_log_a = w * Aconj  # d a / d dt = A a
-        g_dt = (g_log_a.real if cplx else g_log_a).sum(-1)
-        gA += _reduce_A((w * dt[..., None].to(w.dtype)).sum((0, 1)), p.A)
-        GB = (G * (Bc.to(G.dtype).conj() if cplx else Bc)).sum(-1)
-        GB = GB.real if cplx else GB
+        g_dt, g_A = _log_a_grads(w, p.A, dt)
+        gA += g_A
+        GB = Bo.dot(G, conj=True)  # sum_n G conj(B)
+        GB = GB.real if GB.is_complex() else GB
         g_dt = g_dt + GB * u
         gdt[:, s:e] = g_dt.transpose(0, 1)
         gu[:, s:e] = (GB * dt).transpose(0, 1)
-        gBf = G * dtu[..., None].to(G.dtype)
-        gCf = (gyc * p.scale)[..., None].to(H.dtype) * (H.conj() if cplx else H)
-        if p.B.dim() == 2:
-            gB += _bc_reduce(gBf, p.B, not p.B.is_complex())
+        gBc = Bo.grad(G, dtu)
+        Hc = H.conj() if cplx else H
+        gCc = Co.grad(Hc, gys)
+        if Bo.ti:
+            gB += gBc
         else:
-            gB[:, s:e] = _bc_reduce(gBf, p.B, not p.B.is_complex()).transpose(0, 1)
-        if p.C.dim() == 2:
-            gC += _bc_reduce(gCf, p.C, not p.C.is_complex())
+            gB[:, s:e] = gBc.transpose(0, 1)
+        if Co.ti:
+            gC += gCc
         else:
-            gC[:, s:e] = _bc_reduce(gCf, p.C, not p.C.is_complex()).transpose(0, 1)
+            gC[:, s:e] = gCc.transpose(0, 1)
         if p.z is not None:
-            yc = _readout(H, Cc, p.scale)  # (K, b, d)
+            yc = _readout(H, Co, p.scale)  # (K, b, d)
             if p.D is not None:
                 yc = yc + u * p.D
             gz[:, s:e] = (_seq(gout, s, e) * yc * _dsilu(_seq(p.z, s, e))).transpose(0, 1)
@@ -262,13 +289,24 @@ def scan_backward(p: ScanProblem, gout: torch.Tensor, glast: torch.Tensor | None
     return {"u": gu, "dt": gdt, "A": gA, "B": gB, "C": gC, "D": gD, "z": gz, "h0": gh0}
 
 
-def _reduce_A(g: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """(d, N) gradient -> A's shape ((d, N), or (d, 1) for a scalar per channel)."""
-    if A.shape[-1] == 1 and g.shape[-1] != 1:
-        g = g.sum(-1, keepdim=True)
-    if not A.is_complex() and g.is_complex():
-        g = g.real
-    return g
+def _log_a_grads(w: torch.Tensor, A: torch.Tensor, dt: torch.Tensor):
+    """From w (K, b, d, N), the gradient reaching log a = dt * A: (g_dt (K, b, d) real,
+    g_A in A's shape ((d, N), or (d, 1) for one A per channel))."""
+    cplx = w.is_complex()
+    dts = dt.to(w.dtype)
+    if A.shape[-1] == 1:
+        ws = w.sum(-1)  # (K, b, d)
+        a0 = A[:, 0].conj() if cplx else A[:, 0]
+        g_dt = ws * a0
+        g_A = torch.einsum("kbd,kbd->d", ws, dts)[:, None]
+    else:
+        g_dt = torch.einsum("kbdn,dn->kbd", w, A.conj().resolve_conj() if cplx else A)
+        g_A = torch.einsum("kbdn,kbd->dn", w, dts)
+    if cplx:
+        g_dt = g_dt.real
+        if not A.is_complex():
+            g_A = g_A.real
+    return g_dt, g_A
 
 
 # --------------------------------------------------------------------------- step size

@@ -155,20 +155,38 @@ def _load_kernel(family: str, backend: str, algorithm: str):
 
 
 def _tvm_config(config: str):
+    """JSON knobs (a node's schedule config) -> the TVM kernel's Config, the same way the
+    compiled models' eager path converts them (so both paths share one cached kernel)."""
     if not config:
         return None
+    raw = json.loads(config)
+    try:
+        from ssmc.runtime.executors import tvm_config
+    except ImportError:
+        tvm_config = None
+    if tvm_config is not None:
+        return tvm_config(raw)
     from dataclasses import fields
 
-    from ssmc.codegen.tvm.config import Config
+    from ssmc.codegen.tvm.config import Config, default_config
 
-    raw = json.loads(config)
     names = {f.name for f in fields(Config)}
-    return Config(**{k: v for k, v in raw.items() if k in names})
+    return default_config("llvm").replace(**{k: v for k, v in raw.items() if k in names})
 
 
 def _triton_config(family: str, algorithm: str, config: str):
+    """JSON knobs -> the Triton family's Config (upper-case schedule names accepted)."""
     if not config:
         return None
+    raw = json.loads(config)
+    fam = "selective_ssm/mamba1" if family == "selective_scan" else "selective_ssm/ssd"
+    try:
+        from ssmc.runtime.executors import triton_config
+    except ImportError:
+        triton_config = None
+    if triton_config is not None:
+        return triton_config(fam, algorithm or ("chunked" if family == "ssd" else "sequential"),
+                             raw)
     from dataclasses import fields
 
     if family == "ssd":
@@ -178,10 +196,9 @@ def _triton_config(family: str, algorithm: str, config: str):
 
         cls = {"sequential": ss.SequentialScanConfig, "associative": ss.AssociativeScanConfig,
                "chunked": ss.ChunkedScanConfig}[algorithm or "sequential"]
-    raw = {k.lower(): v for k, v in json.loads(config).items()}
-    raw.update({k: v for k, v in json.loads(config).items() if k.islower()})
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
+    knobs = {k.lower(): v for k, v in raw.items() if k.lower() in names}
+    return cls(**knobs) if knobs else None
 
 
 # --------------------------------------------------------------------------- Mamba-1: engine
@@ -792,3 +809,65 @@ def ssd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, initial_sta
                      bool(dt_softplus), lo, hi, bool(return_final_states), int(checkpoint_every),
                      backend, config or "")
     return (y, final) if return_final_states else y
+
+
+# --------------------------------------------------------------------------- compiled models
+
+def _device_ok(backend: str, x: Tensor) -> bool:
+    if backend == "tvm":
+        return x.device.type == "cpu"
+    if backend == "triton":
+        return x.device.type == "cuda" or (x.device.type == "cpu" and _interpreting())
+    return False
+
+
+def node_wants_op(mod, ins: dict, backend: str, x: Tensor) -> bool:
+    """Whether a compiled model's SSM node runs through the ops: when gradients are needed,
+    under torch.compile, or when the module moved to a device its compiled backend does not run
+    on.  Otherwise (eager inference) the executor calls the kernel function directly."""
+    if not _device_ok(backend, x) or torch.compiler.is_compiling():
+        return True
+    if not torch.is_grad_enabled():
+        return False
+    return any(p.requires_grad for p in mod.parameters()) or any(
+        isinstance(a, Tensor) and a.requires_grad for a in ins.values())
+
+
+def _node_config(node, config) -> str:
+    cfg = config if config is not None else node.meta.get("config")
+    return json.dumps(cfg, sort_keys=True, default=str) if cfg else ""
+
+
+def run_mamba1_node(node, mod, ins: dict, backend: str, config=None):
+    """A compiled model's Mamba-1 node (module `mod`, channels-last inputs `ins`) through
+    ssmc::selective_scan."""
+    x, delta, B, C = ins["x"], ins["delta"], ins["B"], ins["C"]
+    b, L, d = x.shape
+    g, N = mod.groups, mod.d_state
+    return selective_scan(
+        x, delta, mod.A(), B.reshape(b, L, g, N), C.reshape(b, L, g, N), D=mod.D,
+        z=ins.get("z"), delta_bias=mod.delta_bias, initial_state=ins.get("initial_state"),
+        delta_softplus=mod.delta_softplus, conj_pair=mod.conj_pair, layout="bld",
+        return_last_state=bool(node.final_state),
+        backend=backend if _device_ok(backend, x) else "auto",
+        algorithm=node.meta.get("algorithm") or "", config=_node_config(node, config))
+
+
+def run_ssd_node(node, mod, ins: dict, backend: str, config=None):
+    """A compiled model's SSD node through ssmc::ssd."""
+    x, dt, B, C = ins["x"], ins["dt"], ins["B"], ins["C"]
+    z = ins.get("z")
+    b, L, d = x.shape
+    h, p, g, n = mod.heads, mod.head_dim, mod.groups, mod.d_state
+    cfg = config if config is not None else (node.meta.get("config") or {})
+    out = ssd(x.reshape(b, L, h, p), dt, -torch.exp(mod.A_log.float()), B.reshape(b, L, g, n),
+              C.reshape(b, L, g, n),
+              chunk_size=node.chunk_size or cfg.get("CHUNK") or cfg.get("chunk") or 64,
+              D=mod.D, z=None if z is None else z.reshape(b, L, h, p), dt_bias=mod.dt_bias,
+              initial_states=ins.get("initial_state"), dt_softplus=mod.dt_softplus,
+              dt_limit=mod.dt_limit, return_final_states=bool(node.final_state),
+              backend=backend if _device_ok(backend, x) else "auto",
+              config=_node_config(node, cfg))
+    if node.final_state:
+        return out[0].reshape(b, L, d), out[1]
+    return out.reshape(b, L, d)
