@@ -1,5 +1,12 @@
 """Running an SSM node with a compiled kernel: read the node's parameters from its module, put
-the activations in the layout the kernel takes, call it.  One function per node family."""
+the activations in the layout the kernel takes, call it.  One function per node family.
+
+When gradients are needed, under torch.compile, or when the module moved to a device its
+compiled backend does not run on, a node goes through the ``ssmc::`` torch.library ops
+(ssmc.runtime.library: differentiable by the chunked reverse scan, traceable, dispatching on the
+device); eager inference calls the kernel function directly.  START in training mode (a random
+perturbation of the inputs) runs the reference module.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,6 @@ from ssmc.runtime import dispatch
 
 
 def _grad_needed(mod, args) -> bool:
-    """The forward kernels have no backward yet: gradients go through the reference."""
     if not torch.is_grad_enabled():
         return False
     return any(p.requires_grad for p in mod.parameters()) or any(
@@ -50,8 +56,12 @@ def triton_config(family: str, algorithm: str, config: dict | None):
 
 
 def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
-    if _grad_needed(mod, ins.values()) or (mod.start is not None and mod.training):
+    if mod.start is not None and mod.training:
         return NotImplemented
+    from ssmc.runtime import library
+
+    if library.node_wants_op(mod, ins, backend, ins["x"]):
+        return library.run_mamba1_node(node, mod, ins, backend, config)
     x, delta, B, C = ins["x"], ins["delta"], ins["B"], ins["C"]
     z, h0 = ins.get("z"), ins.get("initial_state")
     b, L, d = x.shape
@@ -74,13 +84,16 @@ def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def ssd(node, mod, ins: dict, fn, backend: str, config: dict):
-    if _grad_needed(mod, ins.values()):
-        return NotImplemented
+    from ssmc.runtime import library
+
+    if library.node_wants_op(mod, ins, backend, ins["x"]):
+        return library.run_ssd_node(node, mod, ins, backend, config)
     x, dt, B, C = ins["x"], ins["dt"], ins["B"], ins["C"]
     z, h0 = ins.get("z"), ins.get("initial_state")
     b, L, d = x.shape
     h, p, g, n = mod.heads, mod.head_dim, mod.groups, mod.d_state
-    out = fn(x.reshape(b, L, h, p), dt, mod.A(), B.reshape(b, L, g, n), C.reshape(b, L, g, n),
+    A = -torch.exp(mod.A_log.float())  # SSDSSM keeps A_log (heads,)
+    out = fn(x.reshape(b, L, h, p), dt, A, B.reshape(b, L, g, n), C.reshape(b, L, g, n),
              chunk_size=node.chunk_size or config.get("CHUNK") or config.get("chunk", 64), D=mod.D,
              z=None if z is None else z.reshape(b, L, h, p), dt_bias=mod.dt_bias,
              initial_states=h0, dt_softplus=mod.dt_softplus, dt_limit=mod.dt_limit,
