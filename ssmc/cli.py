@@ -18,6 +18,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def spec_path(arg: str) -> Path:
+    """A SPEC argument: a file, or the name of a zoo model (`mamba`, `ir/mamba.yaml` from any
+    directory, since the zoo ships inside the package)."""
+    from ssmc.paths import zoo_dir
+
+    p = Path(arg)
+    if p.exists():
+        return p
+    for cand in (zoo_dir() / p.name, zoo_dir() / f"{p.name}.yaml"):
+        if p.parent in (Path("."), Path("ir")) and cand.exists():
+            return cand
+    return p  # the reader reports "no such file" with the name as given
+
+
 def _dim_binding(text: str):
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
@@ -60,7 +74,7 @@ def cmd_check(args) -> int:
     status = 0
     for path in args.specs:
         try:
-            g = load_spec(Path(path))  # a SPEC argument is a file, never YAML text
+            g = load_spec(spec_path(path))  # a SPEC argument is a file, never YAML text
             n = _count_params(g)
         except SsmcError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -97,7 +111,7 @@ def cmd_run(args) -> int:
     from ssmc.semantics.inputs import random_inputs
     from ssmc.semantics.model import build_reference
 
-    g = load_spec(Path(args.spec))
+    g = load_spec(spec_path(args.spec))
     torch.manual_seed(args.seed)
     model = build_reference(g).eval()
     inputs = random_inputs(g, _bindings(args), seed=args.seed)
@@ -150,7 +164,7 @@ def cmd_explain(args) -> int:
     from ssmc.passes import PassContext, run_pipeline
     from ssmc.tune.records import default_records
 
-    g = load_spec(Path(args.spec))
+    g = load_spec(spec_path(args.spec))
     target = _target(args.target)
     ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype,
                       records=default_records(target))  # as ssmc.compile sees them
@@ -177,7 +191,7 @@ def cmd_compile(args) -> int:
     from ssmc.passes import PassContext, run_pipeline
     from ssmc.tune.records import default_records
 
-    g = load_spec(args.spec)
+    g = load_spec(spec_path(args.spec))
     target = _target(args.target)
     ctx = PassContext(target=target, bindings=_bindings(args), dtype=g.dtype,
                       records=default_records(target))  # as ssmc.compile sees them
@@ -221,7 +235,7 @@ def cmd_demo(args) -> int:
 
     target = _target(args.target)
     t0 = time.perf_counter()
-    model = ssmc.compile(Path(args.spec), target=target, seqlen=args.seqlen, batch=args.batch,
+    model = ssmc.compile(spec_path(args.spec), target=target, seqlen=args.seqlen, batch=args.batch,
                          dims=dict(args.dim or [])).eval()
     print(model.summary())
     torch.manual_seed(0)
