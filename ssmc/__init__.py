@@ -36,3 +36,21 @@ def load(directory, target=None, **kw):
     from ssmc.runtime.saveload import load as _load
 
     return _load(directory, target=target, **kw)
+
+
+def accelerate(model, target="auto", **kw):
+    """Run a transformers Mamba / Mamba-2 model (MambaForCausalLM, Mamba2ForCausalLM, their base
+    models, or any module holding their mixers) on ssmc's kernels, in place: the selective scan,
+    conv1d + SiLU, and generate()'s one-token decode steps.  Weights are shared, not copied.
+    target: 'auto' (TVM on the CPU, Triton on a GPU), 'tvm', 'triton' or 'reference'.  Returns
+    the model; `ssmc.restore(model)` undoes it."""
+    from ssmc.hf.accelerate import accelerate as _accelerate
+
+    return _accelerate(model, target=target, **kw)
+
+
+def restore(model):
+    """Undo `ssmc.accelerate(model)`; returns the model."""
+    from ssmc.hf.accelerate import restore as _restore
+
+    return _restore(model)

@@ -161,17 +161,25 @@ class LongConv(nn.Module):
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2, last axis) + eps) * weight."""
 
-    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None):
+    def __init__(self, dim: int, eps: float = 1e-5, device=None, dtype=None, groups: int = 1):
         super().__init__()
         check_positive_int("dim", dim)
+        check_positive_int("groups", groups)
+        if dim % groups:
+            raise ValueError(f"groups ({groups}) must divide dim ({dim})")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.eps = eps
+        self.groups = groups  # > 1: each of `groups` slices of the last axis normalised alone
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., dim) -> (..., dim)."""
         xf = x.to(_ct(x))
+        if self.groups > 1:
+            xg = xf.unflatten(-1, (self.groups, -1))
+            xf = (xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+            return (xf * self.weight.to(xf.dtype)).to(x.dtype)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
         return y.to(x.dtype)
 

@@ -97,7 +97,7 @@ def _build_op(graph: Graph, node, runner=None) -> nn.Module:
     if op == "rmsnorm":
         from ssmc.semantics.glue import RMSNorm
 
-        return RMSNorm(_last(graph, node), eps=node.eps)
+        return RMSNorm(_last(graph, node), eps=node.eps, groups=node.groups)
     if op == "layernorm":
         return nn.LayerNorm(_last(graph, node), eps=node.eps)
     if op == "gate":

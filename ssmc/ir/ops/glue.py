@@ -100,13 +100,23 @@ Silu, Gelu, Relu, Sigmoid, Tanh, Softplus, Exp, Identity = (
 class RMSNorm(Op):
     OP: ClassVar[str] = "rmsnorm"
     eps: float = attr("float", 1e-5)
+    groups: int = attr("dim", 1, doc="normalise each of `groups` equal slices of the last axis on "
+                                     "its own (Mamba-2's grouped gated norm); the weight spans the axis")
 
     def validate(self):
         if self.eps <= 0:
             raise ShapeError("eps", f"must be > 0, got {self.eps}")
+        if self.groups > 1 and self.OP != "rmsnorm":
+            raise ShapeError("groups", f"op '{self.OP}' has no groups; only rmsnorm does")
 
     def infer(self, ins):
         expect_float(ins["x"], "x")
+        if self.groups > 1:
+            last = ins["x"].shape[-1] if ins["x"].rank else None
+            n = D.as_int(last, {}) if last is not None and not last.symbols() else None
+            if n is None or n % self.groups:
+                raise ShapeError("groups", f"{self.groups} groups must divide the last axis "
+                                           f"({D.render(last) if last is not None else 'none'})")
         return [ins["x"]]
 
 

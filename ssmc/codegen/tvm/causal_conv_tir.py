@@ -1,0 +1,155 @@
+"""TIR builder for the depthwise causal conv1d node (+ optional SiLU), channels-last, for the CPU:
+the sequence form (prefill) and the one-token step that updates a decoder's conv state in place.
+
+The algorithm, per channel, is a sliding window of the last k inputs:
+
+    win = initial state (or zeros);  for each step t:  win <- (win[1:], x_t)
+    y_t = act(bias + sum_j w[j] win[j])
+
+which is nn.Conv1d's cross-correlation with k - 1 zeros of left padding (mamba's
+causal_conv1d_fn), and, with the window kept in the caller's (b, c, k) buffer, exactly
+transformers' / causal-conv1d's `causal_conv1d_update` (the state holds the last k inputs, the
+oldest first).  Tasks: batch x blocks of `channel_block` channels; inside a task, vector
+statements over the block (as the selective scan).  x's outer strides are symbolic, so the
+x half of in_proj's output (a strided view) is read in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm.tirx as tir
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from ssmc.codegen.tvm import tirmath as M
+from ssmc.codegen.tvm.config import Config
+from ssmc.codegen.tvm import selective_scan_tir as _scan
+from ssmc.codegen.tvm.selective_scan_tir import _unrolled
+
+# the scan's CPU lane mapping (named CpuLanes since the SSD mode, _CpuLanes before)
+_CpuLanes = getattr(_scan, "CpuLanes", None) or getattr(_scan, "_CpuLanes")
+
+F32 = "float32"
+IDX = "int64"
+FUNC_NAME = "causal_conv1d"
+ACTIVATIONS = ("identity", "silu")
+
+
+@dataclass(frozen=True)
+class ConvSignature:
+    """c: channels, k: kernel width; step: one token, state (b, c, k) updated in place; else a
+    sequence (b, L symbolic) with an optional read-only initial state."""
+
+    c: int
+    k: int
+    has_bias: bool = True
+    activation: str = "silu"
+    step: bool = False
+    has_initial_state: bool = False
+
+    def __post_init__(self):
+        if self.c < 1 or self.k < 1:
+            raise ValueError(f"ConvSignature: c and k must be >= 1, got c={self.c} k={self.k}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"ConvSignature: activation must be one of {ACTIVATIONS}, "
+                             f"got {self.activation!r}")
+
+    @property
+    def reads_state(self) -> bool:
+        return self.step or self.has_initial_state
+
+
+def arg_names(sig: ConvSignature) -> list[str]:
+    names = ["x", "weight"]
+    if sig.has_bias:
+        names.append("bias")
+    if sig.reads_state:
+        names.append("state")
+    names.append("out")
+    return names
+
+
+def build(sig: ConvSignature, config: Config):
+    b = tir.Var("b", IDX)
+    L = tir.IntImm(IDX, 1) if sig.step else tir.Var("L", IDX)
+    c, k = sig.c, sig.k
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(FUNC_NAME)
+            T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
+            sx = [tir.Var("x_s0", IDX), tir.Var("x_s1", IDX), 1]
+            shapes = {"weight": (c, k), "bias": (c,), "state": (b, c, k), "out": (b, L, c)}
+            bufs = {}
+            for nm in arg_names(sig):
+                if nm == "x":
+                    bufs[nm] = T.arg(nm, T.buffer((b, L, c), F32, strides=sx, align=4))
+                else:
+                    bufs[nm] = T.arg(nm, T.buffer(shapes[nm], F32, align=4))
+            _schedule(sig, config, bufs, b, L)
+    return ib.get()
+
+
+def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _CpuLanes, bi, c0, L):
+    k = sig.k
+    win = lanes.alloc((k, lanes.count))
+    wt = lanes.alloc((k, lanes.count))
+
+    def init(j, i):
+        cc = c0 + i
+        T.buffer_store(wt, bufs["weight"][cc, j], [j, i])
+        T.buffer_store(win, bufs["state"][bi, cc, j] if sig.reads_state else M.f32(0.0), [j, i])
+
+    with _unrolled(k) as j:
+        lanes.each(lambda i: init(j, i))
+
+    def body(l, i):
+        cc = c0 + i
+        for j in range(k - 1):
+            T.buffer_store(win, win[j + 1, i], [j, i])
+        xv = M.bind(bufs["x"][bi, l, cc])
+        T.buffer_store(win, xv, [k - 1, i])
+        acc = bufs["bias"][cc] if sig.has_bias else M.f32(0.0)
+        for j in range(k):
+            acc = acc + wt[j, i] * win[j, i]
+        if sig.activation == "silu":
+            acc = M.silu(M.bind(acc), cfg.exp_degree)
+        T.buffer_store(bufs["out"], acc, [bi, l, cc])
+
+    with T.serial(0, L) as l:
+        lanes.each(lambda i: body(l, i))
+
+    if sig.step:
+        def save(j, i):
+            T.buffer_store(bufs["state"], win[j, i], [bi, c0 + i, j])
+
+        with _unrolled(k) as j:
+            lanes.each(lambda i: save(j, i))
+
+
+def _schedule(sig: ConvSignature, cfg: Config, bufs, b, L):
+    c = sig.c
+    cb = min(cfg.channel_block, c)
+    vw = min(cfg.vector_width, cb)
+    cb = (cb // vw) * vw
+    nfull, rem = c // cb, c % cb
+    per_batch = nfull + (1 if rem else 0)
+
+    def task(blk):
+        bi = M.bind(blk // per_batch)
+        j = M.bind(blk % per_batch)
+        c0 = M.bind(tir.Cast(IDX, j * cb))
+        if not rem:
+            _run_block(sig, cfg, bufs, _CpuLanes(cb, vw), bi, c0, L)
+        elif not nfull:
+            _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
+        else:
+            with T.If(j < nfull):
+                with T.Then():
+                    _run_block(sig, cfg, bufs, _CpuLanes(cb, vw), bi, c0, L)
+                with T.Else():
+                    _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
+
+    loop = T.serial if sig.step and cfg.threads == 1 else T.parallel
+    with loop(0, b * per_batch) as blk:
+        task(blk)

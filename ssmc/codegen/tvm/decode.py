@@ -1,0 +1,208 @@
+"""torch-facing decode kernels on the CPU (TVM): the causal conv1d (sequence and one-token step
+with the conv state updated in place), the selective-scan step (state updated in place) for
+Mamba-1 and Mamba-2, and the per-head sequence scan for Mamba-2's SSD.
+
+These are thin: they check what the kernels assume (fp32, CPU, last axis contiguous), look the
+kernel up (memory, then the disk cache of build.py, then a build) and call it.  Inputs whose
+last axis is contiguous are passed as they are, strided views included (the kernels' outer
+strides are symbolic); anything else is copied first.  The functions that take `state` update
+it in place, like mamba-ssm's `selective_state_update` and causal-conv1d's
+`causal_conv1d_update`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ssmc.codegen.tvm import causal_conv_tir as convb
+from ssmc.codegen.tvm import selective_step_tir as stepb
+from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
+from ssmc.codegen.tvm.config import default_config, legalize
+from ssmc.codegen.tvm.target import host_target
+
+LOG2E = 1.4426950408889634
+_kernels: dict = {}
+
+
+def _config(step: bool):
+    cfg = legalize(default_config("llvm"), "llvm")
+    return cfg.replace(threads=1) if step else cfg
+
+
+def _get(family: str, func_name: str, sig, build):
+    key = (family, sig, DEFAULT_CACHE.root, os.environ.get(CACHE_ENV))
+    kernel = _kernels.get(key)
+    if kernel is None:
+        step = getattr(sig, "step", False)
+        cfg = _config(step)
+        kernel = DEFAULT_CACHE.get(family, func_name, dict(sig.__dict__), "float32", host_target(),
+                                   cfg.as_dict(), lambda: build(sig, cfg))
+        _kernels[key] = kernel
+    return kernel
+
+
+def conv_kernel(sig: convb.ConvSignature):
+    """The compiled causal-conv kernel for `sig` (args: convb.arg_names(sig))."""
+    return _get("causal_conv1d", convb.FUNC_NAME, sig, convb.build)
+
+
+def step_kernel(sig: stepb.StepSignature):
+    """The compiled selective step / per-head scan for `sig` (args: stepb.arg_names(sig))."""
+    return _get("selective_step", sig.func_name(), sig, stepb.build)
+
+
+def _f32_view(name: str, t: torch.Tensor | None, dims: int):
+    """t as fp32 with a contiguous last axis (a view when it already is)."""
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, got "
+                         f"{type(t).__name__ if not isinstance(t, torch.Tensor) else t.device}")
+    if t.dim() != dims:
+        raise ValueError(f"{name}: expected {dims} dimensions, got shape {tuple(t.shape)}")
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.float()
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        t = t.contiguous()
+    return t
+
+
+def _opt(t):
+    """An optional (d,) / (h,) parameter: detached fp32 contiguous."""
+    return None if t is None else t.detach().float().contiguous()
+
+
+def _compact(name, t):
+    t = _f32_view(name, t, t.dim())
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# ----------------------------------------------------------------------------------- conv1d
+def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", initial_state=None):
+    """Depthwise causal conv over channels-last x (b, L, c): weight (c, k) or (c, 1, k), bias
+    (c,), initial_state (b, c, k): the last k inputs before x (the decoder's conv state), read
+    only.  Returns (b, L, c) fp32."""
+    x = _f32_view("x", x, 3)
+    b, L, c = x.shape
+    w = _compact("weight", weight.reshape(weight.shape[0], weight.shape[-1]))
+    if w.shape[0] != c:
+        raise ValueError(f"weight: expected ({c}, k), got {tuple(weight.shape)}")
+    k = w.shape[1]
+    sig = convb.ConvSignature(c=c, k=k, has_bias=bias is not None,
+                              activation=activation or "identity", step=False,
+                              has_initial_state=initial_state is not None)
+    out = torch.empty(b, L, c, dtype=torch.float32)
+    if b == 0 or L == 0:
+        return out
+    args = [x, w]
+    if bias is not None:
+        args.append(_compact("bias", bias))
+    if initial_state is not None:
+        if tuple(initial_state.shape) != (b, c, k):
+            raise ValueError(f"initial_state: expected ({b}, {c}, {k}), got {tuple(initial_state.shape)}")
+        args.append(_compact("initial_state", initial_state))
+    args.append(out)
+    conv_kernel(sig)(*args)
+    return out
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation: str | None = "silu",
+                         out=None):
+    """One token: x (b, c) or (b, 1, c); conv_state (b, c, k) fp32 contiguous, shifted and
+    appended in place; returns act(bias + <w, new state>) as (b, c)."""
+    if x.dim() == 2:
+        x = x[:, None]
+    x = _f32_view("x", x, 3)
+    b, _, c = x.shape
+    w = _compact("weight", weight.reshape(weight.shape[0], weight.shape[-1]))
+    k = w.shape[1]
+    _check_state("conv_state", conv_state, (b, c, k))
+    sig = convb.ConvSignature(c=c, k=k, has_bias=bias is not None,
+                              activation=activation or "identity", step=True)
+    out = torch.empty(b, 1, c, dtype=torch.float32) if out is None else out
+    args = [x, w] + ([_compact("bias", bias)] if bias is not None else []) + [conv_state, out]
+    conv_kernel(sig)(*args)
+    return out[:, 0]
+
+
+def _check_state(name, s, shape):
+    if not isinstance(s, torch.Tensor) or s.dtype != torch.float32 or not s.is_contiguous() \
+            or s.device.type != "cpu" or tuple(s.shape) != tuple(shape):
+        got = (f"shape {tuple(s.shape)} {s.dtype} {'contiguous' if s.is_contiguous() else 'strided'}"
+               if isinstance(s, torch.Tensor) else type(s).__name__)
+        raise ValueError(f"{name}: expected a contiguous float32 CPU tensor of shape {tuple(shape)} "
+                         f"(updated in place), got {got}")
+
+
+# ------------------------------------------------------------------------- selective step
+def A2_of(A: torch.Tensor) -> torch.Tensor:
+    """What the kernels take for A: A * log2(e), (N, d) for a per-channel A (d, N), (h,) for a
+    per-head A (h,)."""
+    A = A.detach().float()
+    return ((A.t() if A.dim() == 2 else A) * LOG2E).contiguous()
+
+
+def selective_state_update(state, x, dt, A2, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=True, head_dim: int = 1, out=None):
+    """One decode step of the selective SSM, the state updated in place.
+
+    state (b, d, N) fp32 contiguous (Mamba-2's (b, h, p, N) reshaped: same memory);
+    x, z (b, d); dt (b, d), or (b, h) with head_dim > 1; A2 = A2_of(A); B, C (b, N) or
+    (b, g, N); D, dt_bias (d,) or (h,).  Returns y (b, d) fp32:
+    dt = softplus(dt + dt_bias); state = exp(dt A) state + dt B x; y = <C, state> + D x;
+    y *= silu(z)."""
+    b, d = x.shape[0], x.shape[-1]
+    N = state.shape[-1]
+    _check_state("state", state, (b, d, N))
+    if B.dim() == 2:
+        B, C = B[:, None], C[:, None]
+    g = B.shape[1]
+    sig = stepb.StepSignature(d=d, N=N, groups=g, head_dim=head_dim, has_D=D is not None,
+                              has_z=z is not None, has_delta_bias=dt_bias is not None,
+                              delta_softplus=bool(dt_softplus), step=True)
+    args = {"u": _f32_view("x", x.reshape(b, 1, d), 3),
+            "delta": _f32_view("dt", dt.reshape(b, 1, dt.shape[-1]), 3),
+            "A2": A2, "B": _f32_view("B", B[:, None], 4), "C": _f32_view("C", C[:, None], 4),
+            "D": _opt(D), "z": None if z is None else _f32_view("z", z.reshape(b, 1, d), 3),
+            "delta_bias": _opt(dt_bias), "state": state,
+            "out": torch.empty(b, 1, d, dtype=torch.float32) if out is None else out}
+    step_kernel(sig)(*[args[n] for n in stepb.arg_names(sig)])
+    return args["out"][:, 0]
+
+
+def selective_scan_heads(x, dt, A2, B, C, D=None, z=None, dt_bias=None, dt_softplus=True,
+                         head_dim: int = 1, initial_state=None, return_last_state=False):
+    """The selective scan over a sequence, channels-last, with per-head dt/A/D/dt_bias (SSD).
+
+    x, z (b, L, d); dt (b, L, h); A2 = A2_of(A) (h,); B, C (b, L, g, N); D, dt_bias (h,);
+    initial_state (b, d, N) (Mamba-2's (b, h, p, N) reshaped).  Returns y (b, L, d) fp32
+    [, final state (b, d, N)]."""
+    x = _f32_view("x", x, 3)
+    b, L, d = x.shape
+    N = B.shape[-1]
+    sig = stepb.StepSignature(d=d, N=N, groups=B.shape[2], head_dim=head_dim,
+                              has_D=D is not None, has_z=z is not None,
+                              has_delta_bias=dt_bias is not None,
+                              delta_softplus=bool(dt_softplus), step=False,
+                              has_initial_state=initial_state is not None,
+                              return_last_state=bool(return_last_state))
+    last = torch.empty(b, d, N, dtype=torch.float32) if return_last_state else None
+    out = torch.empty(b, L, d, dtype=torch.float32)
+    if b == 0 or L == 0:
+        out.zero_()
+        if last is not None:
+            last.zero_()
+            if initial_state is not None:
+                last.copy_(initial_state.reshape(b, d, N))
+        return (out, last) if return_last_state else out
+    args = {"u": x, "delta": _f32_view("dt", dt, 3), "A2": A2,
+            "B": _f32_view("B", B, 4), "C": _f32_view("C", C, 4), "D": _opt(D),
+            "z": None if z is None else _f32_view("z", z, 3), "delta_bias": _opt(dt_bias),
+            "h0": None if initial_state is None else _compact("initial_state",
+                                                               initial_state.reshape(b, d, N)),
+            "out": out, "h_last": last}
+    step_kernel(sig)(*[args[n] for n in stepb.arg_names(sig)])
+    return (out, last) if return_last_state else out

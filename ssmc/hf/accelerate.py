@@ -1,0 +1,267 @@
+"""`ssmc.accelerate(model)`: run a transformers Mamba / Mamba-2 model on ssmc's kernels, in place.
+
+Each `MambaMixer` / `Mamba2Mixer` found in the model gets an instance-level `forward` that does
+what transformers' own forward does, with the same cache protocol (so `generate()` works
+unchanged), but:
+
+* prefill: causal conv1d + SiLU on ssmc's conv kernel, the selective scan on ssmc's sequence
+  kernel (TVM on the CPU, Triton on a GPU), softplus(dt + dt_bias), the D skip and the SiLU(z)
+  gate fused into the scan; the cache is filled as transformers fills it (the conv state through
+  the cache's own `update_conv_state`, the final SSM state through `update_recurrent_state`);
+* decode (one token with a cache): the one-token step kernels update the cache's conv state and
+  SSM state in place;
+* projections (in_proj, x_proj, dt_proj, out_proj) stay torch matmuls, and the mixer's own
+  parameters are used as they are: nothing is copied, so training or editing the weights
+  afterwards is seen by the next call.  Tensors derived from weights (A = -exp(A_log) in the
+  kernels' layout) are recomputed whenever the parameter's version changes.
+
+Whenever the fast path does not apply (gradients needed, an unsupported dtype), the mixer runs
+transformers' original forward.  Extra keyword arguments (seq_idx, ...) are ignored, as
+transformers' own torch path ignores them.
+`ssmc.restore(model)` removes the instance forwards.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+from ssmc.errors import SsmcError
+from ssmc.hf.kernels import BACKENDS, mixer_shapes
+
+TARGETS = ("auto", "tvm", "triton", "reference")
+MIXER_CLASSES = {"MambaMixer": "mamba1", "Mamba2Mixer": "mamba2"}
+_ATTR = "_ssmc_accel"
+
+
+class _State:
+    """What an accelerated mixer keeps: its backend and weight-derived tensors (a plain object,
+    so nn.Module neither registers nor copies it as a submodule)."""
+
+    def __init__(self, kind: str, kernels, target: str):
+        self.kind, self.kernels, self.target = kind, kernels, target
+        self.a_key = None
+        self.A = self.Ak = None
+        self.calls = {"fast": 0, "fallback": 0}
+
+    def a(self, A_log: torch.Tensor):
+        """(A, kernels' A) for the current weights (recomputed when A_log changes)."""
+        key = (A_log._version, A_log.data_ptr(), A_log.device)
+        if key != self.a_key:
+            A = -torch.exp(A_log.detach().float())
+            self.A, self.Ak, self.a_key = A, self.kernels.a_param(A), key
+        return self.A, self.Ak
+
+
+def _mixer_kind(module) -> str | None:
+    for cls in type(module).__mro__:
+        kind = MIXER_CLASSES.get(cls.__name__)
+        if kind is not None and cls.__module__.startswith("transformers."):
+            return kind
+    return None
+
+
+def _resolve_target(target: str, device: torch.device) -> str:
+    if target not in TARGETS:
+        raise SsmcError(f"accelerate: target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if target == "auto":
+        return "tvm" if device.type == "cpu" else "triton" if device.type == "cuda" else "reference"
+    if target == "tvm" and device.type != "cpu":
+        raise SsmcError(f"accelerate: target 'tvm' runs CPU models; this mixer is on {device}")
+    if target == "triton" and device.type != "cuda":
+        raise SsmcError(f"accelerate: target 'triton' runs CUDA/ROCm models; this mixer is on {device}")
+    return target
+
+
+def accelerate(model, target: str = "auto", *, warmup: bool = True):
+    """Replace the forward of every transformers Mamba / Mamba-2 mixer in `model` (in place)
+    with one that runs ssmc's kernels; returns `model`.
+
+    target: 'auto' (TVM kernels on the CPU, Triton on a GPU), 'tvm', 'triton' or 'reference'
+    (ssmc's plain-torch implementation of the same kernels).  warmup: build / load the TVM
+    kernels of the model's shapes now rather than at the first call.  Calling it again
+    re-targets the model."""
+    if not isinstance(model, torch.nn.Module):
+        raise SsmcError(f"accelerate: expected a torch.nn.Module (a transformers Mamba model), "
+                        f"got {type(model).__name__}")
+    mixers = [(name, m, _mixer_kind(m)) for name, m in model.named_modules()]
+    mixers = [(name, m, kind) for name, m, kind in mixers if kind is not None]
+    if not mixers:
+        raise SsmcError(f"accelerate: no transformers MambaMixer or Mamba2Mixer in "
+                        f"{type(model).__name__}; ssmc.accelerate supports MambaForCausalLM, "
+                        "Mamba2ForCausalLM, their base models and modules containing their mixers")
+    backends: dict = {}
+    for name, mixer, kind in mixers:
+        act = getattr(mixer, "activation", "silu")
+        if act not in ("silu", "swish"):
+            raise SsmcError(f"accelerate: {name} uses activation {act!r}; ssmc's conv kernel "
+                            "implements silu (Mamba's) only")
+        device = mixer.in_proj.weight.device
+        tgt = _resolve_target(target, device)
+        if tgt not in backends:
+            backends[tgt] = BACKENDS[tgt]()
+        state = _State(kind, backends[tgt], tgt)
+        if warmup:
+            backends[tgt].prepare(mixer)
+        fwd = _mamba1_forward if kind == "mamba1" else _mamba2_forward
+        mixer.__dict__.pop("forward", None)
+        object.__setattr__(mixer, _ATTR, state)
+        object.__setattr__(mixer, "forward", types.MethodType(fwd, mixer))
+    return model
+
+
+def restore(model):
+    """Undo `accelerate`: every mixer runs transformers' own forward again.  Returns `model`."""
+    for m in model.modules():
+        if _ATTR in m.__dict__:
+            del m.__dict__[_ATTR]
+            m.__dict__.pop("forward", None)
+    return model
+
+
+def accelerated_mixers(model) -> dict:
+    """{module name: target} of the mixers `accelerate` replaced."""
+    return {name: m.__dict__[_ATTR].target for name, m in model.named_modules() if _ATTR in m.__dict__}
+
+
+def call_counts(model) -> dict:
+    """{module name: {'fast': n, 'fallback': n}}: how often each mixer took ssmc's path."""
+    return {name: dict(m.__dict__[_ATTR].calls) for name, m in model.named_modules()
+            if _ATTR in m.__dict__}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _needs_fallback(mixer, hidden_states, kwargs) -> bool:
+    # Extra keyword arguments (seq_idx, ...) are ignored, as transformers' torch path does.
+    if hidden_states.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return True
+    if torch.is_grad_enabled() and (hidden_states.requires_grad or mixer.in_proj.weight.requires_grad):
+        return True  # the kernels here have no backward: transformers' path keeps autograd
+    return False
+
+
+def _original(mixer, hidden_states, cache_params, attention_mask, kwargs):
+    mixer.__dict__[_ATTR].calls["fallback"] += 1
+    return type(mixer).forward(mixer, hidden_states, cache_params=cache_params,
+                               attention_mask=attention_mask, **kwargs)
+
+
+def _mask(x, attention_mask):
+    """transformers' apply_mask_to_padding_states."""
+    if attention_mask is not None:
+        return (x * attention_mask[:, :, None]).to(x.dtype)
+    return x
+
+
+def _caches(mixer, cache_params):
+    if cache_params is None:
+        return None, None, False
+    li = mixer.layer_idx
+    return (cache_params.get_conv_state(li, state_idx=0),
+            cache_params.get_recurrent_state(li, state_idx=0),
+            bool(cache_params.is_recording_past(li)))
+
+
+def _prev_conv(conv_state, k):
+    """The last k inputs of a conv state (recording-past caches keep more)."""
+    if conv_state is None:
+        return None
+    s = conv_state[..., -k:]
+    return s if s.shape[-1] == k else F.pad(s, (k - s.shape[-1], 0))
+
+
+# ----------------------------------------------------------------------------- Mamba-1
+def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+    st = self.__dict__[_ATTR]
+    if _needs_fallback(self, hidden_states, kwargs):
+        return _original(self, hidden_states, cache_params, attention_mask, kwargs)
+    st.calls["fast"] += 1
+    kern = st.kernels
+    b, L, _ = hidden_states.shape
+    dtype = hidden_states.dtype
+    d, N, R, k = self.intermediate_size, self.ssm_state_size, self.time_step_rank, self.conv_kernel_size
+    conv_state, rec_state, recording = _caches(self, cache_params)
+    A, Ak = st.a(self.A_log)
+    dt_bias = self.dt_proj.bias
+
+    xz = self.in_proj(_mask(hidden_states, attention_mask))           # (b, L, 2d)
+    x, z = xz[..., :d], xz[..., d:]
+    if conv_state is not None and rec_state is not None and L == 1 and not recording:
+        # decode: one token, both states updated in place
+        xc = kern.conv_step(x[:, 0], conv_state, self.conv1d.weight, self.conv1d.bias)  # (b, d)
+        x_dbl = F.linear(xc.to(dtype), self.x_proj.weight, self.x_proj.bias)
+        dt = F.linear(x_dbl[:, :R], self.dt_proj.weight)
+        y = kern.step(rec_state, xc, dt, Ak, x_dbl[:, None, R:R + N], x_dbl[:, None, R + N:], self.D,
+                      z[:, 0], dt_bias)
+        return self.out_proj(y[:, None].to(dtype))
+
+    prev = _prev_conv(conv_state, k)
+    xc = kern.conv(x, self.conv1d.weight, self.conv1d.bias, prev)    # (b, L, d) fp32
+    if cache_params is not None:  # transformers' own bookkeeping of the conv state
+        cache_params.update_conv_state(x.transpose(1, 2), self.layer_idx, conv_kernel_size=k)
+    xc = _mask(xc, attention_mask).to(dtype)
+    x_dbl = F.linear(xc, self.x_proj.weight, self.x_proj.bias)        # (b, L, R + 2N)
+    dt = F.linear(x_dbl[..., :R], self.dt_proj.weight)                 # bias: in the scan
+    B = x_dbl[..., R:R + N].unsqueeze(2)
+    C = x_dbl[..., R + N:].unsqueeze(2)
+    final = cache_params is not None
+    out = kern.scan(xc, dt, A, B, C, self.D, z, dt_bias, initial_state=rec_state, final=final)
+    if final:
+        y, last = out
+        cache_params.update_recurrent_state(last, self.layer_idx)
+    else:
+        y = out
+    return self.out_proj(y.to(dtype))
+
+
+# ----------------------------------------------------------------------------- Mamba-2
+def _mamba2_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+    st = self.__dict__[_ATTR]
+    if _needs_fallback(self, hidden_states, kwargs):
+        return _original(self, hidden_states, cache_params, attention_mask, kwargs)
+    st.calls["fast"] += 1
+    kern = st.kernels
+    b, L, _ = hidden_states.shape
+    dtype = hidden_states.dtype
+    d, N, H, P = self.intermediate_size, self.ssm_state_size, self.num_heads, self.head_dim
+    g, cd, k = self.n_groups, self.conv_dim, self.conv_kernel_size
+    conv_state, rec_state, recording = _caches(self, cache_params)
+    A, Ak = st.a(self.A_log)
+
+    proj = self.in_proj(_mask(hidden_states, attention_mask))          # (b, L, d + cd + H)
+    gate, xBC, dt = proj[..., :d], proj[..., d:d + cd], proj[..., d + cd:]
+    if conv_state is not None and rec_state is not None and L == 1 and not recording:
+        xc = kern.conv_step(xBC[:, 0], conv_state, self.conv1d.weight, self.conv1d.bias)
+        xc = xc.to(dtype)
+        state = rec_state.view(b, d, N) if rec_state.is_contiguous() else rec_state.reshape(b, d, N)
+        y = kern.ssd_step(state, xc[:, :d], dt[:, 0], Ak, xc[:, d:d + g * N].view(b, g, N),
+                          xc[:, d + g * N:].view(b, g, N), self.D, self.dt_bias, P)
+        if state.data_ptr() != rec_state.data_ptr():
+            rec_state.copy_(state.view_as(rec_state))
+        y = self.norm(y[:, None].to(dtype), gate)
+        return self.out_proj(y.to(dtype))
+
+    prev = _prev_conv(conv_state, k)
+    xc = kern.conv(xBC, self.conv1d.weight, self.conv1d.bias, prev)  # (b, L, cd) fp32
+    if cache_params is not None:
+        cache_params.update_conv_state(xBC.transpose(1, 2), self.layer_idx, conv_kernel_size=k)
+    xc = _mask(xc, attention_mask).to(dtype)
+    x = xc[..., :d]
+    B = xc[..., d:d + g * N].unflatten(-1, (g, N))
+    C = xc[..., d + g * N:].unflatten(-1, (g, N))
+    final = cache_params is not None
+    h0 = None if rec_state is None else rec_state.reshape(b, d, N)
+    out = kern.ssd(x, dt, Ak, B, C, self.D, self.dt_bias, self.time_step_limit, P,
+                   initial_state=h0, final=final)
+    if final:
+        y, last = out
+        cache_params.update_recurrent_state(last.view(b, H, P, N), layer_idx=self.layer_idx)
+    else:
+        y = out
+    y = self.norm(y.to(dtype), gate)
+    return self.out_proj(y.to(dtype))
+
+
+__all__ = ["accelerate", "restore", "accelerated_mixers", "call_counts", "mixer_shapes"]
