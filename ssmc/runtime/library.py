@@ -833,7 +833,10 @@ def node_wants_op(mod, ins: dict, backend: str, x: Tensor) -> bool:
         isinstance(a, Tensor) and a.requires_grad for a in ins.values())
 
 
+@torch._dynamo.assume_constant_result
 def _node_config(node, config) -> str:
+    """The node's kernel knobs as the ops' JSON string; a constant to torch.compile (dynamo
+    cannot trace json, and the knobs are fixed per node)."""
     cfg = config if config is not None else node.meta.get("config")
     return json.dumps(cfg, sort_keys=True, default=str) if cfg else ""
 
