@@ -115,18 +115,25 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
     sig = tirb.Ssm2dSignature(d=d, N=N, bc=bc, dt_cell=dt_cell, has_D=D is not None,
                               bidirectional=bidirectional)
     config = config or default_config()
-    args = {"x": _f32(x), "A2": _f32(A2.t()), "A3": _f32(A3.t())}
-    for k, (A, dt) in enumerate(((A1, dt_t), (A4, dt_v))):
-        Af = A.float()
-        if dt_cell[k]:
-            dtn, An, Ainv = ("dt_t", "A1", "A1inv") if k == 0 else ("dt_v", "A4", "A4inv")
-            args[dtn], args[An], args[Ainv] = _f32(dt), _f32(Af.t()), _f32((1.0 / Af).t())
-        else:  # one step per channel: E and G once here (the oracle's zoh_axis)
-            dA = dt.float()[:, None] * Af
-            E, G = ("E1", "G1") if k == 0 else ("E4", "G4")
-            args[E], args[G] = _f32(torch.exp(dA).t()), _f32((torch.expm1(dA) / Af).t())
+    args = {"x": _f32(x)}
     for name, t, form in zip(tirb.BC_NAMES, (B1, B2, C1, C2), bc):
-        args[name] = _f32(t.t()) if form == tirb.BC_PARAM else _f32(t)
+        args[name] = t.float().t() if form == tirb.BC_PARAM else _f32(t)
+    for k, (A, Ac, dt) in enumerate(((A1, A2, dt_t), (A4, A3, dt_v))):
+        Af, Acf = A.float(), Ac.float()
+        if dt_cell[k]:
+            names = ("dt_t", "A1", "A1inv", "A2") if k == 0 else ("dt_v", "A4", "A4inv", "A3")
+            for nm, val in zip(names, (dt, Af.t(), (1.0 / Af).t(), Acf.t())):
+                args[nm] = _f32(val)
+        else:  # one step per channel: the oracle's zoh_axis once here, G folded in
+            dA = dt.float()[:, None] * Af
+            G = torch.expm1(dA) / Af
+            E_, G_, AG = ("E1", "G1", "A2G") if k == 0 else ("E4", "G4", "A3G")
+            args[E_], args[G_], args[AG] = _f32(torch.exp(dA).t()), _f32(G.t()), _f32((G * Acf).t())
+            if bc[k] == tirb.BC_PARAM:  # B (d, N): G * B once
+                Bn = tirb.BC_NAMES[k]
+                args[Bn] = args[Bn] * G.t()
+    for name in tirb.BC_NAMES:
+        args[name] = _f32(args[name])
     if D is not None:
         args["D"] = _f32(D)
     args["out"] = torch.empty(b, T, V, d, dtype=torch.float32)

@@ -1,0 +1,130 @@
+"""torch-facing PLRNN (+ HRF convolution) on the TVM CPU kernel of plrnn_tir.
+
+`plrnn(s, A, W, h0, C, z0=None)` has the oracle's arguments and result
+(ssmc.semantics.recurrence.plrnn_ref): s (b, L, K_in), A (M,), W (M, M) (its diagonal is
+ignored), h0 (M,), C (M, K_in), z0 (b, M), (M,) or None -> z (b, L, M).  The input drive
+C s_t + h0 does not depend on z: one matmul in torch; the kernel runs the nonlinear recurrence.
+
+With `hrf` ((K,) shared or (M, K) per latent unit) it also returns the causal convolution
+zc = hrf * z (ssmc.semantics.recurrence.causal_conv_fft / _direct), computed where it is
+cheapest: inside the recurrence kernel (`conv="fused"`, K multiply-adds per step and unit while
+the trajectory is still in cache) or by torch's FFT after it (`conv="fft"`); "auto" fuses up
+to FUSE_MAX_TAPS taps.  fp16/bf16 inputs are computed in fp32 and the results cast back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from ssmc.codegen.tvm import plrnn_tir as tirb
+from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache
+from ssmc.codegen.tvm.target import host_target
+from ssmc.semantics.recurrence import causal_conv_fft, offdiag
+
+FAMILY = "plrnn"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CONV_METHODS = ("auto", "fused", "fft")
+# Fused direct convolution costs K multiply-adds per output; the FFT about 2 log2(2 L) * 5
+# flops but a pass over memory and a transpose each way: measured break-even near 100 taps
+# at L = 1024 (benchmarks/bench_issue10_cpu.py); SPM's HRF has 17 taps at TR 2 s.
+FUSE_MAX_TAPS = 64
+
+_kernels: dict = {}
+
+
+def _shape(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"shape {tuple(t.shape)} dtype {str(t.dtype).replace('torch.', '')} device {t.device}"
+
+
+def _check(name: str, t, shapes: list, text: str) -> torch.Tensor:
+    ok = (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in FLOAT_DTYPES
+          and tuple(t.shape) in [tuple(s) for s in shapes])
+    if not ok:
+        raise ValueError(f"plrnn: {name} must be a CPU float32/float16/bfloat16 tensor of "
+                         f"{text}; got {_shape(t)}")
+    return t
+
+
+@functools.lru_cache(maxsize=None)
+def default_config() -> tirb.PlrnnConfig:
+    from ssmc.codegen.tvm.target import host_vector_lanes_f32
+
+    return tirb.PlrnnConfig(vector_width=host_vector_lanes_f32())
+
+
+def get_kernel(sig: tirb.PlrnnSignature, config: tirb.PlrnnConfig, target=None,
+               cache: KernelCache | None = None):
+    target = target if target is not None else host_target()
+    cache = cache if cache is not None else DEFAULT_CACHE
+    fast_key = (sig, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
+    kernel = _kernels.get(fast_key)
+    if kernel is None:
+        kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.as_dict(), "float32", target,
+                           config.as_dict(), lambda: tirb.build_plrnn(sig, config))
+        _kernels[fast_key] = kernel
+    return kernel
+
+
+def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
+          config: tirb.PlrnnConfig | None = None, cache: KernelCache | None = None):
+    """PLRNN latent trajectory z (b, L, M) in s's dtype; with `hrf`, (z, hrf * z)."""
+    if not isinstance(s, torch.Tensor) or s.dim() != 3:
+        raise ValueError(f"plrnn: s must be a 3-D tensor (b, L, K_in); got {_shape(s)}")
+    b, L, k_in = (int(x) for x in s.shape)
+    _check("s", s, [s.shape], "(b, L, K_in)")
+    if not isinstance(A, torch.Tensor) or A.dim() != 1:
+        raise ValueError(f"plrnn: A must be a 1-D tensor (M,); got {_shape(A)}")
+    Mn = int(A.shape[0])
+    _check("A", A, [(Mn,)], f"(M,)=({Mn},)")
+    _check("W", W, [(Mn, Mn)], f"(M, M)=({Mn}, {Mn})")
+    _check("h0", h0, [(Mn,)], f"(M,)=({Mn},)")
+    _check("C", C, [(Mn, k_in)], f"(M, K_in)=({Mn}, {k_in})")
+    if z0 is not None:
+        _check("z0", z0, [(b, Mn), (Mn,)], f"(b, M)=({b}, {Mn}) or (M,)")
+    if hrf is not None:
+        if not isinstance(hrf, torch.Tensor) or hrf.dim() not in (1, 2) or hrf.shape[-1] < 1:
+            raise ValueError(f"plrnn: hrf must be (K,) or (M, K) with K >= 1; got {_shape(hrf)}")
+        _check("hrf", hrf, [tuple(hrf.shape[-1:]), (Mn, hrf.shape[-1])],
+               f"(K,) or (M, K) with M={Mn}")
+    if conv not in CONV_METHODS:
+        raise ValueError(f"plrnn: conv must be one of {CONV_METHODS}; got {conv!r}")
+    if config is not None and not isinstance(config, tirb.PlrnnConfig):
+        raise ValueError(f"plrnn: config must be a PlrnnConfig; got {type(config).__name__}")
+
+    taps = 0 if hrf is None else min(int(hrf.shape[-1]), max(L, 1))
+    fused = hrf is not None and (conv == "fused" or (conv == "auto" and taps <= FUSE_MAX_TAPS))
+    if b == 0 or L == 0:
+        z = s.new_zeros(b, L, Mn)
+        return z if hrf is None else (z, z.clone())
+
+    f32 = torch.float32
+    drive = torch.addmm(h0.to(f32), s.reshape(b * L, k_in).to(f32), C.to(f32).t())
+    args = {"drive": drive.view(b, L, Mn), "A": A.to(f32).contiguous(),
+            "WT": offdiag(W.to(f32)).t().contiguous()}
+    sig = tirb.PlrnnSignature(M=Mn, K=taps if fused else 0, has_z0=z0 is not None)
+    if z0 is not None:
+        args["z0"] = z0.to(f32).expand(b, Mn).contiguous()
+    if fused:
+        H = hrf.to(f32).expand(Mn, hrf.shape[-1])[:, :taps]
+        args["H"] = H.t().contiguous()
+        args["zp"] = torch.empty(b, L + taps - 1, Mn, dtype=f32)
+        args["zc"] = torch.empty(b, L, Mn, dtype=f32)
+    else:
+        args["z"] = torch.empty(b, L, Mn, dtype=f32)
+    get_kernel(sig, config or default_config(), cache=cache)(
+        *[args[n] for n in tirb.arg_names(sig)])
+    z = args["zp"][:, taps - 1:] if fused else args["z"]
+    if hrf is None:
+        return z if s.dtype == f32 else z.to(s.dtype)
+    zc = args["zc"] if fused else causal_conv_fft(z, hrf.to(f32))
+    if s.dtype != f32:
+        z, zc = z.to(s.dtype), zc.to(s.dtype)
+    return z, zc
+
+
+__all__ = ["plrnn", "get_kernel", "default_config", "FUSE_MAX_TAPS"]

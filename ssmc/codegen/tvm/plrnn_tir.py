@@ -1,0 +1,193 @@
+"""TIR builder for the PLRNN latent recurrence (MODELS.md section 8), optionally fused with
+the causal HRF convolution of its trajectory, on the CPU.
+
+    z_t  = A z_{t-1} + W relu(z_{t-1}) + drive_t         drive_t = C s_t + h0 (by the wrapper)
+    zc_t = sum_{j < K} hrf[:, j] z_{t-j}                  (fused, when K > 0; z_{<1} = 0)
+
+Oracle: ssmc.semantics.recurrence.plrnn_ref and causal_conv_direct.  The recurrence is
+nonlinear, so each trajectory is sequential in t; the parallelism is across trajectories and
+within a step across the latent units:
+
+* tasks of `traj_block` trajectories run in parallel; inside a task the trajectories of the
+  block are interleaved statement by statement (independent dependency chains: the ILP);
+* every statement is a vector over the M latent units (`T.vectorized`), and the M x M
+  mat-vec is M multiply-adds of a column of W (the wrapper passes W^T, off-diagonal) with a
+  broadcast relu(z_k).
+
+With the convolution fused, the trajectory is written with K - 1 leading zero rows (buffer
+`zp` of L + K - 1 rows), so every output step reads exactly K earlier rows: a fixed-length
+loop, no boundary cases.  b and L are symbolic; M, K and the flags are compiled in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import tvm.tirx as tir
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder import tirx as T
+
+from ssmc.codegen.tvm import tirmath as M
+
+F32 = "float32"
+IDX = "int64"
+FUNC_NAME = "plrnn"
+LOCAL_SCOPE = "global"  # stack buffers (TVM 0.27 turns "local" into workspace calls on CPU)
+
+
+@dataclass(frozen=True)
+class PlrnnSignature:
+    """M latent units; K taps of the fused convolution (0: no convolution); has_z0: an initial
+    state (b, M) is passed (else zeros)."""
+
+    M: int
+    K: int = 0
+    has_z0: bool = False
+
+    def __post_init__(self):
+        if self.M < 1 or self.K < 0:
+            raise ValueError(f"PlrnnSignature: M >= 1 and K >= 0, got M={self.M}, K={self.K}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PlrnnConfig:
+    """traj_block: trajectories one task interleaves; vector_width: lanes of one vector
+    statement over the latent units; threads: 0 = one parallel iteration per task."""
+
+    traj_block: int = 4
+    vector_width: int = 8
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.traj_block < 1 or self.vector_width < 1 or self.threads < 0:
+            raise ValueError("PlrnnConfig: traj_block, vector_width >= 1 and threads >= 0")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "PlrnnConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def arg_names(sig: PlrnnSignature) -> list[str]:
+    names = ["drive", "A", "WT"]
+    if sig.has_z0:
+        names.append("z0")
+    if sig.K:
+        names += ["H", "zp", "zc"]
+    else:
+        names.append("z")
+    return names
+
+
+class _Task:
+    """One block of `nb` trajectories (rows bi(j) of the batch) over the whole sequence."""
+
+    def __init__(self, sig, cfg, bufs, L, rows):
+        self.sig, self.cfg, self.bufs, self.L, self.rows = sig, cfg, bufs, L, rows
+        self.nb = len(rows)
+        Mn = sig.M
+        self.width = cfg.vector_width if Mn % cfg.vector_width == 0 else Mn
+        self.z = T.alloc_buffer((self.nb, Mn), F32, scope=LOCAL_SCOPE)
+        self.acc = T.alloc_buffer((self.nb, Mn), F32, scope=LOCAL_SCOPE)
+
+    def each(self, fn):
+        """fn(m) for every latent unit, as vector statements."""
+        groups = self.sig.M // self.width
+        if groups == 1:
+            with T.vectorized(0, self.width) as m:
+                fn(m)
+            return
+        with T.serial(0, groups, unroll=True) as g:
+            with T.vectorized(0, self.width) as w:
+                fn(g * self.width + w)
+
+    def run(self):
+        sig, bufs = self.sig, self.bufs
+        K = sig.K
+        for j, bi in enumerate(self.rows):
+            if sig.has_z0:
+                self.each(lambda m, j=j, bi=bi: T.buffer_store(self.z, bufs["z0"][bi, m], [j, m]))
+            else:
+                self.each(lambda m, j=j: T.buffer_store(self.z, M.f32(0.0), [j, m]))
+            if K > 1:
+                with T.serial(0, K - 1) as r:
+                    self.each(lambda m, bi=bi, r=r: T.buffer_store(bufs["zp"], M.f32(0.0),
+                                                                   [bi, r, m]))
+        with T.serial(0, self.L) as t:
+            self.step(t)
+            if K:
+                self.convolve(t)
+
+    def step(self, t):
+        bufs, z, acc = self.bufs, self.z, self.acc
+        A, WT = bufs["A"], bufs["WT"]
+        for j, bi in enumerate(self.rows):
+            self.each(lambda m, j=j, bi=bi: T.buffer_store(
+                acc, A[m] * z[j, m] + bufs["drive"][bi, t, m], [j, m]))
+        with T.serial(0, self.sig.M, unroll=True) as k:
+            for j in range(self.nb):
+                self.each(lambda m, j=j: T.buffer_store(
+                    acc, acc[j, m] + WT[k, m] * tir.Max(z[j, k], M.f32(0.0)), [j, m]))
+        for j, bi in enumerate(self.rows):
+            def store(m, j=j, bi=bi):
+                T.buffer_store(z, acc[j, m], [j, m])
+                if self.sig.K:
+                    T.buffer_store(bufs["zp"], acc[j, m], [bi, t + (self.sig.K - 1), m])
+                else:
+                    T.buffer_store(bufs["z"], acc[j, m], [bi, t, m])
+            self.each(store)
+
+    def convolve(self, t):
+        """zc_t = sum_i H[i] zp[t + K - 1 - i] (zp row t + K - 1 is z_t)."""
+        bufs, acc, K = self.bufs, self.acc, self.sig.K
+        H, zp = bufs["H"], bufs["zp"]
+        for j in range(self.nb):
+            self.each(lambda m, j=j: T.buffer_store(acc, M.f32(0.0), [j, m]))
+        with T.serial(0, K, unroll=True) as i:
+            for j, bi in enumerate(self.rows):
+                self.each(lambda m, j=j, bi=bi: T.buffer_store(
+                    acc, acc[j, m] + H[i, m] * zp[bi, t + (K - 1) - i, m], [j, m]))
+        for j, bi in enumerate(self.rows):
+            self.each(lambda m, j=j, bi=bi: T.buffer_store(bufs["zc"], acc[j, m], [bi, t, m]))
+
+
+def build_plrnn(sig: PlrnnSignature, cfg: PlrnnConfig):
+    """The PrimFunc `plrnn` for one signature and schedule."""
+    b, L = tir.Var("b", IDX), tir.Var("L", IDX)
+    Mn, K, TB = sig.M, sig.K, cfg.traj_block
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(FUNC_NAME)
+            T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
+
+            def buf(shape):
+                return T.buffer(shape, F32, align=4)
+
+            shapes = {"drive": (b, L, Mn), "A": (Mn,), "WT": (Mn, Mn), "z0": (b, Mn),
+                      "H": (K, Mn), "zp": (b, L + (K - 1), Mn), "zc": (b, L, Mn),
+                      "z": (b, L, Mn)}
+            bufs = {nm: T.arg(nm, buf(shapes[nm])) for nm in arg_names(sig)}
+            tasks = (b + (TB - 1)) // TB
+
+            def task(k):
+                # rows past the batch repeat its last row: same values, same thread
+                rows = [M.bind(tir.Min(k * TB + j, b - 1)) for j in range(TB)]
+                _Task(sig, cfg, bufs, L, rows).run()
+
+            if cfg.threads <= 0:
+                with T.parallel(0, tasks) as k:
+                    task(k)
+            else:
+                chunk = (tasks + cfg.threads - 1) // cfg.threads
+                with T.parallel(0, cfg.threads) as p:
+                    with T.serial(0, chunk) as q:
+                        k = p * chunk + q
+                        with T.If(k < tasks):
+                            with T.Then():
+                                task(k)
+    return ib.get()
