@@ -153,18 +153,60 @@ def ssm2d(b, T, V, d, N, algorithm) -> Work:
     raise KeyError(algorithm)
 
 
-def nested(b, L, d, k, algorithm) -> Work:
-    # GRC cell: W1 (2d -> 4d), W2 (4d -> 4d): 2*(8d^2 + 16d^2) flops per merge; about n merges.
+def nested_shape(L, k, inner="bbt"):
+    """(levels, merges, widest level's merges) of the level-synchronous plan for one row of
+    length L with outer arity k (the plan of ssmc.codegen.composite.nested, counted without
+    building it).  Beam: levels are beam steps, merges count one per beam."""
+    n, levels, merges, widest = int(L), 0, 0, 0
+    k = max(2, int(k))
+    while n > 1:
+        sizes = [k] * (n // k) + ([n % k] if n % k else []) if n >= k + k // 2 else [n]
+        if inner == "rnn":
+            depth, m, wide = max(sizes), n, len(sizes)
+        elif inner == "beam":
+            depth, m, wide = max(sizes) - 1, n - len(sizes), len(sizes)
+        else:
+            depth, m, wide = math.ceil(math.log2(max(sizes))), n - len(sizes), n // 2
+        levels, merges, widest = levels + depth, merges + m, max(widest, wide)
+        n = len(sizes)
+    return levels, merges, widest
+
+
+def nested(b, L, d, k, algorithm, inner="bbt", beam=7) -> Work:
+    # GRC cell: W1 (2d -> 4d), W2 (4d -> 4d): 2*(8d^2 + 16d^2) flops per merge.  The tree runs
+    # the exact plan's levels, one launch group (gather, 2 GEMMs, GELU, epilogue) per level.
     cell = 2 * (8 + 16) * d * d
-    merges = b * L
-    levels_in = _log2(k)
-    outer = max(1.0, math.log(max(L, 2)) / math.log(max(k, 2)))
+    levels, merges, widest = nested_shape(L, k, inner)
+    merges = b * max(merges, 1)
+    flops, ew = merges * cell, merges * 4 * d
+    if inner == "beam":  # every step scores every adjacent pair of every beam (gather + GELU)
+        flops = flops * beam + b * L * min(k, L) * beam * d * 2
+        ew = ew * beam + b * L * min(k, L) * beam * d
     if algorithm == "tree":
-        return Work(b * L * d * 4 * 4, merges * cell, merges * 4 * d, depth=levels_in * outer,
-                    lanes=b * L * d / 2, launches=int(levels_in * outer) + 1, tensor_core=True)
+        return Work(b * L * d * 4 * 4, flops, ew, depth=max(levels, 1),
+                    lanes=b * max(widest, 1) * d, launches=5 * levels + 1, tensor_core=True)
     if algorithm == "sequential":
-        return Work(b * L * d * 4 * 4, merges * cell, merges * 4 * d, depth=L, lanes=d, launches=L)
+        return Work(b * L * d * 4 * 4, flops, ew, depth=merges, lanes=d, launches=merges)
     raise KeyError(algorithm)
+
+
+NESTED_DEFAULT_CHUNK = 30  # the authors' k
+NESTED_CHUNKS = (4, 8, 16, 30, 32, 64, 128, 256)
+
+
+def choose_nested_chunk(b, L, d, target, inner="bbt", beam=7, algorithms=("tree",)):
+    """The outer arity k with the lowest estimate when a spec leaves it open; estimates within
+    1% count as a tie, broken towards the authors' k = 30 (the tree shape is part of the
+    model's meaning, so the compiler only moves away from it for a real gain).
+    Returns (k, {k: best estimate in us})."""
+    times = {}
+    for k in NESTED_CHUNKS:
+        times[k] = min(estimate(nested(b, L, d, k, a, inner, beam), target, a).time_us
+                       for a in algorithms)
+    best = min(times.values())
+    tied = [k for k, t in times.items() if t <= best * 1.01]
+    k = min(tied, key=lambda c: (abs(math.log(c / NESTED_DEFAULT_CHUNK)), c))
+    return k, times
 
 
 def recurrence(b, L, d_in, M, algorithm) -> Work:

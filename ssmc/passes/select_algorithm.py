@@ -28,7 +28,7 @@ def _work(g, node, algorithm, b):
         return cm.ssm2d(B, T, V, d, node.d_state, algorithm)
     if op == "nested_recursion":
         B, L, d = shape
-        return cm.nested(B, L, d, node.chunk or 30, algorithm)
+        return cm.nested(B, L, d, node.chunk or cm.NESTED_DEFAULT_CHUNK, algorithm, node.inner, node.beam)
     if op == "recurrence":
         B, L, d_in = shape
         return cm.recurrence(B, L, d_in, node.latent, algorithm)
@@ -46,11 +46,24 @@ def candidates(node) -> tuple:
     return algs
 
 
+def _choose_chunk(g, node, ctx):
+    """A nested_recursion whose spec leaves `chunk` open gets the cost model's k; the lowered
+    node carries it (the compiled model's tree shape), node.meta says why."""
+    B, L, d = concrete(g, node.inputs["x"], ctx.bindings)
+    k, times = cm.choose_nested_chunk(B, L, d, ctx.target, node.inner, node.beam)
+    node.chunk = k
+    node.meta["chunk"] = k
+    node.meta["chunk_why"] = (f"cost model: k={k} ({times[k]:.1f} us; "
+                              + ", ".join(f"{c}: {t:.0f}" for c, t in sorted(times.items())) + ")")
+
+
 def run(graph, ctx):
     for g in all_graphs(graph):
         for node in g.nodes:
             if not node.ALGORITHMS or node.OP == "conv":
                 continue
+            if node.OP == "nested_recursion" and node.chunk is None:
+                _choose_chunk(g, node, ctx)
             ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a) for a in candidates(node)]
             node.meta["costs"] = [e.row() for e in sorted(ests, key=lambda e: e.time_us)]
             best = min(ests, key=lambda e: e.time_us)

@@ -19,10 +19,18 @@ KERNELS = {
     ("selective_ssm/mamba1", "chunked", "triton"): "ssmc.codegen.triton.selective_scan.chunked:selective_scan_chunked",
     ("selective_ssm/mamba1", "sequential", "tvm"): "ssmc.codegen.tvm:selective_scan",
     ("selective_ssm/ssd", "chunked", "triton"): "ssmc.codegen.triton.ssd.chunked:ssd_chunked",
+    # composite kernels (ssmc.codegen.composite): library GEMMs / FFTs + compiled TVM / Triton parts
+    ("nested_recursion", "tree", "tvm"): "ssmc.codegen.composite.nested:nested_tree",
+    ("nested_recursion", "tree", "triton"): "ssmc.codegen.composite.nested:nested_tree",
+    ("selective_ssm/dense", "sequential", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_sequential",
+    ("selective_ssm/dense", "associative", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_associative",
+    ("diagonal_ssm", "sequential", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_sequential",
+    ("diagonal_ssm", "fft", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_fft",
 }
 REFERENCE = {
     "selective_ssm/mamba1": "ssmc.semantics.selective:selective_scan_ref",
     "selective_ssm/ssd": "ssmc.semantics.selective:ssd_ref",
+    "nested_recursion": "ssmc.semantics.nested:nested_ref",
 }
 # The algorithm each backend runs when the caller (an op call) did not pick one.
 DEFAULT_ALGORITHM = {("selective_ssm/mamba1", "triton"): "sequential",

@@ -5,7 +5,7 @@ When gradients are needed, under torch.compile, or when the module moved to a de
 compiled backend does not run on, a node goes through the ``ssmc::`` torch.library ops
 (ssmc.runtime.library: differentiable by the chunked reverse scan, traceable, dispatching on the
 device); eager inference calls the kernel function directly.  START in training mode (a random
-perturbation of the inputs) runs the reference module.
+perturbation of the inputs) runs as a prologue in front of the kernel (`start_prologue`).
 """
 
 from __future__ import annotations
@@ -55,9 +55,36 @@ def triton_config(family: str, algorithm: str, config: dict | None):
     return cls.from_dict(knobs) if knobs else None
 
 
+def start_prologue(mod, ins: dict) -> dict:
+    """START (MODELS.md section 10) in front of the Mamba-1 kernel, in training mode: saliency,
+    top-k and perturbation of semantics.start.start_perturb on the same (b, d, L) / (b, [g,] N, L)
+    views the reference module makes, with its generator, so that the draws are the reference's
+    draw for draw; the perturbed delta, B, C go back to channels-last.  An unfused prologue (one
+    extra pass over delta, B, C); fusing it into the scan kernel's loads is still to do."""
+    from ssmc.semantics.start import start_perturb
+
+    b, L, _ = ins["x"].shape
+    g, N = mod.groups, mod.d_state
+
+    def scan_view(M):  # (b, L, g*N) -> (b, N, L) or (b, g, N, L)
+        M = M.reshape(b, L, g, N).permute(0, 2, 3, 1)
+        return M[:, 0] if g == 1 else M
+
+    def back(M):
+        M = M.permute(0, 2, 1) if g == 1 else M.permute(0, 3, 1, 2)
+        return M.reshape(b, L, g * N)
+
+    cfg = mod.start
+    delta, B, C = start_perturb(ins["delta"].transpose(1, 2), scan_view(ins["B"]), scan_view(ins["C"]),
+                                cfg["k"], mode=cfg["mode"], sigma=cfg["sigma"], targets=cfg["targets"],
+                                training=True, generator=mod.start_generator,
+                                delta_bias=mod.delta_bias, delta_softplus=mod.delta_softplus)
+    return {**ins, "delta": delta.transpose(1, 2), "B": back(B), "C": back(C)}
+
+
 def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
     if mod.start is not None and mod.training:
-        return NotImplemented
+        ins = start_prologue(mod, ins)
     from ssmc.runtime import library
 
     if library.node_wants_op(mod, ins, backend, ins["x"]):
@@ -109,7 +136,36 @@ def _config_kw(cfg) -> dict:
     return {} if cfg is None else {"config": cfg}
 
 
-EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd}
+def nested(node, mod, ins: dict, fn, backend: str, config: dict):
+    """Nested recursion by the level-synchronous tree (forward; training runs the reference)."""
+    x = ins["x"]
+    if _grad_needed(mod, [x]):
+        return NotImplemented
+    sw = mod.scorer.weights() if mod.scorer is not None else None
+    return fn(x, mod.cell.weights(), mod.inner, mod.chunk, None, sw, mod.beam)
+
+
+def dense(node, mod, ins: dict, fn, backend: str, config: dict):
+    """Dense selective SSM; with gradients the (differentiable) associative torch scan runs."""
+    x = ins["x"]
+    if _grad_needed(mod, [x]):
+        from ssmc.codegen.composite.dense import dense_ssm_associative as fn
+    out = fn(x, mod.A_k, mod.B_proj, mod.C_proj, mod.D, mod.transition, ins.get("initial_state"),
+             node.final_state, A_0=mod.A_0)
+    return out
+
+
+def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
+    """S4D / polar diagonal SSM; with gradients the (differentiable) FFT path runs."""
+    u = ins["u"]
+    if _grad_needed(mod, [u]):
+        from ssmc.codegen.composite.diagonal import diagonal_fft as fn
+    Abar, Bbar, C = mod.discrete()
+    return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair)
+
+
+EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd, "nested_recursion": nested,
+             "selective_ssm/dense": dense, "diagonal_ssm": diagonal}
 
 
 def for_node(family: str, algorithm: str, backend: str):

@@ -57,13 +57,12 @@ def assoc_scan(A: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inclusive scan h_t = A_t h_{t-1} + u_t from h_{-1} = 0 by recursive doubling.
     A: (b, L, nb, bs, bs); u: (b, L, nb, bs) -> h (b, L, nb, bs)."""
     L = u.shape[1]
-    A, h = A.clone(), u.clone()
+    h = u
     s = 1
-    while s < L:
-        h_tail = (A[:, s:] @ h[:, :-s, ..., None])[..., 0] + h[:, s:]
+    while s < L:  # out of place, so autograd can differentiate it
+        h = torch.cat([h[:, :s], (A[:, s:] @ h[:, :-s, ..., None])[..., 0] + h[:, s:]], dim=1)
         if 2 * s < L:  # the products are needed by a later round only
-            A[:, s:] = A[:, s:] @ A[:, :-s].clone()
-        h[:, s:] = h_tail
+            A = torch.cat([A[:, :s], A[:, s:] @ A[:, :-s]], dim=1)
         s *= 2
     return h
 
@@ -109,3 +108,17 @@ def dense_ssm_fast(x, A_k, W_B, W_C, D=None, mode: str = "linear",
     else:
         last = h0.clone() if h0 is not None else u.new_zeros(b, N)
     return y, last
+
+
+def dense_ssm_sequential(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=None,
+                         return_final_state=False, A_0=None):
+    """dense_ssm_fast with the sequential TVM scan (dispatch entry)."""
+    return dense_ssm_fast(x, A_k, W_B, W_C, D, mode, "sequential", initial_state,
+                          return_final_state, A_0)
+
+
+def dense_ssm_associative(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=None,
+                          return_final_state=False, A_0=None):
+    """dense_ssm_fast with the torch matrix-combine scan (dispatch entry; differentiable)."""
+    return dense_ssm_fast(x, A_k, W_B, W_C, D, mode, "associative", initial_state,
+                          return_final_state, A_0)

@@ -112,3 +112,13 @@ def diagonal_ssm_fast(u, Abar, Bbar, C, D=None, conj_pair: bool = True,
     if D is not None:
         D = D.to(K.dtype)
     return fft_conv_bld(u, K, D)
+
+
+def diagonal_fft(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
+    """diagonal_ssm_fast by the FFT path (dispatch entry; differentiable, any device)."""
+    return diagonal_ssm_fast(u, Abar, Bbar, C, D, conj_pair, "fft")
+
+
+def diagonal_sequential(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
+    """diagonal_ssm_fast by the TVM recurrence (dispatch entry; CPU fp32, forward only)."""
+    return diagonal_ssm_fast(u, Abar, Bbar, C, D, conj_pair, "sequential")
