@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ssmc.codegen.composite import emit_tvm as composite_tvm
 from ssmc.passes.select_algorithm import family
 
 # (node family, algorithm) -> the Triton kernel family that implements it
@@ -91,6 +92,9 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
         elif not target.is_gpu and fam == "selective_ssm/mamba1":
             node_dir.mkdir(parents=True, exist_ok=True)
             entry["tvm"] = _emit_tvm(node, graph, target, node_dir)
+        elif not target.is_gpu and (fam, alg) in composite_tvm.COMPOSITE:
+            node_dir.mkdir(parents=True, exist_ok=True)
+            entry["tvm"] = composite_tvm.emit(node, graph, fam, alg, node_dir, _write_atomic)
         else:
             entry["runs"] = "eager reference (no kernel for this family/algorithm on this target yet)"
         if target.is_gpu and fam == "selective_ssm/mamba1" and target.backend == "triton-cuda":
