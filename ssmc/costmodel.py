@@ -107,15 +107,17 @@ def selective_dense(b, L, d, N, block, algorithm) -> Work:
     nblk = N // blk
     io = b * L * (d + N) * 4 + b * L * nblk * blk * blk * 4
     matvec = b * L * nblk * blk * blk * 2
-    if algorithm == "sequential":
-        return Work(io, matvec, 0, depth=L, lanes=b * N)
+    build = b * L * d * nblk * blk * blk * 2  # A(x_t) = A0 + sum_k x^k A_k, every algorithm
+    if algorithm == "sequential":  # built per step inside the kernel, lanes = its vector lanes
+        return Work(io, matvec + build, 0, depth=L, lanes=b * N * blk)
     if algorithm == "associative":  # matrix-matrix combines: N^3 per combine, log2(L) levels
         lg = _log2(L)
-        return Work(io * lg, b * L * nblk * blk ** 3 * 2 * lg, 0, depth=lg * blk, lanes=b * L * nblk * blk)
+        return Work(io * lg, b * L * nblk * blk ** 3 * 2 * lg + build, 0, depth=lg * blk,
+                    lanes=b * L * nblk * blk)
     if algorithm == "chunked":
         chunk = 32
         nch = max(1.0, L / chunk)
-        return Work(io * 2, matvec * 2 + b * nch * nblk * blk ** 3 * 2 * chunk / 4, 0,
+        return Work(io * 2, matvec * 2 + build + b * nch * nblk * blk ** 3 * 2 * chunk / 4, 0,
                     depth=chunk + nch * blk, lanes=b * N * nch, launches=2)
     raise KeyError(algorithm)
 

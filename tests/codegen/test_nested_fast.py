@@ -1,0 +1,225 @@
+"""Nested recursion (RIR / BBT-GRC, beam) by the level-synchronous plan
+(ssmc.codegen.composite.nested) against the oracles of ssmc.semantics.nested; the fused GRC
+elementwise kernels (TVM on the CPU, Triton through the interpreter); the compiled rir model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssmc
+from ssmc import costmodel as cm
+from ssmc.codegen.composite import nested as N
+from ssmc.paths import zoo_dir
+from ssmc.semantics.model import build_reference
+from ssmc.semantics.modules_misc import NestedRecursion
+from ssmc.semantics.nested import GRCWeights, nested_recursive, nested_ref
+
+FP32 = dict(rtol=6e-4, atol=2e-3)
+
+
+def _module(d, k, inner, beam=3, seed=0):
+    torch.manual_seed(seed)
+    return NestedRecursion(d, chunk=k, inner=inner, beam=beam)
+
+
+def _args(m):
+    return m.cell.weights(), m.inner, m.chunk, m.scorer.weights() if m.scorer else None, m.beam
+
+
+def _both(m, x, lengths=None, epilogue="auto"):
+    w, inner, k, sw, beam = _args(m)
+    with torch.no_grad():
+        want = nested_ref(x, w, inner, k, lengths, sw, beam)
+        got = N.nested_tree(x, w, inner, k, lengths, sw, beam, epilogue=epilogue)
+    return got, want
+
+
+# L = 1, 7, 100, 1000 with chunk sizes that divide L and that do not; 1000 only for the cheap
+# inner models (the beam's steps grow with k^2).
+CASES = [(1, 4), (7, 3), (7, 30), (100, 10), (100, 7), (1000, 10), (1000, 32)]
+
+
+@pytest.mark.parametrize("inner", ["bbt", "rnn"])
+@pytest.mark.parametrize("L,k", CASES)
+def test_tree_matches_oracle(inner, L, k):
+    m = _module(16, k, inner)
+    x = torch.randn(2, L, 16)
+    got, want = _both(m, x)
+    assert got.shape == (2, 16) and got.dtype == x.dtype
+    torch.testing.assert_close(got, want, **FP32)
+
+
+@pytest.mark.parametrize("L,k", [(1, 4), (7, 3), (30, 5), (64, 30)])
+def test_beam_matches_oracle(L, k):
+    m = _module(16, k, "beam", beam=3)
+    got, want = _both(m, torch.randn(2, L, 16))
+    torch.testing.assert_close(got, want, **FP32)
+
+
+@pytest.mark.parametrize("inner", ["bbt", "rnn", "beam"])
+def test_lengths_and_torch_epilogue(inner):
+    m = _module(8, 4, inner, beam=2)
+    x = torch.randn(4, 37, 8)
+    lengths = torch.tensor([1, 37, 12, 5])
+    for epilogue in ("tvm", "torch"):
+        got, want = _both(m, x, lengths, epilogue)
+        torch.testing.assert_close(got, want, **FP32)
+
+
+def test_matches_plain_recursion():
+    m = _module(8, 5, "bbt")
+    x = torch.randn(2, 23, 8)
+    w, inner, k, _, _ = _args(m)
+    with torch.no_grad():
+        torch.testing.assert_close(N.nested_tree(x, w, inner, k), nested_recursive(x, w, inner, k),
+                                   **FP32)
+
+
+def test_float64_and_low_precision():
+    m = _module(8, 3, "bbt").double()
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    got, want = _both(m, x)  # float64 runs the torch epilogue in float64
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    m = _module(8, 3, "rnn")
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(2, 11, 8).to(dtype)
+        got, want = _both(m, x)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=5e-2)
+
+
+def test_plan_shape():
+    """L 4096, k 32: 5 + 5 + 2 levels, L - 1 merges per row, outputs in contiguous id ranges."""
+    plan = N.build_plan((4096, 4096), 4096, 32, "bbt")
+    assert len(plan.levels) == 12 and plan.merges == 2 * 4095
+    first = plan.zero + 1
+    for pairs, start in plan.levels:
+        assert start == first
+        assert int(pairs.max()) < start  # a level reads only nodes made before it
+        first += pairs.shape[0]
+    assert first == plan.total
+    st = N.plan_stats(4096, 32)
+    assert (st["levels"], st["merges"], st["max_pairs"]) == (12, 4095, 2048)
+    # the cost model counts the same plan without building it
+    for L, k, inner in [(4096, 32, "bbt"), (1000, 7, "rnn"), (100, 30, "bbt"), (1, 4, "rnn"),
+                        (45, 30, "bbt"), (44, 30, "rnn")]:
+        st = N.plan_stats(L, k, inner)
+        assert cm.nested_shape(L, k, inner)[:2] == (st["levels"], st["merges"]), (L, k, inner)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda x, w: N.nested_tree(x, w, inner="tree"), "inner"),
+    (lambda x, w: N.nested_tree(x, w, chunk=1), "chunk"),
+    (lambda x, w: N.nested_tree(x, w, inner="beam", scorer=None), "scorer"),
+    (lambda x, w: N.nested_tree(x, w, lengths=torch.tensor([0, 3])), "lengths"),
+    (lambda x, w: N.nested_tree(x[..., :4], w), "x"),
+    (lambda x, w: N.nested_tree(x[0], w), "x"),
+    (lambda x, w: N.nested_tree(x, w, epilogue="cuda"), "epilogue"),
+    (lambda x, w: N.nested_tree(x.double(), w, epilogue="tvm"), "epilogue"),
+])
+def test_bad_arguments_name_the_argument(call, name):
+    m = _module(8, 4, "bbt")
+    with pytest.raises(ValueError, match=name):
+        call(torch.randn(2, 5, 8), m.cell.weights())
+
+
+# ----------------------------------------------------------------------------- GRC kernels
+
+
+def _epilogue_ref(g, lr, w, b):
+    d = w.shape[0]
+    f1, f2, i, p = g.chunk(4, -1)
+    mix = torch.sigmoid(f1) * lr[:, :d] + torch.sigmoid(f2) * lr[:, d:] + torch.sigmoid(i) * p
+    return F.layer_norm(mix, (d,), w, b, 1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 12, 64])
+def test_tvm_grc_kernels(d):
+    from ssmc.codegen.tvm.grc import gelu_, grc_epilogue
+
+    P = 37
+    g, lr = torch.randn(P, 4 * d) * 3, torch.randn(P, 2 * d)
+    w, b = torch.randn(d), torch.randn(d)
+    out = grc_epilogue(g, lr, w, b, 1e-5, torch.empty(P, d))
+    torch.testing.assert_close(out, _epilogue_ref(g, lr, w, b), rtol=1e-5, atol=1e-5)
+    h = torch.randn(P, 4 * d) * 5
+    want = F.gelu(h)
+    torch.testing.assert_close(gelu_(h), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="out"):
+        grc_epilogue(g, lr, w, b, 1e-5, torch.empty(P, d, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lr"):
+        grc_epilogue(g, lr[:, :d], w, b, 1e-5, torch.empty(P, d))
+    with pytest.raises(ValueError, match="h"):
+        gelu_(h.t())
+
+
+def test_triton_grc_kernels_interpreter():
+    from ssmc.codegen.triton.grc import gelu_, grc_epilogue
+
+    P, d = 5, 12
+    g, lr = torch.randn(P, 4 * d), torch.randn(P, 2 * d)
+    w, b = torch.randn(d), torch.randn(d)
+    out = grc_epilogue(g, lr, w, b, 1e-5, torch.empty(P, d))
+    torch.testing.assert_close(out, _epilogue_ref(g, lr, w, b), rtol=1e-5, atol=1e-5)
+    h = torch.randn(P, 40)
+    torch.testing.assert_close(gelu_(h.clone()), F.gelu(h), rtol=1e-5, atol=1e-6)
+    m = _module(12, 3, "bbt")
+    got, want = _both(m, torch.randn(2, 7, 12), epilogue="triton")
+    torch.testing.assert_close(got, want, **FP32)
+
+
+# ----------------------------------------------------------------------------- compiled model
+
+
+@pytest.fixture(scope="module")
+def rir_cpu():
+    torch.manual_seed(1)
+    return ssmc.compile(zoo_dir() / "rir.yaml", "cpu", seqlen=256).eval()
+
+
+def test_rir_runs_on_the_tree_kernel(rir_cpu):
+    assert rir_cpu.kernels == {"encoder": "tvm:nested_recursion/tree"}
+    assert "tvm:nested_recursion/tree" in rir_cpu.summary()
+
+
+@pytest.mark.parametrize("L", [1, 7, 100])
+def test_rir_matches_reference(rir_cpu, L):
+    ref = build_reference(rir_cpu.source_graph).eval()
+    ref.load_state_dict(rir_cpu.state_dict())
+    tokens = torch.randint(0, 256, (2, L))
+    with torch.no_grad():
+        torch.testing.assert_close(rir_cpu(tokens), ref(tokens), **FP32)
+    # training (gradients) goes through the reference: same values, gradients flow
+    loss = rir_cpu(tokens).square().sum()
+    loss.backward()
+    assert rir_cpu.encoder.cell.w1.weight.grad is not None or L == 1
+    rir_cpu.zero_grad(set_to_none=True)
+
+
+def test_open_chunk_is_chosen_by_the_cost_model():
+    text = (zoo_dir() / "rir.yaml").read_text().replace(", chunk: chunk", "")
+    model = ssmc.compile(text, "cpu", seqlen=512).eval()
+    node = next(n for _, n, _ in model.graph.walk() if n.OP == "nested_recursion")
+    k = node.meta["chunk"]
+    assert node.chunk == k == model.encoder.chunk and "cost model" in node.meta["chunk_why"]
+    assert k in cm.NESTED_CHUNKS
+    ref = NestedRecursion(64, chunk=k).eval()
+    ref.load_state_dict(model.encoder.state_dict())
+    x = torch.randn(2, 300, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(N.nested_tree(x, model.encoder.cell.weights(), chunk=k),
+                                   ref(x), **FP32)
+
+
+def test_chunk_choice_prefers_fewer_levels_then_the_default():
+    from ssmc.targets import load_target
+
+    cpu, gpu = load_target("cpu"), load_target("sm_90")
+    # the work does not depend on k for BBT: on a CPU (GEMM-bound) it is a tie -> 30
+    assert cm.choose_nested_chunk(2, 4096, 256, cpu)[0] == 30
+    # a GPU pays per level: 12 levels with k = 32 against 13 with k = 30
+    k, times = cm.choose_nested_chunk(2, 4096, 256, gpu)
+    assert cm.nested_shape(4096, k)[0] == 12 and times[k] < times[30]
