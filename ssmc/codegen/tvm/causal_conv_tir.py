@@ -38,8 +38,9 @@ ACTIVATIONS = ("identity", "silu")
 
 @dataclass(frozen=True)
 class ConvSignature:
-    """c: channels, k: kernel width; step: one token, state (b, c, k) updated in place; else a
-    sequence (b, L symbolic) with an optional read-only initial state."""
+    """c: channels, k: kernel width; step: one token (x, out (b, c)), state (b, c, k) updated
+    in place; else a sequence (x, out (b, L, c), b and L symbolic) with an optional read-only
+    initial state.  weight is nn.Conv1d's (c, 1, k)."""
 
     c: int
     k: int
@@ -78,12 +79,16 @@ def build(sig: ConvSignature, config: Config):
         with T.prim_func():
             T.func_name(FUNC_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
-            sx = [tir.Var("x_s0", IDX), tir.Var("x_s1", IDX), 1]
-            shapes = {"weight": (c, k), "bias": (c,), "state": (b, c, k), "out": (b, L, c)}
+            # a step reads x (b, c) and writes out (b, c): the token axis is not there at all
+            seq = (b, c) if sig.step else (b, L, c)
+            c64 = tir.IntImm(IDX, c)
+            sx = [tir.Var(f"x_s{i}", IDX) for i in range(len(seq) - 1)] + [tir.IntImm(IDX, 1)]
+            shapes = {"weight": (c, 1, k), "bias": (c,), "state": (b, c, k), "out": seq}
             bufs = {}
             for nm in arg_names(sig):
                 if nm == "x":
-                    bufs[nm] = T.arg(nm, T.buffer((b, L, c), F32, strides=sx, align=4))
+                    shape = (b, c64) if sig.step else (b, L, c64)
+                    bufs[nm] = T.arg(nm, T.buffer(shape, F32, strides=sx, align=4))
                 else:
                     bufs[nm] = T.arg(nm, T.buffer(shapes[nm], F32, align=4))
             _schedule(sig, config, bufs, b, L)
@@ -97,7 +102,7 @@ def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _CpuLanes, bi, c0, 
 
     def init(j, i):
         cc = c0 + i
-        T.buffer_store(wt, bufs["weight"][cc, j], [j, i])
+        T.buffer_store(wt, bufs["weight"][cc, 0, j], [j, i])
         T.buffer_store(win, bufs["state"][bi, cc, j] if sig.reads_state else M.f32(0.0), [j, i])
 
     with _unrolled(k) as j:
@@ -107,14 +112,14 @@ def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _CpuLanes, bi, c0, 
         cc = c0 + i
         for j in range(k - 1):
             T.buffer_store(win, win[j + 1, i], [j, i])
-        xv = M.bind(bufs["x"][bi, l, cc])
+        xv = M.bind(bufs["x"][bi, cc] if sig.step else bufs["x"][bi, l, cc])
         T.buffer_store(win, xv, [k - 1, i])
         acc = bufs["bias"][cc] if sig.has_bias else M.f32(0.0)
         for j in range(k):
             acc = acc + wt[j, i] * win[j, i]
         if sig.activation == "silu":
             acc = M.silu(M.bind(acc), cfg.exp_degree)
-        T.buffer_store(bufs["out"], acc, [bi, l, cc])
+        T.buffer_store(bufs["out"], acc, [bi, cc] if sig.step else [bi, l, cc])
 
     with T.serial(0, L) as l:
         lanes.each(lambda i: body(l, i))

@@ -87,10 +87,8 @@ def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", initial
     only.  Returns (b, L, c) fp32."""
     x = _f32_view("x", x, 3)
     b, L, c = x.shape
-    w = _compact("weight", weight.reshape(weight.shape[0], weight.shape[-1]))
-    if w.shape[0] != c:
-        raise ValueError(f"weight: expected ({c}, k), got {tuple(weight.shape)}")
-    k = w.shape[1]
+    w = _weight(weight, c)
+    k = w.shape[-1]
     sig = convb.ConvSignature(c=c, k=k, has_bias=bias is not None,
                               activation=activation or "identity", step=False,
                               has_initial_state=initial_state is not None)
@@ -109,23 +107,50 @@ def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", initial
     return out
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation: str | None = "silu",
-                         out=None):
-    """One token: x (b, c) or (b, 1, c); conv_state (b, c, k) fp32 contiguous, shifted and
-    appended in place; returns act(bias + <w, new state>) as (b, c)."""
-    if x.dim() == 2:
-        x = x[:, None]
-    x = _f32_view("x", x, 3)
-    b, _, c = x.shape
-    w = _compact("weight", weight.reshape(weight.shape[0], weight.shape[-1]))
-    k = w.shape[1]
+def _weight(weight, c):
+    """nn.Conv1d's depthwise weight (c, 1, k) (or (c, k)) as the kernels take it."""
+    if weight.dim() == 2:
+        weight = weight[:, None]
+    if weight.dim() != 3 or weight.shape[0] != c or weight.shape[1] != 1:
+        raise ValueError(f"weight: expected ({c}, 1, k) or ({c}, k), got {tuple(weight.shape)}")
+    return _compact("weight", weight)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation: str | None = "silu"):
+    """One token: x (b, c) (or (b, 1, c)); conv_state (b, c, k) fp32 contiguous, shifted and
+    appended in place; returns act(bias + <w, new state>) as (b, c) fp32."""
+    if x.dim() == 3:
+        x = x[:, 0]
+    b, c = x.shape
+    k = conv_state.shape[-1]
+    fast = _conv_steps.get((c, k, bias is not None, activation))
+    if (fast is not None and x.dtype is torch.float32 and x.stride(-1) == 1
+            and conv_state.dtype is torch.float32 and conv_state.is_contiguous()
+            and weight.dtype is torch.float32 and weight.dim() == 3 and weight.is_contiguous()
+            and (bias is None or bias.dtype is torch.float32)):
+        out = torch.empty(b, c, dtype=torch.float32)  # the hot path of decoding: no copies
+        if bias is None:
+            fast(x, weight, conv_state, out)
+        else:
+            fast(x, weight, bias, conv_state, out)
+        return out
+    x = _f32_view("x", x, 2)
+    w = _weight(weight, c)
     _check_state("conv_state", conv_state, (b, c, k))
+    if w.shape[-1] != k:
+        raise ValueError(f"weight: kernel width {w.shape[-1]} does not match conv_state's {k}")
     sig = convb.ConvSignature(c=c, k=k, has_bias=bias is not None,
                               activation=activation or "identity", step=True)
-    out = torch.empty(b, 1, c, dtype=torch.float32) if out is None else out
-    args = [x, w] + ([_compact("bias", bias)] if bias is not None else []) + [conv_state, out]
-    conv_kernel(sig)(*args)
-    return out[:, 0]
+    kernel = conv_kernel(sig)
+    _conv_steps[(c, k, bias is not None, activation)] = kernel
+    out = torch.empty(b, c, dtype=torch.float32)
+    args = [x, w] + ([_opt(bias)] if bias is not None else []) + [conv_state, out]
+    kernel(*args)
+    return out
+
+
+_conv_steps: dict = {}  # (c, k, has_bias, activation) -> kernel: the decode hot path
+_steps: dict = {}       # StepSignature fields -> kernel
 
 
 def _check_state(name, s, shape):
@@ -146,7 +171,7 @@ def A2_of(A: torch.Tensor) -> torch.Tensor:
 
 
 def selective_state_update(state, x, dt, A2, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=True, head_dim: int = 1, out=None):
+                           dt_softplus=True, head_dim: int = 1):
     """One decode step of the selective SSM, the state updated in place.
 
     state (b, d, N) fp32 contiguous (Mamba-2's (b, h, p, N) reshaped: same memory);
@@ -156,21 +181,31 @@ def selective_state_update(state, x, dt, A2, B, C, D=None, z=None, dt_bias=None,
     y *= silu(z)."""
     b, d = x.shape[0], x.shape[-1]
     N = state.shape[-1]
-    _check_state("state", state, (b, d, N))
     if B.dim() == 2:
         B, C = B[:, None], C[:, None]
     g = B.shape[1]
+    key = (d, N, g, head_dim, D is not None, z is not None, dt_bias is not None, bool(dt_softplus))
+    fast = _steps.get(key)
+    args = [x, dt, A2, B, C, D, z, dt_bias, state]
+    if fast is not None and state.dtype is torch.float32 and state.is_contiguous() and all(
+            t is None or (t.dtype is torch.float32 and t.stride(-1) == 1) for t in args):
+        out = torch.empty(b, d, dtype=torch.float32)  # the hot path of decoding: no copies
+        fast(*[t for t in args if t is not None], out)
+        return out
+    _check_state("state", state, (b, d, N))
     sig = stepb.StepSignature(d=d, N=N, groups=g, head_dim=head_dim, has_D=D is not None,
                               has_z=z is not None, has_delta_bias=dt_bias is not None,
                               delta_softplus=bool(dt_softplus), step=True)
-    args = {"u": _f32_view("x", x.reshape(b, 1, d), 3),
-            "delta": _f32_view("dt", dt.reshape(b, 1, dt.shape[-1]), 3),
-            "A2": A2, "B": _f32_view("B", B[:, None], 4), "C": _f32_view("C", C[:, None], 4),
-            "D": _opt(D), "z": None if z is None else _f32_view("z", z.reshape(b, 1, d), 3),
-            "delta_bias": _opt(dt_bias), "state": state,
-            "out": torch.empty(b, 1, d, dtype=torch.float32) if out is None else out}
-    step_kernel(sig)(*[args[n] for n in stepb.arg_names(sig)])
-    return args["out"][:, 0]
+    named = {"u": _f32_view("x", x.reshape(b, d), 2),
+             "delta": _f32_view("dt", dt.reshape(b, dt.shape[-1]), 2),
+             "A2": _compact("A2", A2), "B": _f32_view("B", B, 3), "C": _f32_view("C", C, 3),
+             "D": _opt(D), "z": None if z is None else _f32_view("z", z.reshape(b, d), 2),
+             "delta_bias": _opt(dt_bias), "state": state,
+             "out": torch.empty(b, d, dtype=torch.float32)}
+    kernel = step_kernel(sig)
+    _steps[key] = kernel
+    kernel(*[named[n] for n in stepb.arg_names(sig)])
+    return named["out"]
 
 
 def selective_scan_heads(x, dt, A2, B, C, D=None, z=None, dt_bias=None, dt_softplus=True,

@@ -3,7 +3,8 @@
 `plrnn(s, A, W, h0, C, z0=None)` has the oracle's arguments and result
 (ssmc.semantics.recurrence.plrnn_ref): s (b, L, K_in), A (M,), W (M, M) (its diagonal is
 ignored), h0 (M,), C (M, K_in), z0 (b, M), (M,) or None -> z (b, L, M).  The input drive
-C s_t + h0 does not depend on z: one matmul in torch; the kernel runs the nonlinear recurrence.
+C s_t + h0 is computed in the kernel too (K_in multiply-adds per step: no torch op, whose
+thread pool costs more than the whole recurrence at small sizes).
 
 With `hrf` ((K,) shared or (M, K) per latent unit) it also returns the causal convolution
 zc = hrf * z (ssmc.semantics.recurrence.causal_conv_fft / _direct), computed where it is
@@ -103,10 +104,10 @@ def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
         return z if hrf is None else (z, z.clone())
 
     f32 = torch.float32
-    drive = torch.addmm(h0.to(f32), s.reshape(b * L, k_in).to(f32), C.to(f32).t())
-    args = {"drive": drive.view(b, L, Mn), "A": A.to(f32).contiguous(),
+    args = {"s": s.to(f32).contiguous(), "CT": C.to(f32).t().contiguous(),
+            "h0": h0.to(f32).contiguous(), "A": A.to(f32).contiguous(),
             "WT": offdiag(W.to(f32)).t().contiguous()}
-    sig = tirb.PlrnnSignature(M=Mn, K=taps if fused else 0, has_z0=z0 is not None)
+    sig = tirb.PlrnnSignature(M=Mn, K_in=k_in, K=taps if fused else 0, has_z0=z0 is not None)
     if z0 is not None:
         args["z0"] = z0.to(f32).expand(b, Mn).contiguous()
     if fused:

@@ -1,7 +1,7 @@
 """TIR builder for the PLRNN latent recurrence (MODELS.md section 8), optionally fused with
 the causal HRF convolution of its trajectory, on the CPU.
 
-    z_t  = A z_{t-1} + W relu(z_{t-1}) + drive_t         drive_t = C s_t + h0 (by the wrapper)
+    z_t  = A z_{t-1} + W relu(z_{t-1}) + C s_t + h0
     zc_t = sum_{j < K} hrf[:, j] z_{t-j}                  (fused, when K > 0; z_{<1} = 0)
 
 Oracle: ssmc.semantics.recurrence.plrnn_ref and causal_conv_direct.  The recurrence is
@@ -12,7 +12,7 @@ within a step across the latent units:
   block are interleaved statement by statement (independent dependency chains: the ILP);
 * every statement is a vector over the M latent units (`T.vectorized`), and the M x M
   mat-vec is M multiply-adds of a column of W (the wrapper passes W^T, off-diagonal) with a
-  broadcast relu(z_k).
+  broadcast relu(z_k); the input drive C s_t + h0 is K_in more (s_t broadcast, C^T rows).
 
 With the convolution fused, the trajectory is written with K - 1 leading zero rows (buffer
 `zp` of L + K - 1 rows), so every output step reads exactly K earlier rows: a fixed-length
@@ -38,16 +38,18 @@ LOCAL_SCOPE = "global"  # stack buffers (TVM 0.27 turns "local" into workspace c
 
 @dataclass(frozen=True)
 class PlrnnSignature:
-    """M latent units; K taps of the fused convolution (0: no convolution); has_z0: an initial
-    state (b, M) is passed (else zeros)."""
+    """M latent units, K_in external inputs; K taps of the fused convolution (0: none);
+    has_z0: an initial state (b, M) is passed (else zeros)."""
 
     M: int
+    K_in: int
     K: int = 0
     has_z0: bool = False
 
     def __post_init__(self):
-        if self.M < 1 or self.K < 0:
-            raise ValueError(f"PlrnnSignature: M >= 1 and K >= 0, got M={self.M}, K={self.K}")
+        if self.M < 1 or self.K_in < 1 or self.K < 0:
+            raise ValueError(f"PlrnnSignature: M, K_in >= 1 and K >= 0, got M={self.M}, "
+                             f"K_in={self.K_in}, K={self.K}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,7 +76,7 @@ class PlrnnConfig:
 
 
 def arg_names(sig: PlrnnSignature) -> list[str]:
-    names = ["drive", "A", "WT"]
+    names = ["s", "CT", "h0", "A", "WT"]
     if sig.has_z0:
         names.append("z0")
     if sig.K:
@@ -126,9 +128,14 @@ class _Task:
     def step(self, t):
         bufs, z, acc = self.bufs, self.z, self.acc
         A, WT = bufs["A"], bufs["WT"]
+        s, CT, h0 = bufs["s"], bufs["CT"], bufs["h0"]
         for j, bi in enumerate(self.rows):
-            self.each(lambda m, j=j, bi=bi: T.buffer_store(
-                acc, A[m] * z[j, m] + bufs["drive"][bi, t, m], [j, m]))
+            def drive(m, j=j, bi=bi):
+                value = A[m] * z[j, m] + h0[m]
+                for i in range(self.sig.K_in):
+                    value = value + CT[i, m] * s[bi, t, i]
+                T.buffer_store(acc, value, [j, m])
+            self.each(drive)
         with T.serial(0, self.sig.M, unroll=True) as k:
             for j in range(self.nb):
                 self.each(lambda m, j=j: T.buffer_store(
@@ -168,7 +175,7 @@ def build_plrnn(sig: PlrnnSignature, cfg: PlrnnConfig):
             def buf(shape):
                 return T.buffer(shape, F32, align=4)
 
-            shapes = {"drive": (b, L, Mn), "A": (Mn,), "WT": (Mn, Mn), "z0": (b, Mn),
+            shapes = {"s": (b, L, sig.K_in), "CT": (sig.K_in, Mn), "h0": (Mn,), "A": (Mn,), "WT": (Mn, Mn), "z0": (b, Mn),
                       "H": (K, Mn), "zp": (b, L + (K - 1), Mn), "zc": (b, L, Mn),
                       "z": (b, L, Mn)}
             bufs = {nm: T.arg(nm, buf(shapes[nm])) for nm in arg_names(sig)}

@@ -17,35 +17,27 @@ import torch
 
 from ssmc.codegen.tvm import selective_scan_tir as tirb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache, compile_source
+from ssmc.codegen.tvm.checks import FLOAT_DTYPES, check_tensor, describe, fail
 from ssmc.codegen.tvm.config import Config, default_config, legalize
 from ssmc.codegen.tvm.target import cuda_target, host_target
 
 FAMILY = "selective_scan"
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+OP = "selective_scan"
 LOG2E = 1.4426950408889634
 
 _kernels: dict = {}  # (signature, config, target) -> Kernel: skips hashing on the hot path
 
 
 def _fail(name: str, expected: str, got) -> ValueError:
-    return ValueError(f"selective_scan: {name} must be {expected}; got {got}")
+    return fail(OP, name, expected, got)
 
 
 def _shape(t) -> str:
-    return f"shape {tuple(t.shape)} dtype {t.dtype} device {t.device}"
+    return describe(t)
 
 
 def _check_tensor(name, t, shapes: list[tuple], expected_text: str, dtypes=FLOAT_DTYPES):
-    if not isinstance(t, torch.Tensor):
-        raise _fail(name, f"a torch.Tensor of {expected_text}", type(t).__name__)
-    if t.device.type != "cpu":
-        raise _fail(name, f"a CPU tensor of {expected_text} (the TVM backend runs on the "
-                          "host)", _shape(t))
-    if t.dtype not in dtypes:
-        raise _fail(name, f"{expected_text} with dtype in {[str(d) for d in dtypes]}",
-                    _shape(t))
-    if tuple(t.shape) not in [tuple(s) for s in shapes]:
-        raise _fail(name, expected_text, _shape(t))
+    check_tensor(OP, name, t, shapes, expected_text, dtypes)
 
 
 def _bc_kind(name, t, b, d, N, L, layout) -> int:

@@ -6,7 +6,7 @@ The algorithm is written once, per channel ("lane"), in `_ScanAlgorithm`:
     h_t   = exp(dt_t A) * h_{t-1} + dt_t B_t u_t       (N states, unrolled)
     y_t   = <C_t, h_t> + D u_t ;  y_t *= silu(z_t)     (complex A: 2 Re<C, h>)
 
-and only the mapping of lanes onto the machine differs (`_CpuLanes`, `_CudaLanes`):
+and only the mapping of lanes onto the machine differs (`CpuLanes`, `CudaLanes`):
 
 * CPU: tasks of `channel_block` channels (parallel over batch x channel blocks); inside a
   task every statement runs over the block as `T.vectorized` loops of `vector_width` lanes,
@@ -61,6 +61,14 @@ class ScanSignature:
     has_initial_state: bool = False
     return_last_state: bool = False
     conj_pair: bool = True  # complex A: y = 2 Re<C, h> (mamba-ssm), else Re<C, h>
+    # Mamba-2 SSD mode (MODELS.md section 3): heads > 0 means A (heads,) and dt (b, L, heads)
+    # are shared by the d // heads channels (headdim p) of a head: exp(dt A) is computed once
+    # per step instead of once per state.  Channels are (head, p) flattened: x (b, L, h, p)
+    # is u (b, L, d) and states (b, h, p, n) are (b, d, N) without a copy.
+    heads: int = 0
+    has_seq_idx: bool = False  # reset the state where seq_idx[b, t] != seq_idx[b, t - 1]
+    dt_min: float = 0.0        # dt clamp (ssd's dt_limit), applied when min > 0 or max < inf
+    dt_max: float = math.inf
 
     def __post_init__(self):
         for g in (self.b_groups, self.c_groups):
@@ -68,12 +76,27 @@ class ScanSignature:
                 raise ValueError(f"groups {g} must divide d={self.d}")
         if (self.complex_b or self.complex_c) and not self.complex_a:
             raise ValueError("complex B/C need complex A")
+        if self.heads:
+            if self.d % self.heads or self.complex_a:
+                raise ValueError("SSD mode: heads must divide d, and A is real")
+            if any(g == 0 or self.heads % g for g in (self.b_groups, self.c_groups)):
+                raise ValueError("SSD mode: B/C are (b, L, g, n) with g dividing heads")
+        elif self.has_seq_idx or self.clamps_dt:
+            raise ValueError("seq_idx and dt limits exist in SSD mode (heads > 0) only")
+
+    @property
+    def clamps_dt(self) -> bool:
+        return self.dt_min > 0.0 or self.dt_max != math.inf
+
+    @property
+    def headdim(self) -> int:
+        return self.d // self.heads if self.heads else 1
 
     @property
     def partition_groups(self) -> int:
-        """Channel groups no task may straddle, so that B/C of one step are the same scalar
-        for every lane of a block (a broadcast, not a gather)."""
-        gs = [g for g in (self.b_groups, self.c_groups) if g > 0] or [1]
+        """Channel groups no task may straddle, so that B/C (and dt, A in SSD mode) of one
+        step are the same scalar for every lane of a block (a broadcast, not a gather)."""
+        gs = [g for g in (self.b_groups, self.c_groups, self.heads) if g > 0] or [1]
         return math.lcm(*gs)
 
 
@@ -89,6 +112,8 @@ def arg_names(sig: ScanSignature) -> list[str]:
         names.append("z")
     if sig.has_delta_bias:
         names.append("delta_bias")
+    if sig.has_seq_idx:
+        names.append("seq_idx")
     if sig.has_initial_state:
         names.append("h0")
     names.append("out")
@@ -117,7 +142,7 @@ SCRATCH_SLOTS = 48  # fp32 temporaries per lane body (softplus needs ~20, comple
 CPU_LOCAL_SCOPE = "global"
 
 
-class _Lanes:
+class Lanes:
     """How the channels of one block map onto the machine: `count` lanes in the block's
     local buffers, and `each(fn)` emitting fn(lane) for all of them."""
 
@@ -132,7 +157,7 @@ class _Lanes:
                         if USE_SCRATCH else None)
 
 
-class _CpuLanes(_Lanes):
+class CpuLanes(Lanes):
     """A block of `count` channels processed by vector statements of `width` lanes."""
 
     scope = CPU_LOCAL_SCOPE
@@ -158,7 +183,7 @@ class _CpuLanes(_Lanes):
                     fn(lane)
 
 
-class _CudaLanes(_Lanes):
+class CudaLanes(Lanes):
     """One channel per thread: the block's local buffers have a single lane (registers)."""
 
     count = 1
@@ -188,7 +213,12 @@ class _ScanAlgorithm:
     def seq(self, name, bi, l, c):
         """u / delta / z / out element of (batch bi, step l, channel c)."""
         buf = self.bufs[name]
+        if name == "delta" and self.sig.heads:  # dt (b, L, heads)
+            return buf[bi, l, self.head(c)]
         return buf[bi, l, c] if self.layout == "bld" else buf[bi, c, l]
+
+    def head(self, c):
+        return c // self.sig.headdim
 
     def store_seq(self, name, bi, l, c, value):
         idx = [bi, l, c] if self.layout == "bld" else [bi, c, l]
@@ -214,7 +244,7 @@ class _ScanAlgorithm:
         st = {"re": lanes.alloc(shape)}
         if self.sig.complex_a:
             st["im"] = lanes.alloc(shape)
-        for name in ("dt", "du", "y"):
+        for name in ("dt", "du", "y") + (("a",) if self.sig.heads else ()):
             st[name] = lanes.alloc((lanes.count,))
         return st
 
@@ -255,16 +285,24 @@ class _ScanAlgorithm:
         with _unrolled(sig.N) as n:
             lanes.each(lambda i: body(n, i))
 
-    def step_inputs(self, lanes, st, chan, load):
-        """dt = softplus(delta + bias), du = dt * u, y = D u: once per step and channel."""
+    def step_inputs(self, lanes, st, bi, l, chan, load):
+        """dt = softplus(delta + bias), du = dt * u, y = D u: once per step and channel (and
+        in SSD mode the decay a = exp(dt A), zeroed where seq_idx starts a new sequence)."""
         sig = self.sig
 
         def body(i):
             c = chan(i)
             x = load("delta", i)
             if sig.has_delta_bias:
-                x = x + self.bufs["delta_bias"][c]
+                x = x + self.bufs["delta_bias"][self.head(c) if sig.heads else c]
             dt = M.bind(M.softplus(x, self.deg) if sig.delta_softplus else x)
+            if sig.clamps_dt:
+                dt = M.bind(tir.Min(tir.Max(dt, M.f32(sig.dt_min)), M.f32(sig.dt_max)))
+            if sig.heads:
+                a = M.exp2(dt * self.bufs["A2"][self.head(c)], self.deg)
+                if sig.has_seq_idx:
+                    a = tir.Select(self._same_sequence(bi, l), a, M.f32(0.0))
+                T.buffer_store(st["a"], a, [i])
             u = M.bind(load("u", i))
             T.buffer_store(st["dt"], dt, [i])
             T.buffer_store(st["du"], dt * u, [i])
@@ -274,6 +312,16 @@ class _ScanAlgorithm:
 
         lanes.each(body)
 
+    def _same_sequence(self, bi, l):
+        """seq_idx[b, l] == seq_idx[b, l - 1] (true at l = 0: the initial state is kept).  The
+        index l - 1 is clamped so that l = 0 reads in bounds."""
+        seq = self.bufs["seq_idx"]
+        zero, one = tir.IntImm(str(l.ty), 0), tir.IntImm(str(l.ty), 1)
+        # bound (a scratch store) before any condition mentions l: under a condition l > 0,
+        # TVM's simplifier would drop the clamp and the speculated load would read seq[-1]
+        prev = M.bind(tir.Cast(F32, seq[bi, tir.Max(l - one, zero)]))
+        return tir.Or(l == zero, tir.Cast(F32, seq[bi, l]) == prev)
+
     def update(self, st, bi, l, c, n, i):
         """One state n of one channel: h = exp(dt A) h + dt B u; y += C h."""
         sig = self.sig
@@ -281,7 +329,7 @@ class _ScanAlgorithm:
         b_re = self.bc("B", "re", bi, l, c, n)
         c_re = self.bc("C", "re", bi, l, c, n)
         if not sig.complex_a:
-            a = M.exp2(dt * self.bufs["A2"][n, c], self.deg)
+            a = st["a"][i] if sig.heads else M.exp2(dt * self.bufs["A2"][n, c], self.deg)
             h = M.bind(a * st["re"][n, i] + du * b_re)
             T.buffer_store(st["re"], h, [n, i])
             T.buffer_store(st["y"], st["y"][i] + h * c_re, [i])
@@ -330,7 +378,7 @@ class _ScanAlgorithm:
         lanes.each(body)
 
     def step(self, lanes, st, bi, l, chan, load, store):
-        self.step_inputs(lanes, st, chan, load)
+        self.step_inputs(lanes, st, bi, l, chan, load)
         self.update_all(lanes, st, bi, l, chan)
         self.output(lanes, st, chan, load, store)
 
@@ -419,28 +467,31 @@ def _declare_args(sig: ScanSignature, layout: str, b, L) -> dict:
     d, N = sig.d, sig.N
     seq = (b, L, d) if layout == "bld" else (b, d, L)
 
-    def buf(shape):
-        # align=4: torch views may start anywhere; TVM would otherwise assume 64-byte
-        # alignment and emit aligned loads that fault on such views.
-        return T.buffer(shape, F32, align=4)
-
+    # align=4: torch views may start anywhere; TVM would otherwise assume 64-byte
+    # alignment and emit aligned loads that fault on such views.
     def bc_shape(groups):
         if groups == 0:
             return (N, d)
         return (b, L, groups, N) if layout == "bld" else (b, groups, N, L)
 
     state = (b, d, N, 2) if sig.complex_a else (b, d, N)
-    shapes = {"u": seq, "delta": seq, "A2": (N, d), "A2_re": (N, d), "A_im": (N, d),
+    h = sig.heads
+    shapes = {"u": seq, "delta": (b, L, h) if h else seq, "A2": (h,) if h else (N, d),
+              "A2_re": (N, d), "A_im": (N, d), "seq_idx": (b, L),
               "B": bc_shape(sig.b_groups), "B_re": bc_shape(sig.b_groups),
               "B_im": bc_shape(sig.b_groups), "C": bc_shape(sig.c_groups),
               "C_re": bc_shape(sig.c_groups), "C_im": bc_shape(sig.c_groups),
-              "D": (d,), "z": seq, "delta_bias": (d,), "h0": state, "out": seq,
-              "h_last": state}
-    return {nm: T.arg(nm, buf(shapes[nm])) for nm in arg_names(sig)}
+              "D": (d,), "z": seq, "delta_bias": (h,) if h else (d,), "h0": state,
+              "out": seq, "h_last": state}
+    dtypes = {"seq_idx": "int32"}
+    return {nm: T.arg(nm, T.buffer(shapes[nm], dtypes.get(nm, F32), align=4))
+            for nm in arg_names(sig)}
 
 
 def build_selective_scan(sig: ScanSignature, config: Config, target_kind: str = "llvm"):
     """The PrimFunc `selective_scan` for one signature and schedule."""
+    if sig.heads and config.layout != "bld":
+        raise ValueError("SSD mode reads (b, L, h, p) inputs: Config.layout must be 'bld'")
     b = tir.Var("b", IDX)
     L = tir.Var("L", IDX)
     G = sig.partition_groups
@@ -475,12 +526,12 @@ def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
         c0 = M.bind(tir.Cast(IDX, g * dg + j * cb))
 
         def full():
-            alg.run_block(_CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=True)
+            alg.run_block(CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=True)
 
         def tail():
             # the channels left over when the group size is not a multiple of the block:
             # same algorithm, one vector of `rem` lanes
-            alg.run_block(_CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=True)
+            alg.run_block(CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=True)
 
         if not rem:
             full()
@@ -520,4 +571,4 @@ def _cuda_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
             c = tir.Cast(IDX, g * dg) + local
             with T.If(local < dg):
                 with T.Then():
-                    alg.run_block(_CudaLanes(), bi, lambda i: c, tiled=False)
+                    alg.run_block(CudaLanes(), bi, lambda i: c, tiled=False)

@@ -107,6 +107,18 @@ def arg_names(sig: StepSignature) -> list[str]:
     return names
 
 
+class _StepAlgorithm(_ScanAlgorithm):
+    """The scan's algorithm; a step stores y at (b, c) (its token tensors have no token axis)."""
+
+    step_out = False
+
+    def store_seq(self, name, bi, l, c, value):
+        if self.step_out:
+            T.buffer_store(self.bufs[name], value, [bi, c])
+        else:
+            super().store_seq(name, bi, l, c, value)
+
+
 class _Remap:
     """A read-only view of a buffer through an index map (channel -> head)."""
 
@@ -130,13 +142,15 @@ def _strided(name: str, shape, compact: bool = False):
 
 
 def _declare(sig: StepSignature, b, L) -> dict:
+    """A step's token tensors have no token axis: u, delta, z, out (b, d); B, C (b, g, N)."""
     d, N, g, H = sig.d, sig.N, sig.groups, sig.heads
     per_head = sig.head_dim > 1
+    tok = (lambda *s: (b,) + s) if sig.step else (lambda *s: (b, L) + s)
     shapes = {
-        "u": (b, L, d), "delta": (b, L, H if per_head else d), "z": (b, L, d),
-        "A2": (H,) if per_head else (N, d), "B": (b, L, g, N), "C": (b, L, g, N),
+        "u": tok(d), "delta": tok(H if per_head else d), "z": tok(d),
+        "A2": (H,) if per_head else (N, d), "B": tok(g, N), "C": tok(g, N),
         "D": (H,) if per_head else (d,), "delta_bias": (H,) if per_head else (d,),
-        "state": (b, d, N), "h0": (b, d, N), "out": (b, L, d), "h_last": (b, d, N),
+        "state": (b, d, N), "h0": (b, d, N), "out": tok(d), "h_last": (b, d, N),
     }
     compact = {"A2", "D", "delta_bias", "state", "h0", "out", "h_last"}
     return {nm: _strided(nm, shapes[nm], nm in compact) for nm in arg_names(sig)}
@@ -147,9 +161,15 @@ def _algorithm_buffers(sig: StepSignature, raw: dict) -> dict:
     bufs = dict(raw)
     if sig.step:
         bufs["h0"] = bufs["h_last"] = raw["state"]
+        for nm in ("u", "delta", "z"):  # (bi, l, c) -> (bi, c)
+            if nm in raw:
+                bufs[nm] = _Remap(raw[nm], lambda bi, l, c: (bi, c))
+        for nm in ("B", "C"):
+            bufs[nm] = _Remap(raw[nm], lambda bi, l, g, n: (bi, g, n))
     P = sig.head_dim
     if P > 1:
-        bufs["delta"] = _Remap(raw["delta"], lambda bi, l, c: (bi, l, c // P))
+        delta = bufs["delta"]
+        bufs["delta"] = _Remap(delta, lambda bi, l, c: (bi, l, c // P))
         bufs["A2"] = _Remap(raw["A2"], lambda n, c: (c // P,))
         for nm in ("D", "delta_bias"):
             if nm in raw:
@@ -172,7 +192,8 @@ def build(sig: StepSignature, config: Config):
             T.func_name(name)
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
             raw = _declare(sig, b, L)
-            alg = _ScanAlgorithm(ssig, cfg, _algorithm_buffers(sig, raw), b, L)
+            alg = _StepAlgorithm(ssig, cfg, _algorithm_buffers(sig, raw), b, L)
+            alg.step_out = sig.step
             _schedule(alg, cfg, b, G, dg, parallel=not sig.step or cfg.threads != 1)
     return ib.get()
 
