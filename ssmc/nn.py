@@ -63,7 +63,8 @@ class SpecLayer(CompiledModel):
 
     def reference(self) -> GraphModule:
         """The eager oracle of the same spec, holding a copy of this layer's weights."""
-        ref = GraphModule(self.source_graph).to(next(self.parameters()).device)
+        p = next(self.parameters())
+        ref = GraphModule(self.source_graph).to(device=p.device, dtype=p.dtype)
         ref.load_state_dict(self.state_dict())
         return ref
 

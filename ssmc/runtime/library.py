@@ -824,8 +824,9 @@ def _device_ok(backend: str, x: Tensor) -> bool:
 def node_wants_op(mod, ins: dict, backend: str, x: Tensor) -> bool:
     """Whether a compiled model's SSM node runs through the ops: when gradients are needed,
     under torch.compile, or when the module moved to a device its compiled backend does not run
-    on.  Otherwise (eager inference) the executor calls the kernel function directly."""
-    if not _device_ok(backend, x) or torch.compiler.is_compiling():
+    on, or with inputs the kernels do not take (float64).  Otherwise (eager inference) the
+    executor calls the kernel function directly."""
+    if not _device_ok(backend, x) or torch.compiler.is_compiling() or x.dtype not in KERNEL_DTYPES:
         return True
     if not torch.is_grad_enabled():
         return False
