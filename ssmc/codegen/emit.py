@@ -20,6 +20,7 @@ TRITON_FAMILY = {
     ("selective_ssm/ssd", "chunked"): "ssd.chunked",
     ("diagonal_ssm", "sequential"): "s4d.recurrent",
     ("diagonal_ssm", "fft"): "s4d.vandermonde",
+    ("ssm2d", "wavefront"): "ssm2d.wavefront",
 }
 TORCH_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -92,6 +93,11 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
         elif not target.is_gpu and fam == "selective_ssm/mamba1":
             node_dir.mkdir(parents=True, exist_ok=True)
             entry["tvm"] = _emit_tvm(node, graph, target, node_dir)
+        elif not target.is_gpu and fam in ("ssm2d", "recurrence"):
+            from ssmc.codegen.ssm2d_recurrence import emit_tvm as grid_tvm
+
+            node_dir.mkdir(parents=True, exist_ok=True)
+            entry["tvm"] = grid_tvm(node, graph, fam, alg, node_dir, _write_atomic)
         elif not target.is_gpu and (fam, alg) in composite_tvm.COMPOSITE:
             node_dir.mkdir(parents=True, exist_ok=True)
             entry["tvm"] = composite_tvm.emit(node, graph, fam, alg, node_dir, _write_atomic)

@@ -26,11 +26,18 @@ KERNELS = {
     ("selective_ssm/dense", "associative", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_associative",
     ("diagonal_ssm", "sequential", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_sequential",
     ("diagonal_ssm", "fft", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_fft",
+    # issue 10: 2-D SSM (TVM loop order follows the algorithm: see executors.ssm2d) and PLRNN
+    ("ssm2d", "wavefront", "tvm"): "ssmc.codegen.tvm.ssm2d:ssm2d",
+    ("ssm2d", "sequential", "tvm"): "ssmc.codegen.tvm.ssm2d:ssm2d",
+    ("ssm2d", "wavefront", "triton"): "ssmc.codegen.triton.ssm2d.wavefront:ssm2d_wavefront",
+    ("recurrence", "sequential", "tvm"): "ssmc.codegen.tvm.plrnn:plrnn",
 }
 REFERENCE = {
     "selective_ssm/mamba1": "ssmc.semantics.selective:selective_scan_ref",
     "selective_ssm/ssd": "ssmc.semantics.selective:ssd_ref",
     "nested_recursion": "ssmc.semantics.nested:nested_ref",
+    "ssm2d": "ssmc.semantics.ssm2d:ssm2d_ref",
+    "recurrence": "ssmc.semantics.recurrence:plrnn_ref",
 }
 # The algorithm each backend runs when the caller (an op call) did not pick one.
 DEFAULT_ALGORITHM = {("selective_ssm/mamba1", "triton"): "sequential",

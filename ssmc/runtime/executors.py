@@ -164,8 +164,28 @@ def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
     return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair)
 
 
+def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
+    """Chimera's 2-D SSM (forward; gradients and fp64 run the reference)."""
+    x = ins["x"]
+    if _grad_needed(mod, [x]) or x.dtype == torch.float64:
+        return NotImplemented
+    from ssmc.codegen.ssm2d_recurrence import ssm2d_config, ssm2d_operands
+
+    return fn(*ssm2d_operands(mod, x), D=mod.D, bidirectional=mod.bidirectional,
+              config=ssm2d_config(backend, node.meta.get("algorithm"), config)).to(x.dtype)
+
+
+def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
+    """PLRNN latent recurrence (forward; gradients and fp64 run the reference)."""
+    s = ins["s"]
+    if _grad_needed(mod, [s]) or s.dtype == torch.float64:
+        return NotImplemented
+    return fn(s, mod.A, mod.W, mod.h0, mod.C)
+
+
 EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd, "nested_recursion": nested,
-             "selective_ssm/dense": dense, "diagonal_ssm": diagonal}
+             "selective_ssm/dense": dense, "diagonal_ssm": diagonal, "ssm2d": ssm2d,
+             "recurrence": recurrence}
 
 
 def for_node(family: str, algorithm: str, backend: str):

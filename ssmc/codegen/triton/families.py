@@ -21,6 +21,7 @@ from ssmc.codegen.triton.selective_scan.problem import selective_scan_problem
 from ssmc.codegen.triton.selective_scan.sequential import SequentialScanConfig, \
     plan_sequential
 from ssmc.codegen.triton.ssd.chunked import SsdChunkedConfig, plan_ssd_chunked
+from ssmc.codegen.triton.ssm2d.wavefront import Ssm2dWavefrontConfig, plan_ssm2d_wavefront
 from ssmc.codegen.triton.ssd.problem import ssd_problem
 from ssmc.errors import SsmcError, did_you_mean
 
@@ -78,6 +79,18 @@ def _vandermonde_example(dtype, device="meta"):
     return dict(**_s4d_params(device), L=4096)
 
 
+def _ssm2d_example(dtype, device="meta"):
+    """Chimera's selective 2-D SSM: 64 variates x 1024 steps, d 16, N 16, both v directions."""
+    b, T, V, d, N = 2, 1024, 64, 16, 16
+    t = dict(dtype=dtype, device=device)
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(x=torch.empty(b, T, V, d, **t),
+                **{a: torch.empty(d, N, **f32) for a in ("A1", "A2", "A3", "A4")},
+                **{p: torch.empty(b, T, V, N, **t) for p in ("B1", "B2", "C1", "C2")},
+                dt_t=torch.empty(b, T, V, d, **t), dt_v=torch.empty(b, T, V, d, **t),
+                D=torch.empty(d, **f32), bidirectional=True)
+
+
 # ----------------------------------------------------------------- plans from launcher kwargs
 
 def _selective(plan_fn):
@@ -110,6 +123,8 @@ FAMILIES = {f.name: f for f in [
     KernelFamily("s4d.vandermonde", VandermondeConfig, "triton_s4d_vandermonde.yaml",
                  lambda kw, cfg: plan_vandermonde(**kw, config=cfg), _vandermonde_example,
                  dtypes=(torch.float32,)),
+    KernelFamily("ssm2d.wavefront", Ssm2dWavefrontConfig, "triton_ssm2d_wavefront.yaml",
+                 lambda kw, cfg: plan_ssm2d_wavefront(**kw, config=cfg), _ssm2d_example),
 ]}
 
 

@@ -1,0 +1,81 @@
+"""Glue between the graph and the 2-D SSM / PLRNN kernels: a node's module -> kernel operands,
+a schedule dict -> the kernel's config, and the TIR `ssmc compile` writes for the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def ssm2d_operands(mod, x: torch.Tensor) -> tuple:
+    """(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v) of an SSM2D module (semantics.
+    modules_misc.SSM2D) for input x, exactly as its forward computes them, in fp32."""
+    xf = x.float()
+    if mod.selective:
+        bc = F.linear(xf, mod.x_proj.weight.float())
+        B1, B2, C1, C2 = bc.split(mod.d_state, dim=-1)
+        dt = F.softplus(F.linear(xf, mod.dt_proj.weight.float(), mod.dt_proj.bias.float()))
+        dt_t, dt_v = dt.chunk(2, dim=-1)
+    else:
+        B1, B2, C1, C2 = mod.B1, mod.B2, mod.C1, mod.C2
+        dt_t, dt_v = mod.log_dt_t.float().exp(), mod.log_dt_v.float().exp()
+    A1 = -mod.A1_log.float().exp()
+    A4 = -mod.A4_log.float().exp()
+    return xf, A1, mod.A2, mod.A3, A4, B1, B2, C1, C2, dt_t, dt_v
+
+
+def ssm2d_config(backend: str, algorithm: str | None, config: dict | None):
+    """The kernel config for a node.  TVM: the host default with the loop order of the node's
+    algorithm ('wavefront' -> anti-diagonals, 'sequential' -> rows); the other Ssm2dConfig
+    knobs only from a dict that names an `order` (a record made for this kernel: the schedule
+    pass's generic CPU defaults are the selective scan's).  Triton: the family's knobs found
+    in the dict (upper or lower case)."""
+    config = config or {}
+    if backend == "tvm":
+        from ssmc.codegen.tvm.ssm2d import default_config
+        from ssmc.codegen.tvm.ssm2d_tir import Ssm2dConfig
+
+        order = "rows" if algorithm == "sequential" else "wavefront"
+        cfg = default_config().replace(order=order)
+        if "order" in config:
+            known = {f.name for f in dataclasses.fields(Ssm2dConfig)}
+            cfg = cfg.replace(**{k: v for k, v in config.items() if k in known})
+        return cfg
+    from ssmc.codegen.triton.ssm2d.wavefront import Ssm2dWavefrontConfig
+
+    known = {f.name for f in dataclasses.fields(Ssm2dWavefrontConfig)}
+    knobs = {k.lower(): v for k, v in config.items() if k.lower() in known}
+    return Ssm2dWavefrontConfig.from_dict(knobs) if knobs else None
+
+
+def _last(graph, node, port: str) -> int:
+    from ssmc.ir import dims as D
+
+    return D.as_int(graph.types[node.inputs[port]].shape[-1], {})
+
+
+def emit_tvm(node, graph, fam: str, alg: str, out: Path, write) -> dict:
+    """`ssmc compile` on the CPU: the TIR of the node's kernel, written with write(path, text)."""
+    if fam == "ssm2d":
+        from ssmc.codegen.tvm import ssm2d_tir as tirb
+
+        form = tirb.BC_SHARED if node.selective else tirb.BC_PARAM
+        sig = tirb.Ssm2dSignature(d=_last(graph, node, "x"), N=node.d_state, bc=(form,) * 4,
+                                  dt_cell=(node.selective,) * 2, has_D=True,
+                                  bidirectional=node.bidirectional)
+        cfg = ssm2d_config("tvm", alg, node.meta.get("config"))
+        prim, name = tirb.build_ssm2d(sig, cfg), "ssm2d"
+        runs = f"TVM {cfg.order} kernel; x_proj/dt_proj (selective) by torch"
+    else:
+        from ssmc.codegen.tvm import plrnn_tir as tirb
+        from ssmc.codegen.tvm.plrnn import default_config
+
+        sig = tirb.PlrnnSignature(M=node.latent, K_in=_last(graph, node, "s"))
+        prim, name = tirb.build_plrnn(sig, default_config()), "plrnn"
+        runs = "TVM kernel (input drive, recurrence); the HRF conv node: its own node"
+    path = out / f"{name}.tir.py"
+    write(path, prim.script() if hasattr(prim, "script") else str(prim))
+    return {"files": {name: str(path)}, "signature": sig.as_dict(), "runs": runs}
