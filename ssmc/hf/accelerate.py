@@ -207,7 +207,7 @@ def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None,
     B = x_dbl[..., R:R + N].unsqueeze(2)
     C = x_dbl[..., R + N:].unsqueeze(2)
     final = cache_params is not None
-    out = kern.scan(xc, dt, A, B, C, self.D, z, dt_bias, initial_state=rec_state, final=final)
+    out = kern.scan(xc, dt, Ak, B, C, self.D, z, dt_bias, initial_state=rec_state, final=final)
     if final:
         y, last = out
         cache_params.update_recurrent_state(last, self.layer_idx)

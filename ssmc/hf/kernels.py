@@ -14,8 +14,8 @@ Every backend provides, channels-last:
         initial_state (b, h*p, N), final) -> y (b, L, h*p) [, state]
     ssd_step(state (b, h*p, N), x (b, h*p), dt (b, h), A (h,), B, C (b, g, N), D, dt_bias)
 
-step, ssd and ssd_step take A as `a_param(A)` (the TVM kernels want A * log2 e, transposed),
-which the caller computes once per weight version.
+scan, step, ssd and ssd_step take A as `a_param(A)` (the TVM kernels want A * log2 e,
+transposed), which the caller computes once per weight version.
 
 "tvm" runs them on ssmc's TVM CPU kernels (codegen/tvm: the sequence scan, and the step /
 conv / per-head kernels of decode.py); "triton" runs the scans on ssmc's Triton kernels
@@ -202,7 +202,11 @@ class TvmKernels(TorchKernels):
         for step in (False, True):
             self.dk.conv_kernel(convb.ConvSignature(c=c, k=k, has_bias=has_bias, step=step))
         if info["kind"] == "mamba1":
-            self.dk.step_kernel(stepb.StepSignature(d=info["d_inner"], N=info["d_state"]))
+            d, N = info["d_inner"], info["d_state"]
+            self.dk.step_kernel(stepb.StepSignature(d=d, N=N))
+            for final in (False, True):
+                self.dk.step_kernel(stepb.StepSignature(d=d, N=N, step=False, has_initial_state=False,
+                                                        return_last_state=final))
         else:
             d, P, g, N = info["d_inner"], info["head_dim"], info["n_groups"], info["d_state"]
             plain = tuple(info["dt_limit"]) == (0.0, INF)
@@ -227,15 +231,11 @@ class TvmKernels(TorchKernels):
             return y
         return self.dk.causal_conv1d_update(x, conv_state, weight, bias, "silu")
 
-    def scan(self, x, dt, A, B, C, D, z, dt_bias, initial_state=None, final=False):
-        from ssmc.codegen.tvm import selective_scan
-
-        out = selective_scan(x, dt, A.float(), B, C, D=D, z=z, delta_bias=dt_bias,
-                             delta_softplus=True, return_last_state=final,
-                             initial_state=initial_state, layout="bld")
-        if final:
-            return out[0].float(), out[1]
-        return out.float()
+    def scan(self, x, dt, A2, B, C, D, z, dt_bias, initial_state=None, final=False):
+        # the scan's algorithm built for strided channels-last inputs: z = xz[..., d:] and the
+        # B / C columns of x_proj's output are read in place, without copies
+        return self.dk.selective_scan_seq(x, dt, A2, B, C, D, z, dt_bias, True, head_dim=1,
+                                          initial_state=initial_state, return_last_state=final)
 
     def step(self, state, x, dt, A2, B, C, D, z, dt_bias):
         """A2: decode.A2_of(A), computed once per weight version by the caller."""
@@ -252,7 +252,7 @@ class TvmKernels(TorchKernels):
             dt, dt_bias, softplus = self._dt(dt, dt_bias, dt_limit), None, False
         else:
             softplus = True
-        return self.dk.selective_scan_heads(x, dt, A2, B, C, D, None, dt_bias, softplus,
+        return self.dk.selective_scan_seq(x, dt, A2, B, C, D, None, dt_bias, softplus,
                                             head_dim=head_dim, initial_state=initial_state,
                                             return_last_state=final)
 

@@ -1,6 +1,7 @@
 """torch-facing decode kernels on the CPU (TVM): the causal conv1d (sequence and one-token step
 with the conv state updated in place), the selective-scan step (state updated in place) for
-Mamba-1 and Mamba-2, and the per-head sequence scan for Mamba-2's SSD.
+Mamba-1 and Mamba-2, and the channels-last sequence scan that reads strided inputs in place
+(Mamba-1, and Mamba-2's SSD with per-head dt / A / D).
 
 These are thin: they check what the kernels assume (fp32, CPU, last axis contiguous), look the
 kernel up (memory, then the disk cache of build.py, then a build) and call it.  Inputs whose
@@ -208,13 +209,15 @@ def selective_state_update(state, x, dt, A2, B, C, D=None, z=None, dt_bias=None,
     return named["out"]
 
 
-def selective_scan_heads(x, dt, A2, B, C, D=None, z=None, dt_bias=None, dt_softplus=True,
+def selective_scan_seq(x, dt, A2, B, C, D=None, z=None, dt_bias=None, dt_softplus=True,
                          head_dim: int = 1, initial_state=None, return_last_state=False):
-    """The selective scan over a sequence, channels-last, with per-head dt/A/D/dt_bias (SSD).
+    """The selective scan over a sequence, channels-last, inputs read in place (strided views
+    of projection outputs are fine).
 
-    x, z (b, L, d); dt (b, L, h); A2 = A2_of(A) (h,); B, C (b, L, g, N); D, dt_bias (h,);
-    initial_state (b, d, N) (Mamba-2's (b, h, p, N) reshaped).  Returns y (b, L, d) fp32
-    [, final state (b, d, N)]."""
+    head_dim = 1 (Mamba-1): x, z, dt (b, L, d); A2 = A2_of(A) (N, d); D, dt_bias (d,).
+    head_dim = p > 1 (Mamba-2's SSD, channels are (head, p)): dt (b, L, h); A2 (h,); D,
+    dt_bias (h,).  B, C (b, L, g, N); initial_state (b, d, N) (Mamba-2's (b, h, p, N)
+    reshaped).  Returns y (b, L, d) fp32 [, final state (b, d, N)]."""
     x = _f32_view("x", x, 3)
     b, L, d = x.shape
     N = B.shape[-1]
