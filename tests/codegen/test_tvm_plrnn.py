@@ -1,0 +1,149 @@
+"""The TVM PLRNN kernel (ssmc.codegen.tvm.plrnn) against the oracles plrnn_ref and
+causal_conv_direct / causal_conv_fft, and `ssmc.compile` of ir/convssm.yaml running it.
+Kernels are specialised on (M, K_in, fused taps, z0) and symbolic in b and L."""
+
+import pytest
+import torch
+
+pytest.importorskip("tvm")
+
+import ssmc  # noqa: E402
+from ssmc.codegen.tvm.plrnn import plrnn  # noqa: E402
+from ssmc.codegen.tvm.plrnn_tir import PlrnnConfig  # noqa: E402
+from ssmc.paths import zoo_dir  # noqa: E402
+from ssmc.semantics.model import build_reference  # noqa: E402
+from ssmc.semantics.recurrence import (causal_conv_direct, hrf_double_gamma,  # noqa: E402
+                                       plrnn_ref)
+
+
+def make(b, L, K, M, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, L, K, generator=g).to(dtype)
+    A = 0.5 + 0.4 * torch.rand(M, generator=g)
+    W = torch.randn(M, M, generator=g) * 0.5 / M ** 0.5  # diagonal ignored by both
+    h0 = 0.1 * torch.randn(M, generator=g)
+    C = torch.randn(M, K, generator=g) / K ** 0.5
+    return s, A, W, h0, C
+
+
+@pytest.mark.parametrize("b,L,K,M", [(5, 33, 3, 16), (2, 1, 2, 5), (3, 7, 1, 1), (9, 20, 4, 24),
+                                     (1, 64, 3, 8)])
+@pytest.mark.parametrize("z0", ["none", "batch", "shared"])
+def test_recurrence_matches_oracle(tol, b, L, K, M, z0):
+    args = make(b, L, K, M, seed=b + L + M)
+    init = {"none": None, "batch": torch.randn(b, M), "shared": torch.randn(M)}[z0]
+    z = plrnn(*args, z0=init)
+    ref = plrnn_ref(*args, z0=init)
+    assert z.shape == ref.shape == (b, L, M) and z.dtype == ref.dtype
+    torch.testing.assert_close(z, ref, **tol[torch.float32])
+
+
+def test_relu_regime_is_exercised(tol):
+    """Large weights: many units switch sign, so the relu branch matters."""
+    s, A, W, h0, C = make(4, 30, 3, 16)
+    W = W * 4
+    z = plrnn(s, A, W, h0, C)
+    ref = plrnn_ref(s, A, W, h0, C)
+    assert (ref < 0).float().mean() > 0.2
+    torch.testing.assert_close(z, ref, **tol[torch.float32])
+
+
+@pytest.mark.parametrize("conv", ["fused", "fft", "auto"])
+@pytest.mark.parametrize("hrf_form", ["shared", "per_unit"])
+@pytest.mark.parametrize("L", [7, 40])
+def test_hrf_convolution(tol, conv, hrf_form, L):
+    M = 6
+    args = make(3, L, 2, M, seed=L)
+    h = hrf_double_gamma(2.0, 17)  # 17 taps: more than L = 7 (taps past L never matter)
+    hrf = h if hrf_form == "shared" else h * (1 + torch.rand(M, 1))
+    z, zc = plrnn(*args, hrf=hrf, conv=conv)
+    ref = plrnn_ref(*args)
+    torch.testing.assert_close(z, ref, **tol[torch.float32])
+    torch.testing.assert_close(zc, causal_conv_direct(ref, hrf), **tol[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_computed_in_fp32(tol, dtype):
+    args = make(3, 12, 3, 16, dtype=dtype)
+    z, zc = plrnn(*args, hrf=hrf_double_gamma(2.0, 8))
+    ref = plrnn_ref(*args)
+    assert z.dtype == zc.dtype == dtype
+    torch.testing.assert_close(z.float(), ref.float(), **tol[dtype])
+    torch.testing.assert_close(zc.float(), causal_conv_direct(ref.float(), hrf_double_gamma(2.0, 8)),
+                               **tol[dtype])
+
+
+def test_schedule_knobs_do_not_change_values(tol):
+    args = make(7, 15, 3, 16)
+    ref = plrnn_ref(*args)
+    for cfg in (PlrnnConfig(traj_block=1, vector_width=4), PlrnnConfig(traj_block=3, threads=2)):
+        torch.testing.assert_close(plrnn(*args, config=cfg), ref, **tol[torch.float32])
+
+
+def test_empty():
+    args = make(0, 5, 2, 3)
+    assert plrnn(*args).shape == (0, 5, 3)
+    args = make(2, 0, 2, 3)
+    z, zc = plrnn(*args, hrf=torch.ones(4))
+    assert z.shape == zc.shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("change,name", [
+    (dict(s=torch.randn(2, 5)), "s"),
+    (dict(s=torch.randn(2, 5, 3, dtype=torch.float64)), "s"),
+    (dict(A=torch.randn(4, 1)), "A"),
+    (dict(W=torch.randn(4, 3)), "W"),
+    (dict(h0=torch.randn(3)), "h0"),
+    (dict(C=torch.randn(4, 2)), "C"),
+    (dict(z0=torch.randn(3, 4)), "z0"),
+    (dict(hrf=torch.randn(3, 5)), "hrf"),
+    (dict(hrf=torch.randn(0)), "hrf"),
+    (dict(conv="direct", hrf=torch.randn(5)), "conv"),
+    (dict(config={"traj_block": 2}), "config"),
+])
+def test_bad_arguments_name_the_argument(change, name):
+    s, A, W, h0, C = make(2, 5, 3, 4)
+    kw = dict(s=s, A=A, W=W, h0=h0, C=C)
+    kw.update(change)
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        plrnn(**kw)
+
+
+# ------------------------------------------------------------------- ssmc.compile(convssm)
+@pytest.fixture(scope="module")
+def convssm():
+    torch.manual_seed(5)
+    model = ssmc.compile(zoo_dir() / "convssm.yaml", "cpu", seqlen=64).eval()
+    ref = build_reference(model.source_graph).eval()
+    ref.load_state_dict(model.state_dict())
+    return model, ref
+
+
+def test_convssm_summary_names_the_kernel(convssm):
+    model, _ = convssm
+    assert model.kernels["plrnn"] == "tvm:recurrence/sequential"
+    assert "tvm:recurrence/sequential" in model.summary()
+
+
+@pytest.mark.parametrize("b,L", [(3, 50), (1, 1), (2, 7)])
+def test_convssm_matches_reference(convssm, tol, b, L):
+    model, ref = convssm
+    node = next(n for _, n, _ in model.graph.walk() if n.OP == "recurrence")
+    executor, fn, config = node.meta["run"]
+    calls = []
+    node.meta["run"] = (executor, lambda *a, **k: calls.append(1) or fn(*a, **k), config)
+    try:
+        s = torch.randn(b, L, 3)
+        with torch.no_grad():
+            y, r = model(s), ref(s)
+    finally:
+        node.meta["run"] = (executor, fn, config)
+    assert calls == [1]
+    torch.testing.assert_close(y, r, **tol[torch.float32])
+
+
+def test_convssm_gradients_go_through_the_reference(convssm):
+    model, _ = convssm
+    model(torch.randn(2, 9, 3)).sum().backward()
+    assert model.plrnn.W.grad is not None and model.plrnn.C.grad is not None
+    model.zero_grad(set_to_none=True)
