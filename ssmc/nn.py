@@ -39,11 +39,13 @@ def _f(v: float) -> str:
 
 
 class SpecLayer(CompiledModel):
-    """A layer defined by a spec text: compiled for `target` ('auto' = this host), or the eager
-    reference with use_kernels=False."""
+    """A layer defined by a spec text: compiled for `target` ('auto' = this host) with the
+    target's tuned records (records=False: none), or the eager reference with
+    use_kernels=False.  (seqlen, batch) is the shape bucket algorithms are chosen for; any shape
+    runs."""
 
     def __init__(self, spec: str, *, target="auto", use_kernels: bool = True, seqlen: int = 1024,
-                 batch: int = 2, device=None, dtype=None):
+                 batch: int = 2, records=None, device=None, dtype=None):
         from ssmc.ir.spec import load_spec
         from ssmc.targets import detect_host, load_target
 
@@ -53,7 +55,13 @@ class SpecLayer(CompiledModel):
             if use_kernels:
                 tgt = detect_host() if target == "auto" else (
                     load_target(target) if isinstance(target, str) else target)
-                super().__init__(graph, tgt, {"batch": batch, "seqlen": seqlen})
+                if records is None:  # the tuned records for the target, as ssmc.compile reads
+                    try:
+                        from ssmc.tune.records import default_records
+                    except ImportError:
+                        default_records = None
+                    records = default_records(tgt) if default_records is not None else None
+                super().__init__(graph, tgt, {"batch": batch, "seqlen": seqlen}, records or None)
             else:  # the reference: no runner, every node eager
                 GraphModule.__init__(self, graph)
                 self.kernels, self.source_graph, self.target = {}, graph, None
