@@ -115,10 +115,6 @@ def _wait_workers(procs) -> None:
 
 
 def cmd_tune(args) -> int:
-    if "triton" not in sys.modules:
-        # tuning compiles real kernels: Triton's interpreter (a test-suite setting) would make
-        # the AOT builds that prune GPU configs run in a subprocess with made-up shapes
-        os.environ.pop("TRITON_INTERPRET", None)
     import optuna
 
     from ssmc.ir.spec import load_spec
@@ -151,13 +147,12 @@ def cmd_tune(args) -> int:
     studies = []
     for w, space in todo:
         name = st.study_name(prefix, w.key)
-        study = st.open_study(storage, name, seed=args.seed, n_trials=args.trials,
-                              resume=args.resume or args.worker)
-        if not args.worker:
-            if not study.get_trials(deepcopy=False):
-                _enqueue_defaults(study, w, space, backend, kernel_knobs)
-            elif args.resume and st.retry_interrupted(study):
-                say(f"{name}: re-running the trial a Ctrl-C cut short")
+        study, created = st.open_study(storage, name, seed=args.seed, n_trials=args.trials,
+                                       resume=args.resume or args.worker)
+        if created:
+            _enqueue_defaults(study, w, space, backend, kernel_knobs)
+        elif args.resume and not args.worker and st.retry_interrupted(study):
+            say(f"{name}: re-running the trial a Ctrl-C cut short")
         studies.append((w, space, study))
 
     procs = _spawn_workers(args, url, prefix) if args.workers > 1 and not args.worker else []

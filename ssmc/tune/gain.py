@@ -1,13 +1,15 @@
 """The end of a study: the tuned config against the compiler's default, measured side by side
-in one run (interleaved, so both see the same machine load), and the record that the compiler
-will pick up."""
+in one run (interleaved, so all see the same machine load), and the record that the compiler
+will pick up: the fastest of them in that run."""
 
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 from dataclasses import dataclass
 
+import optuna
 from optuna.trial import TrialState
 
 from ssmc.tune.records import Records, make_record
@@ -15,62 +17,18 @@ from ssmc.tune.records import Records, make_record
 
 @dataclass
 class Row:
-    label: str
+    label: str  # default | kernel default | tuned
     algorithm: str
-    config: dict
-    time_us: float
-    detail: str = ""
+    config: dict  # in the kernel's knob names, every knob spelled out
+    time_us: float = math.inf  # the objective's statistic (or the model's estimate)
+    timing: object = None  # measure.Timing when measured
+    note: str = ""
 
 
 def _fmt_time(us: float) -> str:
+    if not math.isfinite(us):
+        return "   (none)"
     return f"{us / 1e3:9.3f} ms" if us >= 100 else f"{us:9.1f} us"
-
-
-def default_choice(objective) -> tuple[str, dict]:
-    """What the compiler runs without a record: the cost model's algorithm and the schedule
-    pass's default config."""
-    w = objective.workload
-    return w.default_algorithm, w.default_config
-
-
-def kernel_default_config() -> dict:
-    """The TVM kernel's own default Config (what runs when no config is passed at all)."""
-    from ssmc.codegen.tvm.config import default_config
-
-    return default_config("llvm").as_dict()
-
-
-def compare(objective, best_alg: str, best_config: dict, rounds: int = 30) -> list[Row]:
-    """Rows for the default and the tuned config (and the TVM kernel's own default when it
-    differs from the compiler's): measured side by side, or priced by the model."""
-    d_alg, d_cfg = default_choice(objective)
-    rows = [("default", d_alg, d_cfg), ("tuned", best_alg, best_config)]
-    if objective.mode == "model":
-        import optuna
-
-        out = []
-        for label, alg, cfg in rows:
-            cfg = kernel_config(objective, alg, cfg)
-            try:
-                out.append(Row(label, alg, cfg, objective.evaluate(alg, cfg)))
-            except optuna.TrialPruned as e:  # the default may not even fit the target
-                out.append(Row(label, alg, cfg, float("inf"), f"infeasible: {e}"))
-        return out
-    from ssmc.tune.measure import side_by_side
-
-    if objective.backend == "tvm":
-        kd = kernel_default_config()
-        if kd != kernel_config(objective, d_alg, d_cfg):
-            rows.insert(1, ("kernel default", d_alg, kd))
-    fns = {}
-    for label, alg, cfg in rows:
-        fn = objective.call(alg, cfg)
-        objective.check(fn())
-        fns[label] = fn
-    timings = side_by_side(fns, objective.device, rounds=rounds)
-    stat = objective.statistic
-    return [Row(label, alg, cfg, timings[label].statistic(stat) * 1e6, timings[label].summary())
-            for label, alg, cfg in rows]
 
 
 def kernel_config(objective, alg: str, cfg: dict) -> dict:
@@ -79,66 +37,125 @@ def kernel_config(objective, alg: str, cfg: dict) -> dict:
     return kernel_knobs(objective.workload, objective.backend, alg, cfg)
 
 
+def candidates(objective, best_alg: str, best_cfg: dict) -> tuple[list, str]:
+    """The distinct configs to compare, and the label the tuned one goes by: the compiler's
+    default (cost model algorithm, schedule pass config), the TVM kernel's own default when
+    that differs, and the tuned one unless it is one of those."""
+    w = objective.workload
+    rows = [Row("default", w.default_algorithm,
+                kernel_config(objective, w.default_algorithm, w.default_config))]
+    if objective.backend == "tvm":
+        rows.append(Row("kernel default", w.default_algorithm,
+                        kernel_config(objective, w.default_algorithm, {})))
+    tuned = Row("tuned", best_alg, kernel_config(objective, best_alg, best_cfg))
+    distinct, tuned_label = [], "tuned"
+    for row in rows + [tuned]:
+        same = [r for r in distinct if (r.algorithm, r.config) == (row.algorithm, row.config)]
+        if not same:
+            distinct.append(row)
+        elif row is tuned:
+            tuned_label = same[0].label
+    return distinct, tuned_label
+
+
+def compare(objective, rows: list, rounds: int = 30) -> list:
+    """Fill in each row's time: the cost model's estimate, or all measured side by side."""
+    if objective.mode == "model":
+        for row in rows:
+            try:
+                row.time_us = objective.evaluate(row.algorithm, row.config)
+            except optuna.TrialPruned as e:  # the default may not even fit the target
+                row.note = f"infeasible: {e}"
+        return rows
+    from ssmc.tune.measure import side_by_side
+
+    fns = {}
+    for row in rows:
+        fn = objective.call(row.algorithm, row.config)
+        objective.check(fn())
+        fns[row.label] = fn
+    timings = side_by_side(fns, objective.device, rounds=rounds)
+    for row in rows:
+        row.timing = timings[row.label]
+        row.time_us = row.timing.statistic(objective.statistic) * 1e6
+    return rows
+
+
 def study_counts(study) -> dict:
     trials = study.get_trials(deepcopy=False)
     return {s.name.lower(): sum(t.state == s for t in trials)
             for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
 
 
+def _ratio(a: float, b: float):
+    return a / b if b > 0 and math.isfinite(a) and math.isfinite(b) else None
+
+
 def finish(study, objective, *, export_dir=None, rounds: int = 30, out=print) -> dict | None:
     """Print the comparison, write the record (user directory, and export_dir/<target>/ when
     given).  None when no trial completed."""
-    w = objective.workload
-    target = objective.target
+    w, target = objective.workload, objective.target
     try:
         best = study.best_trial
     except ValueError:
         out(f"  no trial completed ({study_counts(study)}): no record written")
         return None
-    best_alg, best_cfg = best.user_attrs["algorithm"], best.user_attrs["config"]
-    rows = compare(objective, best_alg, best_cfg, rounds=rounds)
-    by = {r.label: r for r in rows}
-    for r in rows:
-        cfg = ", ".join(f"{k}={v}" for k, v in r.config.items()) or "(kernel defaults)"
-        out(f"  {r.label:<15} {r.algorithm:<12} {_fmt_time(r.time_us)}   {cfg}")
-        if r.detail:
-            out(f"  {'':<15} {'':<12} {r.detail}")
-    default = by["default"]
+    rows, tuned_label = candidates(objective, best.user_attrs["algorithm"], best.user_attrs["config"])
+    compare(objective, rows, rounds)
+    for row in rows:
+        cfg = ", ".join(f"{k}={v}" for k, v in row.config.items())
+        out(f"  {row.label:<15} {row.algorithm:<12} {_fmt_time(row.time_us)}   {cfg}")
+        if row.timing is not None:
+            out(f"  {'':<28} {row.timing.summary()}")
+        if row.note:
+            out(f"  {'':<28} {row.note}")
+    if tuned_label != "tuned":
+        out(f"  tuned: the best trial is the {tuned_label} config")
+    default = rows[0]
     chosen = min(rows, key=lambda r: r.time_us)  # re-measured side by side: the fastest wins
-    speedup = default.time_us / chosen.time_us if chosen.time_us > 0 else float("nan")
-    how = (f"{objective.statistic} of {rounds} interleaved runs each, measured side by side"
-           if objective.mode == "measured" else "cost model: the target is not on this machine")
+    speedup = _ratio(default.time_us, chosen.time_us)
+    if objective.mode == "measured":
+        how = f"{objective.statistic} of {rounds} interleaved runs each, measured side by side"
+        other = "min" if objective.statistic != "min" else "median"
+        alt = _ratio(default.timing.statistic(other), chosen.timing.statistic(other))
+        how += f"; by the {other}: {alt:.2f}x" if alt else ""
+    else:
+        how = "cost model: the target is not on this machine"
     if chosen is default:
         out(f"  gain: none ({how}); the record keeps the default config")
     else:
-        out(f"  gain: {speedup:.2f}x over the default, {chosen.label} config ({how})")
-    chosen_cfg = kernel_config(objective, chosen.algorithm, chosen.config)
+        out(f"  gain: {speedup:.2f}x over the default with the {chosen.label} config ({how})"
+            if speedup else f"  gain: the default is infeasible; {chosen.label} config ({how})")
     record = make_record(
-        w.key, target, algorithm=chosen.algorithm, config=chosen_cfg, source=objective.mode,
+        w.key, target, algorithm=chosen.algorithm, config=chosen.config, source=objective.mode,
         time_us=_finite(chosen.time_us, 3), default_time_us=_finite(default.time_us, 3),
-        speedup=_finite(speedup, 4), chosen=chosen.label, study=study.study_name,
-        trials=study_counts(study), measured_seqlen=w.seqlen,
-        host={"machine": platform.machine(), "cpu": _cpu_name(target), "units": target.units},
+        speedup=_finite(speedup, 4) if speedup else None, chosen=chosen.label,
+        statistic=objective.statistic if objective.mode == "measured" else "model",
+        study=study.study_name, trials=study_counts(study), measured_seqlen=w.seqlen,
+        host=_host(target, objective.mode),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     records = Records(target)
-    path = records.write(record)
-    out(f"  record: {path}")
+    out(f"  record: {records.write(record)}")
     if export_dir is not None:
         from pathlib import Path
 
-        exported = records.write(record, Path(export_dir) / target.name)
-        out(f"  exported: {exported}")
+        out(f"  exported: {records.write(record, Path(export_dir) / target.name)}")
     return record
 
 
-def _finite(x: float, digits: int):
+def _finite(x, digits: int):
     """JSON has no infinity: an infeasible default has no time."""
-    import math
-
-    return round(x, digits) if math.isfinite(x) else None
+    return round(x, digits) if x is not None and math.isfinite(x) else None
 
 
-def _cpu_name(target) -> str:
+def _host(target, mode: str) -> dict:
+    """Where the figures come from: this machine, or the descriptor the model priced."""
+    if mode == "model":
+        return {"model_of": target.description, "units": target.units}
     if target.is_gpu:
-        return target.description
-    return f"{target.llvm_mcpu or platform.processor()} ({target.vector_bits}-bit vectors)"
+        return {"gpu": target.description, "units": target.units}
+    return {"machine": platform.machine(), "cpu": target.llvm_mcpu or platform.processor(),
+            "vector_bits": target.vector_bits, "cores": target.units}
+
+
+__all__ = ["Row", "candidates", "compare", "finish"]

@@ -33,7 +33,6 @@ RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle",
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a config that kills its worker three times is not tried a fourth time
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class WrongResult(Exception):
@@ -46,6 +45,14 @@ class Interrupted(Exception):
 
 
 # ---- storages ------------------------------------------------------------------------------
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's retry of a dead worker's trial: a WAITING copy with the same parameters, which
+    the next worker to ask for a trial runs first."""
+    with warnings.catch_warnings():  # "experimental" in Optuna 5.0, and stable for years
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
 
 def default_storage_url(workers: int) -> str:
     root = cache_root() / "tune"
@@ -61,10 +68,36 @@ def _scheme(url: str) -> str:
 
 def _redacted(url: str) -> str:
     """The URL without its password, for messages."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if sep and at and ":" in creds:
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def _sqlite_wal(path: Path) -> None:
+    """Put the SQLite file in write-ahead-log mode (a property of the file, kept): readers such
+    as a dashboard or a second `ssmc tune --resume` polling it then never block the tuner's
+    writes ("database is locked")."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with sqlite3.connect(path, timeout=60) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as e:
+        raise SsmcError(f"storage: cannot open SQLite file {path}: {e}") from None
+
+
+def _with_installed_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the [fleet] extra installs
+    psycopg2: name it when it is the driver that is there."""
+    import importlib.util
+
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
     return url
 
 
@@ -80,9 +113,8 @@ def open_storage(url: str, *, workers: int = 1, heartbeat: int = 10):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url[len("journal://"):] if url.startswith("journal://") else url)
-        if url.startswith("journal:///"):
-            path = Path("/" + url[len("journal:///"):].lstrip("/"))
+        # journal:///abs/path -> /abs/path; journal://rel/path -> rel/path; or a bare path
+        path = Path(url.removeprefix("journal://")).expanduser()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
@@ -95,21 +127,27 @@ def open_storage(url: str, *, workers: int = 1, heartbeat: int = 10):
     if scheme == "sqlite" and workers > 1:
         raise SsmcError("storage: SQLite cannot serve several worker processes; leave --storage "
                         "out (a journal file is used) or give a postgresql:// URL")
+    shown = _redacted(url)
+    url = _with_installed_driver(url)
+    engine_kwargs = {"pool_pre_ping": True}
     if scheme == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # the heartbeat thread writes too
         db = url.split(":///", 1)[-1]
         if db and db != ":memory:":
-            Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_wal(Path(db).expanduser())
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            engine_kwargs={"pool_pre_ping": True} if scheme != "sqlite" else None)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=retry_callback(),
+                engine_kwargs=engine_kwargs)
     except ImportError as e:
         raise SsmcError(f"storage: the driver for {scheme} is not installed ({e}); for "
                         "PostgreSQL: pip install 'ssmc[fleet]'") from None
     except Exception as e:  # sqlalchemy's errors: unreachable host, refused login, bad URL
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SsmcError(f"storage: cannot open {_redacted(url)}: {first}") from None
+        raise SsmcError(f"storage: cannot open {shown}: {first}") from None
 
 
 # ---- studies -------------------------------------------------------------------------------
@@ -123,18 +161,30 @@ def finished_count(study) -> int:
 
 
 def open_study(storage, name: str, *, seed: int | None, n_trials: int, resume: bool,
-               create_only: bool = False):
-    """Create or load the study.  Without resume, a study that already holds trials is refused
-    (it would silently mix an old search with a new one); --resume continues it."""
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if name in existing and existing[name].n_trials > 0 and not resume:
-        raise SsmcError(f"study {name!r} already has {existing[name].n_trials} trials; pass "
-                        "--resume to continue it or --study NAME for a new one")
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True,  # group: conditional knobs per algorithm
-        n_startup_trials=max(3, min(10, n_trials // 3)))
-    return optuna.create_study(storage=storage, study_name=name, direction="minimize",
-                               sampler=sampler, load_if_exists=True)
+               ) -> tuple:
+    """(study, created): create or load it.  Without resume, a study that already holds trials
+    is refused (it would silently mix an old search with a new one); --resume continues it."""
+    if not resume and name in optuna.get_all_study_names(storage):
+        # trials only queued (the defaults, by a run that died before starting one) are no
+        # search yet
+        started = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+            deepcopy=False) if t.state != TrialState.WAITING]
+        if started:
+            raise SsmcError(f"study {name!r} already has {len(started)} trials; pass "
+                            "--resume to continue it or --study NAME for a new one")
+    with warnings.catch_warnings():  # `group` is "experimental" in Optuna 5.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True,
+            group=True,  # conditional knobs: model each algorithm's knobs as their own group
+            n_startup_trials=max(3, min(10, n_trials // 3)))
+    # create without load_if_exists first: the database's unique study name makes exactly one
+    # of several workers starting together the creator (the one that queues the defaults)
+    try:
+        return optuna.create_study(storage=storage, study_name=name, direction="minimize",
+                                   sampler=sampler), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(storage=storage, study_name=name, sampler=sampler), False
 
 
 def retry_interrupted(study) -> int:
@@ -144,7 +194,7 @@ def retry_interrupted(study) -> int:
     queued = 0
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in retried:
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, t)
+            retry_callback()(study, t)
             queued += 1
     return queued
 
@@ -175,7 +225,7 @@ def fail_dead_local_trials(study) -> int:
             continue
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, storage.get_trial(t._trial_id))
+                retry_callback()(study, storage.get_trial(t._trial_id))
                 n += 1
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker got there first
@@ -317,15 +367,15 @@ def run_trials(study, objective, *, n_trials: int, deadline: float | None, progr
                 break
             if journal:
                 fail_dead_local_trials(study)
-            try:
-                # one trial per call: between trials this loop recounts the whole study (other
-                # workers' trials too), checks the deadline and reaps dead local workers
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            except KeyboardInterrupt:
-                raise Interrupted() from None
+            # one trial per call: between trials this loop recounts the whole study (other
+            # workers' trials too), checks the deadline and reaps dead local workers.  A Ctrl-C
+            # inside the trial leaves it FAIL (Optuna's own handling), never RUNNING.
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
             done = finished_count(study)
             pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
             bar.set_postfix_str(f"best {_best_text(study)}, pruned {pruned}", refresh=False)
             bar.update(min(done, n_trials) - bar.n)
+    except KeyboardInterrupt:
+        raise Interrupted() from None
     finally:
         bar.close()
