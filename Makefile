@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,fleet]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,fleet,hf]'
 	touch $@
 
 demo: $(STAMP)

@@ -92,14 +92,15 @@ def accelerate(model, target: str = "auto", *, warmup: bool = True):
         raise SsmcError(f"accelerate: no transformers MambaMixer or Mamba2Mixer in "
                         f"{type(model).__name__}; ssmc.accelerate supports MambaForCausalLM, "
                         "Mamba2ForCausalLM, their base models and modules containing their mixers")
-    backends: dict = {}
+    plan = []  # check everything before touching any mixer
     for name, mixer, kind in mixers:
         act = getattr(mixer, "activation", "silu")
         if act not in ("silu", "swish"):
             raise SsmcError(f"accelerate: {name} uses activation {act!r}; ssmc's conv kernel "
                             "implements silu (Mamba's) only")
-        device = mixer.in_proj.weight.device
-        tgt = _resolve_target(target, device)
+        plan.append((name, mixer, kind, _resolve_target(target, mixer.in_proj.weight.device)))
+    backends: dict = {}
+    for name, mixer, kind, tgt in plan:
         if tgt not in backends:
             backends[tgt] = BACKENDS[tgt]()
         state = _State(kind, backends[tgt], tgt)

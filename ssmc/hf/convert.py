@@ -146,11 +146,21 @@ def _dt_rank(v, d_model, where) -> int:
     return v
 
 
+def _number(x):
+    """A JSON number, including transformers' encodings of infinity ({"__float__": "Infinity"},
+    "inf")."""
+    if isinstance(x, dict) and set(x) == {"__float__"}:
+        x = x["__float__"]
+    if isinstance(x, bool):
+        raise ValueError(x)
+    return float(x)
+
+
 def _limit(v, where) -> tuple:
     if v is None:
         return (0.0, INF)
     try:
-        lo, hi = (float(x) for x in v)
+        lo, hi = (_number(x) for x in v)
     except (TypeError, ValueError):
         raise _err(f"{where}: expected [lo, hi], got {v!r}") from None
     if math.isnan(lo) or math.isnan(hi) or not 0 <= lo <= hi:

@@ -1,0 +1,149 @@
+"""ssmc.accelerate on transformers Mamba / Mamba-2: the same logits and greedy generations as
+transformers' own eager path, the cache filled as transformers fills it, weights shared,
+ssmc.restore gives the original forward back."""
+
+import pytest
+import torch
+
+import ssmc
+from ssmc.hf import accelerated_mixers, call_counts
+
+TOL = dict(rtol=6e-4, atol=2e-3)  # fp32 (DESIGN.md: mamba-ssm's own test tolerances)
+TARGETS = ["tvm", "reference"]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _generate(model, prompt, n=20):
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+
+def _fast_only(model):
+    counts = call_counts(model)
+    assert counts and all(c["fallback"] == 0 and c["fast"] > 0 for c in counts.values()), counts
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_logits_and_generation_match(model, ids, target):
+    ref = _logits(model, ids)
+    gen_ref = _generate(model, ids[:1, :12])
+    ssmc.accelerate(model, target=target)
+    assert set(accelerated_mixers(model).values()) == {target}
+    torch.testing.assert_close(_logits(model, ids), ref, **TOL)
+    gen = _generate(model, ids[:1, :12])
+    assert torch.equal(gen, gen_ref), (gen, gen_ref)
+    _fast_only(model)  # prefill and every decode step took ssmc's path
+
+
+def test_batched_generation(mamba, ids):
+    prompt = ids[:, :10]
+    want = _generate(mamba, prompt, 16)
+    ssmc.accelerate(mamba)
+    assert torch.equal(_generate(mamba, prompt, 16), want)
+
+
+def test_cache_filled_as_transformers_does(model, ids):
+    with torch.no_grad():
+        want = model(ids[:, :23], use_cache=True).cache_params
+        ssmc.accelerate(model)
+        got = model(ids[:, :23], use_cache=True).cache_params
+    for i, (lw, lg) in enumerate(zip(want.layers, got.layers)):
+        assert lg.conv_states[0].shape == lw.conv_states[0].shape
+        assert lg.conv_states[0].dtype == lw.conv_states[0].dtype
+        # layer 0's conv state is in_proj's output, bit for bit; later layers see the
+        # previous layer's (scan) rounding
+        exact = dict(rtol=0, atol=0) if i == 0 else TOL
+        torch.testing.assert_close(lg.conv_states[0], lw.conv_states[0], **exact)
+        assert lg.recurrent_states[0].shape == lw.recurrent_states[0].shape
+        torch.testing.assert_close(lg.recurrent_states[0], lw.recurrent_states[0], **TOL)
+
+
+def test_decode_steps_match_transformers(model, ids):
+    """Prefill, then one token at a time through the cache: logits of every step."""
+    def run():
+        outs = []
+        with torch.no_grad():
+            out = model(ids[:, :9], use_cache=True)
+            cache = out.cache_params
+            outs.append(out.logits)
+            for t in range(9, 17):
+                out = model(ids[:, t:t + 1], cache_params=cache, use_cache=True)
+                outs.append(out.logits)
+        return outs
+
+    want = run()
+    ssmc.accelerate(model)
+    for got, ref in zip(run(), want):
+        torch.testing.assert_close(got, ref, **TOL)
+    _fast_only(model)
+
+
+def test_restore_gives_back_the_original_forward(model, ids):
+    ref = _logits(model, ids)
+    ssmc.accelerate(model)
+    assert accelerated_mixers(model)
+    assert ssmc.restore(model) is model
+    assert not accelerated_mixers(model)
+    for m in model.modules():
+        assert "forward" not in m.__dict__ and "_ssmc_accel" not in m.__dict__
+    assert torch.equal(_logits(model, ids), ref)
+
+
+def test_weights_are_shared_not_copied(mamba, ids):
+    before = {n: p.data_ptr() for n, p in mamba.named_parameters()}
+    ssmc.accelerate(mamba)
+    after = {n: p.data_ptr() for n, p in mamba.named_parameters()}
+    assert before == after
+    # an in-place edit of the weights is seen by the accelerated model (A is derived again)
+    with torch.no_grad():
+        for layer in mamba.backbone.layers:
+            layer.mixer.A_log.add_(0.5)
+            layer.mixer.D.mul_(-1.0)
+    got = _logits(mamba, ids)
+    ssmc.restore(mamba)
+    torch.testing.assert_close(got, _logits(mamba, ids), **TOL)
+
+
+def test_gradients_fall_back_to_transformers(mamba, ids):
+    ssmc.accelerate(mamba)
+    out = mamba(ids[:, :8]).logits  # grad enabled, parameters require grad
+    out.sum().backward()
+    assert mamba.backbone.layers[0].mixer.A_log.grad is not None
+    assert all(c["fallback"] > 0 for c in call_counts(mamba).values())
+
+
+def test_base_model_and_retarget(mamba, ids):
+    base = mamba.backbone
+    with torch.no_grad():
+        want = base(ids).last_hidden_state
+    ssmc.accelerate(base, target="reference")
+    ssmc.accelerate(base)  # again: re-targets, does not stack
+    assert set(accelerated_mixers(base).values()) == {"tvm"}
+    with torch.no_grad():
+        torch.testing.assert_close(base(ids).last_hidden_state, want, **TOL)
+
+
+def test_mamba2_dt_limit(build, ids):
+    model = build("mamba2", time_step_limit=(0.01, 0.05))
+    ref = _logits(model, ids)
+    ssmc.accelerate(model)
+    torch.testing.assert_close(_logits(model, ids), ref, **TOL)
+
+
+def test_bad_arguments():
+    with pytest.raises(ssmc.SsmcError, match="no transformers MambaMixer"):
+        ssmc.accelerate(torch.nn.Linear(4, 4))
+    with pytest.raises(ssmc.SsmcError, match="torch.nn.Module"):
+        ssmc.accelerate("state-spaces/mamba-130m-hf")
+
+
+def test_bad_target(mamba):
+    with pytest.raises(ssmc.SsmcError, match="target must be one of"):
+        ssmc.accelerate(mamba, target="cuda")
+    with pytest.raises(ssmc.SsmcError, match="'triton' runs CUDA"):
+        ssmc.accelerate(mamba, target="triton")
+    assert not accelerated_mixers(mamba)
