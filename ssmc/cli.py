@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_targets)
     __import__("ssmc.bench.cli", fromlist=["register"]).register(sub)  # ssmc bench: ssmc/bench/cli.py
     __import__("ssmc.tune.cli", fromlist=["register"]).register(sub)  # ssmc tune: ssmc/tune/cli.py
+    __import__("ssmc.hf.cli", fromlist=["register"]).register(sub)  # ssmc import/export hf: ssmc/hf/cli.py
     return p
 
 
