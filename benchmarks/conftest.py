@@ -1,0 +1,41 @@
+"""The pytest-benchmark suite (`make bench`): the cases of `ssmc bench`, built by the same code
+(ssmc.bench's subjects), so the two agree on what is timed.
+
+Files are named bench_*.py so that the default test run (testpaths = tests) never collects them
+and, even when pointed here, pytest's own test_*.py pattern would not; the hook below collects
+them when this directory is named (`pytest benchmarks --benchmark-only`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+@pytest.fixture(scope="session")
+def subjects():
+    """Recipe -> subject, made once per session (a model subject lowers its graph once)."""
+    from ssmc.bench.subject import make_subject
+
+    cache = {}
+
+    def get(recipe):
+        if recipe not in cache:
+            cache[recipe] = make_subject(recipe)
+        return cache[recipe]
+
+    return get
+
+
+def impl_of(subject, name: str):
+    baselines = [] if name == "ssmc" else [name]
+    return next(i for i in subject.impls(baselines) if i.name == name)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The commands behind benchmarks/RESULTS.md on a CPU.  Each step writes
+# benchmarks/results/<name>.json (schema: ssmc/bench/report.py), .png where a plot helps, and
+# .txt (the printed table).  Steps run one after another: two timings side by side on a
+# 2-core machine would measure each other.  Usage: benchmarks/results.sh [STEP...]
+# (steps: scan scan1t scanbwd ssd mamba mamba1t mambabwd mambaall zoo; default all).
+set -u
+cd "$(dirname "$0")/.."
+SSMC=${SSMC:-.venv/bin/ssmc}
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+
+bench() {  # bench NAME ARGS...: run one `ssmc bench`, keep its table
+  local name=$1; shift
+  echo "== $name: ssmc bench $*" >&2
+  "$SSMC" bench "$@" --no-progress --json "$OUT/$name.json" | tee "$OUT/$name.txt"
+}
+
+step_scan()    { bench cpu_selective_scan selective_scan --target cpu --seqlens 256,1024,4096,16384 \
+                   --baselines eager,compile --compile-timeout 600 --plot "$OUT/cpu_selective_scan.png"; }
+step_scan1t()  { bench cpu_selective_scan_1thread selective_scan --target cpu --seqlens 1024 \
+                   --baselines eager,compile,assoc --torch-threads 1 --compile-timeout 600; }
+step_scanbwd() { bench cpu_selective_scan_backward selective_scan --target cpu --seqlens 1024 \
+                   --baselines eager,compile --backward --compile-timeout 600; }
+step_ssd()     { bench cpu_ssd ssd --target cpu --seqlens 256,1024,4096 --baselines eager,compile,assoc \
+                   --compile-timeout 600 --plot "$OUT/cpu_ssd.png"; }
+step_mamba()   { bench cpu_mamba_L2048 ir/mamba.yaml --target cpu --seqlens 2048 \
+                   --baselines eager,compile --compile-timeout 300; }
+step_mamba1t() { bench cpu_mamba_L2048_1thread ir/mamba.yaml --target cpu --seqlens 2048 \
+                   --baselines eager --torch-threads 1; }
+step_mambabwd() { bench cpu_mamba_L2048_backward ir/mamba.yaml --target cpu --seqlens 2048 \
+                   --baselines eager --backward; }
+step_mambaall() { bench cpu_mamba ir/mamba.yaml --target cpu --baselines eager,compile \
+                   --compile-timeout 300 --plot "$OUT/cpu_mamba.png"; }
+step_zoo() {
+  for spec in ir/*.yaml; do
+    local name; name=$(basename "$spec" .yaml)
+    local extra=()
+    [ "$name" = chimera ] && extra=(--dim variates=8)
+    bench "cpu_zoo_$name" "$spec" --target cpu --seqlens 256,1024 --baselines eager,compile \
+      --compile-timeout 120 "${extra[@]}"
+  done
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(scan scan1t scanbwd ssd mamba mamba1t mambabwd mambaall zoo)
+for s in "${steps[@]}"; do "step_$s"; done
