@@ -72,6 +72,21 @@ def test_mixed_operand_forms(tol):
     check(args, tol, bidirectional=True, config=ROWS)
 
 
+def test_strided_views_of_projection_outputs(tol):
+    """B1..C2 as views into one (b, T, V, 4N) projection and dt_t/dt_v into one (b, T, V, 2d)
+    (what the executor passes): read in place, same values as contiguous copies."""
+    b, T, V, d, N = 2, 5, 3, 8, 4
+    x, A1, A2, A3, A4, *_ = make(b, T, V, d, N)
+    bc = torch.randn(b, T, V, 4 * N)
+    dt = torch.rand(b, T, V, 2 * d) + 0.01
+    views = (*bc.split(N, dim=-1), *dt.chunk(2, dim=-1))
+    assert not views[1].is_contiguous() and not views[5].is_contiguous()
+    args = (x, A1, A2, A3, A4, *views)
+    check(args, tol, D=torch.randn(d), bidirectional=True)
+    y = ssm2d(*args)
+    torch.testing.assert_close(y, ssm2d(*(a.contiguous() for a in args)), rtol=0, atol=0)
+
+
 def test_zero_coupling_is_two_1d_scans(tol):
     """A2 = A3 = 0: h1 only sees t, h2 only v (the 'axis' decomposition's premise)."""
     x, A1, A2, A3, A4, B1, B2, C1, C2, dtt, dtv = make(1, 5, 4, 8, 2)

@@ -5,8 +5,9 @@ A1..A4 (d, N); B1, B2, C1, C2 (d, N), (b, T, V, N) or (b, T, V, d, N); dt_t, dt_
 (b, T, V, d) (the steps themselves, positive); D (d,) or None; bidirectional.  It checks them
 (ValueError naming the argument), discretises what does not depend on the cell in torch (E and
 G of a per-channel step), and runs the cached kernel for the operands' forms.  fp16/bf16
-inputs are computed in fp32 and the result is cast back; fp32 contiguous tensors reach the
-kernel without copies.
+inputs are computed in fp32 and the result is cast back.  fp32 x and per-cell operands reach
+the kernel without copies: x contiguous, B/C (b, T, V, N) and dt (b, T, V, d) with any strides
+but a unit last one (the executor passes views into the x_proj / dt_proj outputs).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _check(name: str, t, shapes: list, text: str) -> torch.Tensor:
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).contiguous()
+
+
+def _f32_rows(t: torch.Tensor) -> torch.Tensor:
+    """fp32 with a unit last stride, other strides as they are (no copy for such views)."""
+    t = t.to(torch.float32)
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,12 +124,14 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
     config = config or default_config()
     args = {"x": _f32(x)}
     for name, t, form in zip(tirb.BC_NAMES, (B1, B2, C1, C2), bc):
-        args[name] = t.float().t() if form == tirb.BC_PARAM else _f32(t)
+        args[name] = t.float().t() if form == tirb.BC_PARAM else \
+            _f32_rows(t) if form == tirb.BC_SHARED else _f32(t)
     for k, (A, Ac, dt) in enumerate(((A1, A2, dt_t), (A4, A3, dt_v))):
         Af, Acf = A.float(), Ac.float()
         if dt_cell[k]:
             names = ("dt_t", "A1", "A1inv", "A2") if k == 0 else ("dt_v", "A4", "A4inv", "A3")
-            for nm, val in zip(names, (dt, Af.t(), (1.0 / Af).t(), Acf.t())):
+            args[names[0]] = _f32_rows(dt)
+            for nm, val in zip(names[1:], (Af.t(), (1.0 / Af).t(), Acf.t())):
                 args[nm] = _f32(val)
         else:  # one step per channel: the oracle's zoh_axis once here, G folded in
             dA = dt.float()[:, None] * Af
@@ -132,8 +141,9 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
             if bc[k] == tirb.BC_PARAM:  # B (d, N): G * B once
                 Bn = tirb.BC_NAMES[k]
                 args[Bn] = args[Bn] * G.t()
-    for name in tirb.BC_NAMES:
-        args[name] = _f32(args[name])
+    for name, form in zip(tirb.BC_NAMES, bc):
+        if form != tirb.BC_SHARED:
+            args[name] = _f32(args[name])
     if D is not None:
         args["D"] = _f32(D)
     args["out"] = torch.empty(b, T, V, d, dtype=torch.float32)

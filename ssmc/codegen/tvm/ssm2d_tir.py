@@ -302,8 +302,13 @@ def _declare_args(sig: Ssm2dSignature, cfg: Ssm2dConfig, b, T_, V_) -> dict:
     d, N = sig.d, sig.N
     bl = blocks(d, cfg)
 
-    def buf(shape):
-        return T.buffer(shape, F32, align=4)  # torch views may start anywhere
+    def buf(shape, strided=False):
+        # align=4: torch views may start anywhere.  strided: any strides but a unit last one
+        # (B1/B2/C1/C2 and dt_t/dt_v are views into one projection output in the executor)
+        strides = None
+        if strided:
+            strides = [tir.Var(f"s{i}", IDX) for i in range(len(shape) - 1)] + [1]
+        return T.buffer(shape, F32, align=4, strides=strides)
 
     bc_shape = {BC_PARAM: (N, d), BC_SHARED: (b, T_, V_, N), BC_FULL: (b, T_, V_, d, N)}
     grid = (b, T_, V_, d)
@@ -313,7 +318,8 @@ def _declare_args(sig: Ssm2dSignature, cfg: Ssm2dConfig, b, T_, V_) -> dict:
         shapes[nm] = (N, d)
     for k, nm in enumerate(BC_NAMES):
         shapes[nm] = bc_shape[sig.bc[k]]
-    return {nm: T.arg(nm, buf(shapes[nm])) for nm in arg_names(sig)}
+    strided = {"dt_t", "dt_v"} | {nm for k, nm in enumerate(BC_NAMES) if sig.bc[k] == BC_SHARED}
+    return {nm: T.arg(nm, buf(shapes[nm], nm in strided)) for nm in arg_names(sig)}
 
 
 def build_ssm2d(sig: Ssm2dSignature, cfg: Ssm2dConfig):
