@@ -21,10 +21,11 @@ epilogue in one pass each), "triton" (CUDA: ssmc.codegen.triton.grc), "torch" (a
 dtype; float64 runs here so gradchecks of the oracle stay meaningful).
 
 **Beam.**  The beam tree's choices depend on the values, so it is not a static plan: it runs
-the oracle's algorithm (all chunks and beams batched per step) with two changes: the pair
+the oracle's algorithm (all chunks and beams batched per step) with three changes: beams hold
+node ids into a store instead of copies of the vectors (a step rearranges integers); the pair
 scorer's first layer is split, W1 [l; r] = W1_l l + W1_r r, so every node's two projections are
 computed once when the node is made (a step then costs a gather and a GELU instead of a GEMM
-over every adjacent pair), and merges use the fused GRC above.
+over every adjacent pair); merges use the fused GRC above.
 
 Forward only: the executor hands training (gradients) to the oracle.
 """
@@ -319,21 +320,33 @@ def nested_tree(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, lengt
 
 
 def _beam_reduce(x, mask, w: GRCWeights, s: ScorerWeights, beam: int, cell_fn):
-    """The oracle's beam_reduce (semantics.nested) with node projections kept per node."""
+    """The oracle's beam_reduce (semantics.nested) on a node store: beams hold node *ids*
+    (n, B, m') into V (nodes, d), with every node's scorer projections PL = W1_l v + b1 and
+    PR = W1_r v computed once, when the node is made.  A step gathers the projections of the
+    adjacent pairs (the scores), merges the chosen pair of every beam (one batched GRC, its
+    projections by two small GEMMs) and rearranges integer ids only."""
     n, m, d = x.shape
     count = mask.sum(1)
     w1l, w1r = s.w1[:, :d], s.w1[:, d:]
     hid = s.w1.shape[0]
-    seq = x[:, None].expand(n, beam, m, d)
-    pl = torch.addmm(s.b1, x.reshape(-1, d), w1l.t()).reshape(n, 1, m, hid).expand(n, beam, m, hid)
-    pr = (x.reshape(-1, d) @ w1r.t()).reshape(n, 1, m, hid).expand(n, beam, m, hid)
-    slot = torch.arange(beam, device=x.device)
+    total = n * m + n * beam * max(m - 1, 0)
+    V = x.new_empty(total, d)
+    PL = x.new_empty(total, hid)
+    PR = x.new_empty(total, hid)
+    V[:n * m] = x.reshape(n * m, d)
+    torch.addmm(s.b1, V[:n * m], w1l.t(), out=PL[:n * m])
+    torch.mm(V[:n * m], w1r.t(), out=PR[:n * m])
+    dev = x.device
+    ids = (torch.arange(n, device=dev)[:, None] * m + torch.arange(m, device=dev))[:, None]
+    ids = ids.expand(n, beam, m)
+    slot = torch.arange(beam, device=dev)
     score = torch.where(slot == 0, 0.0, NEG).to(x.dtype).expand(n, beam)
     w2 = s.w2[0]
+    nxt = n * m
     for _ in range(m - 1):
-        L = seq.shape[2]
-        logits = F.gelu(pl[:, :, :-1] + pr[:, :, 1:]) @ w2  # (n, B, L-1)
-        jj = torch.arange(L - 1, device=x.device)
+        L = ids.shape[2]
+        logits = F.gelu(PL[ids[:, :, :-1]] + PR[ids[:, :, 1:]]) @ w2  # (n, B, L-1)
+        jj = torch.arange(L - 1, device=dev)
         pair_ok = (jj[None, :] < (count - 1)[:, None])[:, None]
         logp = torch.log_softmax(logits.masked_fill(~pair_ok, NEG), dim=-1)
         k1 = min(beam, L - 1)
@@ -341,38 +354,25 @@ def _beam_reduce(x, mask, w: GRCWeights, s: ScorerWeights, beam: int, cell_fn):
         cand = (score[..., None] + top_lp).reshape(n, beam * k1)
         new_score, flat = cand.topk(beam, dim=-1)
         parent = torch.div(flat, k1, rounding_mode="floor")
-        j = top_j.reshape(n, beam * k1).gather(1, flat)
-
-        def pick(t):  # the parent beam's tensor
-            return t.gather(1, parent[..., None, None].expand(n, beam, *t.shape[2:]))
-
-        src, srcl, srcr = pick(seq), pick(pl), pick(pr)
-
-        def node(idx):
-            return src.gather(2, idx[..., None, None].expand(n, beam, 1, d)).squeeze(2)
-
-        merged = cell_fn(node(j), node(j + 1))  # (n, B, d)
-        ml = torch.addmm(s.b1, merged.reshape(-1, d), w1l.t()).reshape(n, beam, 1, hid)
-        mr = (merged.reshape(-1, d) @ w1r.t()).reshape(n, beam, 1, hid)
+        j = top_j.reshape(n, beam * k1).gather(1, flat)  # (n, B)
+        src = ids.gather(1, parent[..., None].expand(n, beam, L))  # the parents' id rows
+        left = src.gather(2, j[..., None])[..., 0]
+        right = src.gather(2, (j + 1)[..., None])[..., 0]
+        made = slice(nxt, nxt + n * beam)
+        V[made] = cell_fn(V[left.reshape(-1)], V[right.reshape(-1)])
+        torch.addmm(s.b1, V[made], w1l.t(), out=PL[made])
+        torch.mm(V[made], w1r.t(), out=PR[made])
+        new_id = torch.arange(nxt, nxt + n * beam, device=dev).reshape(n, beam)
+        nxt += n * beam
         ii = jj[None, None, :]
-        take = (ii + (ii > j[..., None]).long())[..., None]
-        at_j = (ii == j[..., None])[..., None]
-
-        def rebuild(t, new_node):
-            moved = t.gather(2, take.expand(n, beam, L - 1, t.shape[-1]))
-            return torch.where(at_j, new_node, moved)
-
-        new_seq = rebuild(src, merged[:, :, None])
-        new_pl, new_pr = rebuild(srcl, ml), rebuild(srcr, mr)
+        take = ii + (ii > j[..., None]).long()
+        new_ids = torch.where(ii == j[..., None], new_id[..., None], src.gather(2, take))
         done = count <= 1
-        keep = done[:, None, None, None]
-        seq = torch.where(keep, seq[:, :, :-1], new_seq)
-        pl = torch.where(keep, pl[:, :, :-1], new_pl)
-        pr = torch.where(keep, pr[:, :, :-1], new_pr)
+        ids = torch.where(done[:, None, None], ids[:, :, :-1], new_ids)
         score = torch.where(done[:, None], score, new_score)
         count = (count - 1).clamp(min=1)
     weights = torch.softmax(score, dim=-1)
-    return (weights[..., None] * seq[:, :, 0]).sum(1)
+    return (weights[..., None] * V[ids[:, :, 0]]).sum(1)
 
 
 def _beam_outer(seq, lens, chunk, w, sw, beam, kind):
@@ -380,11 +380,9 @@ def _beam_outer(seq, lens, chunk, w, sw, beam, kind):
     b, _, d = seq.shape
     dev = seq.device
 
-    def cell_fn(l, r):
-        lr = torch.cat([l, r], dim=-1).reshape(-1, 2 * d).contiguous()
-        out = lr.new_empty(lr.shape[0], d)
-        _Cell(w, kind, lr.shape[0], lr)(lr, out)
-        return out.reshape(l.shape)
+    def cell_fn(l, r):  # (P, d), (P, d) -> (P, d)
+        lr = torch.cat([l, r], dim=-1)
+        return _Cell(w, kind, lr.shape[0], lr)(lr, lr.new_empty(lr.shape[0], d))
 
     while max(lens) > 1:
         rows, starts, sizes, new_lens = [], [], [], []

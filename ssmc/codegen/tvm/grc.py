@@ -15,6 +15,7 @@ from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
 from ssmc.codegen.tvm.target import host_target, host_vector_lanes_f32
 
 _kernels: dict = {}
+PARALLEL = os.environ.get("SSMC_GRC_PARALLEL", "0") == "1"  # see grc_tir: serial by default
 
 
 def _get(func: str, signature: dict, build):
@@ -43,8 +44,8 @@ def gelu_(h: torch.Tensor) -> torch.Tensor:
     if h.shape[0] == 0:
         return h
     lanes = host_vector_lanes_f32()
-    sig = {"width": int(width), "lanes": lanes}
-    _get(tirb.GELU, sig, lambda: tirb.build_gelu(width, lanes))(h)
+    sig = {"width": int(width), "lanes": lanes, "parallel": PARALLEL}
+    _get(tirb.GELU, sig, lambda: tirb.build_gelu(width, lanes, PARALLEL))(h)
     return h
 
 
@@ -66,7 +67,7 @@ def grc_epilogue(g: torch.Tensor, lr: torch.Tensor, w: torch.Tensor, b: torch.Te
     if out.shape[0] == 0:
         return out
     lanes = host_vector_lanes_f32()
-    sig = {"d": int(d), "eps": float(eps), "lanes": lanes}
-    _get(tirb.EPILOGUE, sig, lambda: tirb.build_grc_epilogue(d, float(eps), lanes))(
+    sig = {"d": int(d), "eps": float(eps), "lanes": lanes, "parallel": PARALLEL}
+    _get(tirb.EPILOGUE, sig, lambda: tirb.build_grc_epilogue(d, float(eps), lanes, PARALLEL))(
         g, lr, w, b, out)
     return out

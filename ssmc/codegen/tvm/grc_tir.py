@@ -11,7 +11,11 @@ one pass over memory per op on it.  These kernels do each part in one pass:
   one row per task, the LayerNorm's mean and variance in two passes over a row kept on the
   stack.
 
-Rows (P) are symbolic: one build serves every level of every tree; d is compiled in.  Math:
+Rows (P) are symbolic: one build serves every level of every tree; d is compiled in.
+`parallel`: rows over TVM's thread pool, or (default) serial on the calling thread.  The
+default is serial because these kernels run between BLAS GEMMs: measured on 2 loaded cores,
+TVM's pool spinning after each call next to the GEMMs' threads made the whole RIR forward
+~4x slower, while the serial kernels cost a few percent of it.  Math:
 tirmath's exp (2e-7 relative); erf by Abramowitz-Stegun 7.1.26 (1.5e-7 absolute), so GELU is
 within 1e-7 |x| of torch's.
 """
@@ -63,8 +67,12 @@ def gelu_expr(x):
     return M.f32(0.5) * xb * one_plus_erf
 
 
-def build_gelu(width: int, lanes: int):
-    """h (P, width) <- GELU(h), rows in parallel, `lanes`-wide vectors along a row."""
+def _rows(P, parallel: bool):
+    return T.parallel(0, P) if parallel else T.serial(0, P)
+
+
+def build_gelu(width: int, lanes: int, parallel: bool = False):
+    """h (P, width) <- GELU(h), rows in parallel (or serial), `lanes`-wide vectors along a row."""
     P = tir.Var("P", IDX)
     vw = vector_width(width, lanes)
     with IRBuilder() as ib:
@@ -72,7 +80,7 @@ def build_gelu(width: int, lanes: int):
             T.func_name(GELU)
             T.func_attr({"tirx.noalias": True, "global_symbol": GELU})
             h = T.arg("h", _buf((P, width)))
-            with T.parallel(0, P) as p:
+            with _rows(P, parallel) as p:
                 with T.serial(0, width // vw) as j:
                     with T.vectorized(0, vw) as v:
                         c = j * vw + v
@@ -80,7 +88,7 @@ def build_gelu(width: int, lanes: int):
     return ib.get()
 
 
-def build_grc_epilogue(d: int, eps: float, lanes: int):
+def build_grc_epilogue(d: int, eps: float, lanes: int, parallel: bool = False):
     """out (P, d) = LayerNorm(sigmoid(f1) l + sigmoid(f2) r + sigmoid(i) p) * w + b."""
     P = tir.Var("P", IDX)
     vw = vector_width(d, lanes)
@@ -94,7 +102,7 @@ def build_grc_epilogue(d: int, eps: float, lanes: int):
             w = T.arg("w", _buf((d,)))
             bias = T.arg("b", _buf((d,)))
             out = T.arg("out", _buf((P, d)))
-            with T.parallel(0, P) as p:
+            with _rows(P, parallel) as p:
                 # "global" scope inside the task = the stack (see selective_scan_tir)
                 mix = T.alloc_buffer((d,), F32, scope="global")
                 acc = T.alloc_buffer((vw,), F32, scope="global")
