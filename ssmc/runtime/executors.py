@@ -176,9 +176,10 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
-    """PLRNN latent recurrence (forward; gradients and fp64 run the reference)."""
+    """PLRNN latent recurrence; differentiable (the kernel's adjoint recurrence backward).
+    fp64 runs the reference."""
     s = ins["s"]
-    if _grad_needed(mod, [s]) or s.dtype == torch.float64:
+    if s.dtype == torch.float64:
         return NotImplemented
     return fn(s, mod.A, mod.W, mod.h0, mod.C)
 

@@ -1,5 +1,6 @@
 """The TVM PLRNN kernel (ssmc.codegen.tvm.plrnn) against the oracles plrnn_ref and
-causal_conv_direct / causal_conv_fft, and `ssmc.compile` of ir/convssm.yaml running it.
+causal_conv_direct / causal_conv_fft (values and gradients: the backward is the adjoint
+recurrence kernel), and `ssmc.compile` of ir/convssm.yaml running it (inference and training).
 Kernels are specialised on (M, K_in, fused taps, z0) and symbolic in b and L."""
 
 import pytest
@@ -142,8 +143,47 @@ def test_convssm_matches_reference(convssm, tol, b, L):
     torch.testing.assert_close(y, r, **tol[torch.float32])
 
 
-def test_convssm_gradients_go_through_the_reference(convssm):
-    model, _ = convssm
-    model(torch.randn(2, 9, 3)).sum().backward()
-    assert model.plrnn.W.grad is not None and model.plrnn.C.grad is not None
+def test_convssm_gradients_match_reference(convssm, tol):
+    """Training runs the kernel too: forward kernel, adjoint-recurrence kernel backward."""
+    model, ref = convssm
+    s = torch.randn(2, 9, 3)
+    model(s).pow(2).sum().backward()
+    ref(s).pow(2).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, **tol[torch.float32], msg=name)
+    assert model.plrnn.W.grad is not None
     model.zero_grad(set_to_none=True)
+    ref.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("z0_form", ["none", "batch", "shared"])
+@pytest.mark.parametrize("b,L,M", [(3, 20, 6), (5, 1, 16), (2, 7, 9)])
+def test_gradients_match_oracle_autograd(tol, b, L, M, z0_form):
+    s, A, W, h0, C = make(b, L, 3, M, seed=L)
+    W = W * 2  # units on both sides of the relu
+    z0 = {"none": None, "batch": torch.randn(b, M), "shared": torch.randn(M)}[z0_form]
+    ours = [t.clone().requires_grad_() for t in (s, A, W, h0, C)]
+    theirs = [t.clone().requires_grad_() for t in (s, A, W, h0, C)]
+    z0s = [None if z0 is None else z0.clone().requires_grad_() for _ in range(2)]
+    gz = torch.randn(b, L, M)
+    (plrnn(*ours, z0=z0s[0]) * gz).sum().backward()
+    (plrnn_ref(*theirs, z0=z0s[1]) * gz).sum().backward()
+    for name, a, r in zip(("s", "A", "W", "h0", "C", "z0"), ours + z0s[:1], theirs + z0s[1:]):
+        if a is not None:
+            scale = r.grad.abs().max().clamp(min=1)  # gradients grow along the sequence
+            torch.testing.assert_close(a.grad / scale, r.grad / scale, **tol[torch.float32],
+                                       msg=name)
+
+
+def test_gradients_through_the_hrf_convolution(tol):
+    s, A, W, h0, C = make(2, 25, 3, 5)
+    hrf = hrf_double_gamma(2.0, 9).requires_grad_()
+    Wa, Wb = W.clone().requires_grad_(), W.clone().requires_grad_()
+    gz = torch.randn(2, 25, 5)
+    (plrnn(s, A, Wa, h0, C, hrf=hrf)[1] * gz).sum().backward()
+    g_hrf = hrf.grad.clone()
+    hrf.grad = None
+    (causal_conv_direct(plrnn_ref(s, A, Wb, h0, C), hrf) * gz).sum().backward()
+    torch.testing.assert_close(Wa.grad, Wb.grad, **tol[torch.float32])
+    torch.testing.assert_close(g_hrf, hrf.grad, **tol[torch.float32])

@@ -11,6 +11,10 @@ zc = hrf * z (ssmc.semantics.recurrence.causal_conv_fft / _direct), computed whe
 cheapest: inside the recurrence kernel (`conv="fused"`, K multiply-adds per step and unit while
 the trajectory is still in cache) or by torch's FFT after it (`conv="fft"`); "auto" fuses up
 to FUSE_MAX_TAPS taps.  fp16/bf16 inputs are computed in fp32 and the results cast back.
+
+Differentiable: when an input requires grad, z comes from an autograd Function whose backward
+is the adjoint recurrence (a second TVM kernel, backward in t) plus matmul reductions for the
+parameter gradients; the convolution then runs by torch's FFT (autograd differentiates it).
 """
 
 from __future__ import annotations
@@ -102,11 +106,35 @@ def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
     if b == 0 or L == 0:
         z = s.new_zeros(b, L, Mn)
         return z if hrf is None else (z, z.clone())
+    config = config or default_config()
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in (s, A, W, h0, C, z0, hrf)):
+        # differentiable: the kernel forward, the adjoint kernel backward; the convolution
+        # (if any) by torch's FFT, which autograd differentiates
+        z = _PlrnnFunction.apply(s, A, W, h0, C, z0, config, cache)
+        if hrf is None:
+            return z.to(s.dtype)
+        zc = causal_conv_fft(z, hrf.to(z.dtype))
+        return z.to(s.dtype), zc.to(s.dtype)
+    z, zc = _forward(s, A, W, h0, C, z0, hrf if fused else None, taps, config, cache)
+    if hrf is None:
+        return z if s.dtype == torch.float32 else z.to(s.dtype)
+    if not fused:
+        zc = causal_conv_fft(z, hrf.to(torch.float32))
+    if s.dtype != torch.float32:
+        z, zc = z.to(s.dtype), zc.to(s.dtype)
+    return z, zc
 
+
+def _forward(s, A, W, h0, C, z0, hrf, taps, config, cache):
+    """The forward kernel: z (b, L, M) fp32, and zc when `hrf` is given (fused)."""
+    b, L, k_in = s.shape
+    Mn = A.shape[0]
     f32 = torch.float32
     args = {"s": s.to(f32).contiguous(), "CT": C.to(f32).t().contiguous(),
             "h0": h0.to(f32).contiguous(), "A": A.to(f32).contiguous(),
             "WT": offdiag(W.to(f32)).t().contiguous()}
+    fused = hrf is not None
     sig = tirb.PlrnnSignature(M=Mn, K_in=k_in, K=taps if fused else 0, has_z0=z0 is not None)
     if z0 is not None:
         args["z0"] = z0.to(f32).expand(b, Mn).contiguous()
@@ -117,15 +145,74 @@ def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
         args["zc"] = torch.empty(b, L, Mn, dtype=f32)
     else:
         args["z"] = torch.empty(b, L, Mn, dtype=f32)
-    get_kernel(sig, config or default_config(), cache=cache)(
-        *[args[n] for n in tirb.arg_names(sig)])
-    z = args["zp"][:, taps - 1:] if fused else args["z"]
-    if hrf is None:
-        return z if s.dtype == f32 else z.to(s.dtype)
-    zc = args["zc"] if fused else causal_conv_fft(z, hrf.to(f32))
-    if s.dtype != f32:
-        z, zc = z.to(s.dtype), zc.to(s.dtype)
-    return z, zc
+    get_kernel(sig, config, cache=cache)(*[args[n] for n in tirb.arg_names(sig)])
+    if fused:
+        return args["zp"][:, taps - 1:], args["zc"]
+    return args["z"], None
+
+
+def _backward_kernel(M: int, config, cache):
+    target = host_target()
+    cache = cache if cache is not None else DEFAULT_CACHE
+    sig = tirb.PlrnnSignature(M=M, K_in=1)
+    key = ("backward", M, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
+    kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = cache.get(FAMILY + "_backward", tirb.BACKWARD_NAME, {"M": M}, "float32",
+                           target, config.as_dict(),
+                           lambda: tirb.build_plrnn_backward(sig, config))
+        _kernels[key] = kernel
+    return kernel
+
+
+class _PlrnnFunction(torch.autograd.Function):
+    """z = PLRNN(s; A, W, h0, C, z0) with the adjoint recurrence as its backward:
+
+        G_t = gz_t + A G_{t+1} + [z_t > 0] W_o^T G_{t+1}     (the TVM kernel, backward in t)
+        dA = sum G_t z_{t-1},  dW = offdiag(sum G_t relu(z_{t-1})^T),  dh0 = sum G_t,
+        dC = sum G_t s_t^T,    ds_t = C^T G_t,   dz0 = A G_1 + [z0 > 0] W_o^T G_1
+    (sums over batch and time: matmuls).  Computes in fp32; gradients in the inputs' dtypes."""
+
+    @staticmethod
+    def forward(ctx, s, A, W, h0, C, z0, config, cache):
+        z, _ = _forward(s, A, W, h0, C, z0, None, 0, config, cache)
+        ctx.save_for_backward(s, A, W, C, z0, z)
+        ctx.config, ctx.cache = config, cache
+        ctx.dtypes = [None if t is None else t.dtype for t in (s, A, W, h0, C, z0)]
+        ctx.z0_shape = None if z0 is None else tuple(z0.shape)
+        return z
+
+    @staticmethod
+    def backward(ctx, gz):
+        s, A, W, C, z0, z = ctx.saved_tensors
+        b, L, Mn = z.shape
+        f32 = torch.float32
+        Af, Wo = A.to(f32), offdiag(W.to(f32))
+        G = torch.empty(b, L, Mn, dtype=f32)
+        _backward_kernel(Mn, ctx.config, ctx.cache)(gz.to(f32).contiguous(), z.contiguous(),
+                                                    Af.contiguous(), Wo.contiguous(), G)
+        z_first = torch.zeros(b, 1, Mn, dtype=f32) if z0 is None else \
+            z0.to(f32).expand(b, Mn)[:, None]
+        zprev = torch.cat([z_first, z[:, :-1]], dim=1)
+        Gf = G.reshape(-1, Mn)
+        grads = [None] * 6
+        need = ctx.needs_input_grad
+        if need[0]:
+            grads[0] = G @ C.to(f32)
+        if need[1]:
+            grads[1] = (G * zprev).sum((0, 1))
+        if need[2]:
+            grads[2] = offdiag(Gf.t() @ torch.relu(zprev).reshape(-1, Mn))
+        if need[3]:
+            grads[3] = Gf.sum(0)
+        if need[4]:
+            grads[4] = Gf.t() @ s.to(f32).reshape(-1, s.shape[-1])
+        if need[5] and z0 is not None:
+            g1 = G[:, 0]
+            dz0 = Af * g1 + (z_first[:, 0] > 0) * (g1 @ Wo)
+            grads[5] = dz0.sum(0) if len(ctx.z0_shape) == 1 else dz0
+        grads = [None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
+        return (*grads, None, None)
 
 
 __all__ = ["plrnn", "get_kernel", "default_config", "FUSE_MAX_TAPS"]

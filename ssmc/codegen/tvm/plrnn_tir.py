@@ -163,6 +163,61 @@ class _Task:
             self.each(lambda m, j=j, bi=bi: T.buffer_store(bufs["zc"], acc[j, m], [bi, t, m]))
 
 
+class _BackwardTask(_Task):
+    """The adjoint recurrence, backward in t, for one block of trajectories:
+
+        G_t = gz_t + A * G_{t+1} + [z_t > 0] * (W_o^T G_{t+1})        G_L = 0
+
+    (G_t = dLoss/dz_t through every later step; gz the gradient of the output z).  Same
+    structure as the forward: the mat-vec is M multiply-adds of a row of W_o with a broadcast
+    G_{t+1, k}; the relu derivative masks its result instead of its input."""
+
+    def run(self):
+        for j in range(self.nb):
+            self.each(lambda m, j=j: T.buffer_store(self.z, M.f32(0.0), [j, m]))
+        with T.serial(0, self.L) as r:
+            self.step(self.L - 1 - r)
+
+    def step(self, t):
+        bufs, g, acc = self.bufs, self.z, self.acc  # g: G_{t+1}, then G_t
+        A, Wo, gz, z = bufs["A"], bufs["Wo"], bufs["gz"], bufs["z"]
+        for j in range(self.nb):
+            self.each(lambda m, j=j: T.buffer_store(acc, M.f32(0.0), [j, m]))
+        with T.serial(0, self.sig.M, unroll=True) as k:
+            for j in range(self.nb):
+                self.each(lambda m, j=j: T.buffer_store(acc, acc[j, m] + Wo[k, m] * g[j, k],
+                                                        [j, m]))
+        for j, bi in enumerate(self.rows):
+            def finish(m, j=j, bi=bi):
+                masked = tir.Select(z[bi, t, m] > M.f32(0.0), acc[j, m], M.f32(0.0))
+                T.buffer_store(acc, gz[bi, t, m] + A[m] * g[j, m] + masked, [j, m])
+                T.buffer_store(g, acc[j, m], [j, m])  # (not the expression: it reads g)
+                T.buffer_store(bufs["G"], acc[j, m], [bi, t, m])
+            self.each(finish)
+
+
+BACKWARD_NAME = "plrnn_backward"
+
+
+def build_plrnn_backward(sig: PlrnnSignature, cfg: PlrnnConfig):
+    """The PrimFunc `plrnn_backward`(gz, z, A, Wo, G): the adjoints G (b, L, M) of the latent
+    trajectory (parameter gradients are reductions of G: the wrapper's matmuls)."""
+    b, L = tir.Var("b", IDX), tir.Var("L", IDX)
+    Mn, TB = sig.M, cfg.traj_block
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name(BACKWARD_NAME)
+            T.func_attr({"tirx.noalias": True, "global_symbol": BACKWARD_NAME})
+            shapes = {"gz": (b, L, Mn), "z": (b, L, Mn), "A": (Mn,), "Wo": (Mn, Mn),
+                      "G": (b, L, Mn)}
+            bufs = {nm: T.arg(nm, T.buffer(shp, F32, align=4)) for nm, shp in shapes.items()}
+            tasks = (b + (TB - 1)) // TB
+            with T.parallel(0, tasks) as k:
+                rows = [M.bind(tir.Min(k * TB + j, b - 1)) for j in range(TB)]
+                _BackwardTask(sig, cfg, bufs, L, rows).run()
+    return ib.get()
+
+
 def build_plrnn(sig: PlrnnSignature, cfg: PlrnnConfig):
     """The PrimFunc `plrnn` for one signature and schedule."""
     b, L = tir.Var("b", IDX), tir.Var("L", IDX)
