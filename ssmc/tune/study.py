@@ -13,9 +13,12 @@ owns a RUNNING trial is a pid on this host; a dead pid means a dead trial).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -232,6 +235,45 @@ def fail_dead_local_trials(study) -> int:
     return n
 
 
+# ---- Ctrl-C --------------------------------------------------------------------------------
+
+class CtrlC:
+    """Ctrl-C that never lands inside a storage write.  A KeyboardInterrupt raised while the
+    main thread is mid-transaction leaves the database locked (SQLite) or the session dirty,
+    and the heartbeat thread then waits on it.  So: during a trial's kernel work a Ctrl-C
+    interrupts at once (Optuna records the trial failed); anywhere else it only asks the loop
+    to stop after the current step.  A second Ctrl-C always interrupts."""
+
+    def __init__(self):
+        self.requested = False
+        self.interruptible = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame):
+        if self.interruptible or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def work(self):
+        if self.requested:  # asked to stop while this trial was being set up
+            raise KeyboardInterrupt
+        self.interruptible = True
+        try:
+            yield
+        finally:
+            self.interruptible = False
+
+
 # ---- the objective -------------------------------------------------------------------------
 
 @dataclass
@@ -246,6 +288,7 @@ class Objective:
     device: str = "cpu"
     repeats: int = 15
     statistic: str = "median"  # of the repeats: median | iq_mean | min (see measure.Timing)
+    ctrl_c: object = None  # CtrlC while run_trials runs
     _inputs: dict | None = field(default=None, repr=False)
     _reference: object = field(default=None, repr=False)
 
@@ -259,32 +302,35 @@ class Objective:
         trial.set_user_attr("algorithm", alg)
         trial.set_user_attr("config", config)
         trial.set_user_attr("source", self.mode)
+        notes: dict = {}
         try:
-            return self.evaluate(alg, config, trial)
+            with self.ctrl_c.work() if self.ctrl_c is not None else contextlib.nullcontext():
+                return self.evaluate(alg, config, notes)
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
+            notes["interrupted"] = True
             raise
+        finally:  # storage writes happen here, outside the window a Ctrl-C may land in
+            for key, value in notes.items():
+                trial.set_user_attr(key, value)
 
-    def evaluate(self, alg: str, config: dict, trial=None) -> float:
-        """Microseconds of (alg, config); raises TrialPruned when infeasible."""
+    def evaluate(self, alg: str, config: dict, notes: dict | None = None) -> float:
+        """Microseconds of (alg, config); raises TrialPruned when infeasible.  `notes` gets
+        what the compiler and the timer said (AOT resources, timing statistics)."""
+        notes = notes if notes is not None else {}
         prune.before_compile(alg, config, self.target, self.workload)
         plan = kernels = None
         if self.target.is_gpu:
             plan, kernels = self.aot(alg, config)
+            notes["aot"] = [{"kernel": k.kernel, "regs": k.n_regs, "spills": k.n_spills,
+                             "shared": k.shared} for k in kernels]
             prune.after_compile(kernels)
-            if trial is not None:
-                trial.set_user_attr("aot", [{"kernel": k.kernel, "regs": k.n_regs,
-                                             "spills": k.n_spills, "shared": k.shared}
-                                            for k in kernels])
         if self.mode == "model":
             from ssmc.tune.model import estimate_us
 
             return estimate_us(self.workload, alg, config, self.target, plan, kernels)
         timing = self.measure(alg, config)
-        if trial is not None:
-            trial.set_user_attr("timing_us", {"median": timing.median * 1e6,
-                                              "iq_mean": timing.iq_mean * 1e6,
-                                              "min": timing.best * 1e6, "n": len(timing.samples)})
+        notes["timing_us"] = {"median": timing.median * 1e6, "iq_mean": timing.iq_mean * 1e6,
+                              "min": timing.best * 1e6, "n": len(timing.samples)}
         return timing.statistic(self.statistic) * 1e6
 
     def aot(self, alg: str, config: dict):
@@ -361,21 +407,31 @@ def run_trials(study, objective, *, n_trials: int, deadline: float | None, progr
 
     bar = tqdm(total=n_trials, initial=min(finished_count(study), n_trials), unit="trial",
                desc=label, disable=not progress, dynamic_ncols=True, leave=True)
+    ctrl_c = CtrlC()
+    objective.ctrl_c = ctrl_c
     try:
-        while finished_count(study) < n_trials:
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            if journal:
-                fail_dead_local_trials(study)
-            # one trial per call: between trials this loop recounts the whole study (other
-            # workers' trials too), checks the deadline and reaps dead local workers.  A Ctrl-C
-            # inside the trial leaves it FAIL (Optuna's own handling), never RUNNING.
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            done = finished_count(study)
-            pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
-            bar.set_postfix_str(f"best {_best_text(study)}, pruned {pruned}", refresh=False)
-            bar.update(min(done, n_trials) - bar.n)
+        with ctrl_c:
+            _trial_loop(study, objective, ctrl_c, bar, n_trials, deadline, journal)
     except KeyboardInterrupt:
         raise Interrupted() from None
     finally:
+        objective.ctrl_c = None
         bar.close()
+
+
+def _trial_loop(study, objective, ctrl_c, bar, n_trials, deadline, journal) -> None:
+    while finished_count(study) < n_trials:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        if journal:
+            fail_dead_local_trials(study)
+        # one trial per call: between trials this loop recounts the whole study (other
+        # workers' trials too), checks the deadline and reaps dead local workers.  A Ctrl-C
+        # inside the trial leaves it FAIL (Optuna's own handling), never RUNNING.
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        if ctrl_c.requested:
+            raise KeyboardInterrupt
+        done = finished_count(study)
+        pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        bar.set_postfix_str(f"best {_best_text(study)}, pruned {pruned}", refresh=False)
+        bar.update(min(done, n_trials) - bar.n)
