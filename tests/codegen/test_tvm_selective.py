@@ -214,7 +214,9 @@ def test_bad_layout_and_complex_bc_with_real_a():
     ScanSignature(d=100, N=16, has_D=True, has_z=True, has_delta_bias=True,
                   delta_softplus=True, has_initial_state=True, return_last_state=True),
     ScanSignature(d=64, N=8, b_groups=2, c_groups=2, complex_a=True, complex_b=True),
-], ids=["real_all_flags", "complex_grouped"])
+    ScanSignature(d=128, N=16, heads=8, b_groups=2, c_groups=2, delta_softplus=True,
+                  has_seq_idx=True, dt_min=0.001),
+], ids=["real_all_flags", "complex_grouped", "ssd_heads"])
 def test_cuda_source_from_the_same_builder(sig):
     src = selective_scan_cuda_source(sig, arch="sm_90")
     assert '__global__' in src and "selective_scan" in src
