@@ -4,6 +4,9 @@
 # .txt (the printed table).  Steps run one after another: two timings side by side on a
 # 2-core machine would measure each other.  Usage: benchmarks/results.sh [STEP...]
 # (steps: scan scan1t scanbwd ssd mamba mamba1t mambabwd mambaall zoo; default all).
+# --torch-threads 1 where it is given: on a loaded 2-core machine torch's two OpenMP threads
+# spin-wait against other processes and the eager baselines get 5-20x slower (measured:
+# the eager loop at L 1024 took 21.7 s with 2 threads, 0.94 s with 1), which would flatter ssmc.
 set -u
 cd "$(dirname "$0")/.."
 SSMC=${SSMC:-.venv/bin/ssmc}
@@ -21,24 +24,24 @@ step_scan()    { bench cpu_selective_scan selective_scan --target cpu --seqlens 
 step_scan1t()  { bench cpu_selective_scan_1thread selective_scan --target cpu --seqlens 1024 \
                    --baselines eager,compile,assoc --torch-threads 1 --compile-timeout 600; }
 step_scanbwd() { bench cpu_selective_scan_backward selective_scan --target cpu --seqlens 1024 \
-                   --baselines eager,compile --backward --compile-timeout 600; }
+                   --baselines eager,compile --backward --compile-timeout 600 --torch-threads 1; }
 step_ssd()     { bench cpu_ssd ssd --target cpu --seqlens 256,1024,4096 --baselines eager,compile,assoc \
-                   --compile-timeout 600 --plot "$OUT/cpu_ssd.png"; }
+                   --compile-timeout 600 --torch-threads 1 --plot "$OUT/cpu_ssd.png"; }
 step_mamba()   { bench cpu_mamba_L2048 ir/mamba.yaml --target cpu --seqlens 2048 \
                    --baselines eager,compile --compile-timeout 300; }
 step_mamba1t() { bench cpu_mamba_L2048_1thread ir/mamba.yaml --target cpu --seqlens 2048 \
                    --baselines eager --torch-threads 1; }
 step_mambabwd() { bench cpu_mamba_L2048_backward ir/mamba.yaml --target cpu --seqlens 2048 \
-                   --baselines eager --backward; }
-step_mambaall() { bench cpu_mamba ir/mamba.yaml --target cpu --baselines eager,compile \
-                   --compile-timeout 300 --plot "$OUT/cpu_mamba.png"; }
+                   --baselines eager --backward --torch-threads 1; }
+# issue 8's acceptance command as it stands (torch's default threads, every default):
+step_mambaall() { bench cpu_mamba ir/mamba.yaml --target cpu --plot "$OUT/cpu_mamba.png"; }
 step_zoo() {
   for spec in ir/*.yaml; do
     local name; name=$(basename "$spec" .yaml)
     local extra=()
     [ "$name" = chimera ] && extra=(--dim variates=8)
     bench "cpu_zoo_$name" "$spec" --target cpu --seqlens 256,1024 --baselines eager,compile \
-      --compile-timeout 120 "${extra[@]}"
+      --compile-timeout 120 --torch-threads 1 "${extra[@]}"
   done
 }
 
