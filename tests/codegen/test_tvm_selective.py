@@ -137,6 +137,28 @@ def test_schedule_knobs_keep_the_meaning(tol, cache):
     check(args, kw, tol, config=cfg, cache=cache)
 
 
+def test_fused_conv_prologue(tol, cache):
+    """u = silu(causal_conv1d(x)) computed inside the scan kernel (channels-last input)."""
+    from ssmc.codegen.tvm.guard_page import after_guard_page
+    from ssmc.semantics.glue import causal_conv1d
+
+    g = torch.Generator().manual_seed(5)
+    b, d, N, k = 2, 100, 16, 4
+    w, cb = 0.5 * torch.randn(d, 1, k, generator=g), torch.randn(d, generator=g)
+    for L in (2, 77):  # shorter than the conv window, and longer
+        args, kw = make_inputs(b=b, d=d, L=L, N=N, h0=False)
+        u_bdl, delta, A, B, C = args
+        x = u_bdl.transpose(1, 2).contiguous()  # the conv's input, (b, L, d)
+        u = causal_conv1d(x, w, cb, "silu").transpose(1, 2)
+        y_ref = selective_scan_ref(u, delta, A, B, C, **kw, delta_softplus=True)
+        bld = dict(kw, z=kw["z"].transpose(1, 2))
+        with after_guard_page(x) as xg:  # no read before the sequence start
+            y = selective_scan(xg, delta.transpose(1, 2), A, B.transpose(1, 2),
+                               C.transpose(1, 2), **bld, delta_softplus=True, layout="bld",
+                               conv_weight=w, conv_bias=cb, cache=cache)
+        torch.testing.assert_close(y.transpose(1, 2), y_ref, **tol[torch.float32])
+
+
 def test_strided_and_unaligned_inputs(tol, cache):
     args, kw = make_inputs(d=100, N=16, L=100)
     u, delta, A, B, C = args
@@ -191,6 +213,8 @@ def _bad(**changes):
     ("initial_state", torch.randn(2, 16, 7), "(b, d, N)=(2, 16, 8)"),
     ("u", torch.randint(0, 3, (2, 16, 10)), "dtype"),
     ("delta", torch.randn(2, 16, 10, device="meta"), "CPU tensor"),
+    ("conv_weight", torch.randn(16, 2, 4), "(d, 1, k) or (d, k) with d=16"),
+    ("conv_bias", torch.randn(16), "together with conv_weight"),
 ])
 def test_bad_arguments_name_the_argument(arg, value, expect):
     call = _bad(**{arg: value})

@@ -18,6 +18,7 @@ import os
 import torch
 
 from ssmc.codegen.tvm import causal_conv_tir as convb
+from ssmc.codegen.tvm import rmsnorm_tir as normb
 from ssmc.codegen.tvm import selective_step_tir as stepb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
 from ssmc.codegen.tvm.config import default_config, legalize
@@ -32,16 +33,47 @@ def _config(step: bool):
     return cfg.replace(threads=1) if step else cfg
 
 
-def _get(family: str, func_name: str, sig, build):
+def _get(family: str, func_name: str, sig, build, config=True):
     key = (family, sig, DEFAULT_CACHE.root, os.environ.get(CACHE_ENV))
     kernel = _kernels.get(key)
     if kernel is None:
         step = getattr(sig, "step", False)
         cfg = _config(step)
         kernel = DEFAULT_CACHE.get(family, func_name, dict(sig.__dict__), "float32", host_target(),
-                                   cfg.as_dict(), lambda: build(sig, cfg))
+                                   cfg.as_dict() if config else {},
+                                   (lambda: build(sig, cfg)) if config else (lambda: build(sig)))
         _kernels[key] = kernel
     return kernel
+
+
+def norm_kernel(sig: normb.NormSignature):
+    return _get("rmsnorm", normb.FUNC_NAME, sig, normb.build, config=False)
+
+
+_norms: dict = {}  # (D, eps, groups, gated, parallel) -> kernel
+
+
+def rmsnorm(x, weight, eps: float, z=None, groups: int = 1):
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis (in `groups` slices each
+    normalised alone); with z, x * silu(z) is normalised (Mamba-2's gated norm).  fp32; x and
+    z may be strided views whose last axis is contiguous.  Returns a new fp32 tensor."""
+    D = x.shape[-1]
+    rows = x.numel() // D if D else 0
+    par = rows > 1
+    key = (D, float(eps), groups, z is not None, par)
+    kernel = _norms.get(key)
+    if kernel is None:
+        kernel = norm_kernel(normb.NormSignature(D=D, eps=float(eps), groups=groups,
+                                                 gated=z is not None, parallel=par,
+                                                 vector_width=_config(False).vector_width))
+        _norms[key] = kernel
+    out = torch.empty(x.shape, dtype=torch.float32)
+    if rows == 0:
+        return out
+    x2 = _f32_view("x", x, x.dim()).reshape(rows, D)
+    args = [x2] + ([_f32_view("z", z, z.dim()).reshape(rows, D)] if z is not None else [])
+    kernel(*args, _opt(weight), out.view(rows, D))
+    return out
 
 
 def conv_kernel(sig: convb.ConvSignature):

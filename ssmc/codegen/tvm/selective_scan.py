@@ -110,7 +110,8 @@ def get_kernel(sig: tirb.ScanSignature, config: Config, target=None,
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None, layout="bdl", config=None,
-                   conj_pair=True, cache: KernelCache | None = None):
+                   conj_pair=True, conv_weight=None, conv_bias=None,
+                   cache: KernelCache | None = None):
     """Mamba-1 selective scan (the meaning of ssmc.semantics.selective.selective_scan_ref).
 
     layout='bdl': u, delta, z (b, d, L); B, C (d, N), (b, N, L) or (b, g, N, L); y (b, d, L).
@@ -119,6 +120,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     D, delta_bias (d,); initial_state (b, d, N) (complex64 for complex A).
     Returns y in u's dtype, and with return_last_state also the final state (b, d, N) in
     fp32 / complex64.  config: a Config (schedule knobs); None takes the target's default.
+
+    conv_weight (d, 1, k) or (d, k), conv_bias (d,): fused Mamba prologue, the scan's input is
+    silu(causal_conv1d(u)) computed inside the kernel (the kernel reads 'bld'; with
+    layout='bdl' the inputs are transposed first).
     """
     if layout not in ("bdl", "bld"):
         raise ValueError(f"selective_scan: layout must be 'bdl' or 'bld'; got {layout!r}")
@@ -152,6 +157,16 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         _check_tensor("z", z, [seq_shape], seq_text)
     if delta_bias is not None:
         _check_tensor("delta_bias", delta_bias, [(d,)], f"(d,)=({d},)")
+    conv_k = 0
+    if conv_weight is not None:
+        conv_k = conv_weight.shape[-1] if isinstance(conv_weight, torch.Tensor) and \
+            conv_weight.dim() in (2, 3) else 0
+        _check_tensor("conv_weight", conv_weight, [(d, 1, conv_k), (d, conv_k)] if conv_k
+                      else [], f"(d, 1, k) or (d, k) with d={d}")
+    if conv_bias is not None:
+        if conv_weight is None:
+            raise _fail("conv_bias", "given together with conv_weight", "conv_weight=None")
+        _check_tensor("conv_bias", conv_bias, [(d,)], f"(d,)=({d},)")
     state_dtype = torch.complex64 if cplx else torch.float32
     if initial_state is not None:
         _check_tensor("initial_state", initial_state, [(b, d, N)], f"(b, d, N)=({b}, {d}, {N})",
@@ -162,10 +177,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         complex_b=cplx and B.is_complex(), complex_c=cplx and C.is_complex(),
         has_D=D is not None, has_z=z is not None, has_delta_bias=delta_bias is not None,
         delta_softplus=bool(delta_softplus), has_initial_state=initial_state is not None,
-        return_last_state=bool(return_last_state), conj_pair=bool(conj_pair) if cplx else True)
+        return_last_state=bool(return_last_state), conj_pair=bool(conj_pair) if cplx else True,
+        conv_width=conv_k, has_conv_bias=conv_bias is not None)
     # Default: the kernel reads the caller's layout.  Transposing in torch instead costs more
     # than the scan (measured: 2 MB (b, d, L) -> (b, L, d) copies ~2 ms each on 2 cores).
     config = _default_config(layout) if config is None else legalize(config, "llvm")
+    if conv_k and config.layout != "bld":  # the fused conv reads rows of (b, L, d)
+        config = config.replace(layout="bld")
     kl = config.layout
 
     if b == 0 or L == 0:  # nothing to scan; TVM would reject zero-sized buffers' strides
@@ -197,6 +215,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         args["z"] = _seq_for_kernel(z, layout, kl)
     if delta_bias is not None:
         args["delta_bias"] = _f32(delta_bias)
+    if conv_k:
+        args["conv_w"] = _f32(conv_weight.reshape(d, conv_k).t())
+        if conv_bias is not None:
+            args["conv_b"] = _f32(conv_bias)
     if initial_state is not None:
         h0 = initial_state.to(state_dtype).contiguous()
         args["h0"] = torch.view_as_real(h0) if cplx else h0

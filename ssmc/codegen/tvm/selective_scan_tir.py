@@ -69,6 +69,10 @@ class ScanSignature:
     has_seq_idx: bool = False  # reset the state where seq_idx[b, t] != seq_idx[b, t - 1]
     dt_min: float = 0.0        # dt clamp (ssd's dt_limit), applied when min > 0 or max < inf
     dt_max: float = math.inf
+    # Fused prologue: u = silu(causal depthwise conv1d of the input, width conv_width) computed
+    # in the kernel from the conv's input rows (layout 'bld'), so u never goes to memory.
+    conv_width: int = 0
+    has_conv_bias: bool = False
 
     def __post_init__(self):
         for g in (self.b_groups, self.c_groups):
@@ -114,6 +118,10 @@ def arg_names(sig: ScanSignature) -> list[str]:
         names.append("delta_bias")
     if sig.has_seq_idx:
         names.append("seq_idx")
+    if sig.conv_width:
+        names.append("conv_w")
+        if sig.has_conv_bias:
+            names.append("conv_b")
     if sig.has_initial_state:
         names.append("h0")
     names.append("out")
@@ -208,6 +216,9 @@ class _ScanAlgorithm:
         self.deg = config.exp_degree
         # complex A with conjugate pairs: y = 2 Re<C, h> + D u
         self._doubled = sig.complex_a and sig.conj_pair
+        # u is needed again at the step's end (D u after doubling) and cannot be reloaded when
+        # it is the conv's output: keep it in a local buffer then
+        self._keep_u = sig.conv_width > 0 or (self._doubled and sig.has_D)
 
     # --- global tensor access ----------------------------------------------------------
     def seq(self, name, bi, l, c):
@@ -244,7 +255,8 @@ class _ScanAlgorithm:
         st = {"re": lanes.alloc(shape)}
         if self.sig.complex_a:
             st["im"] = lanes.alloc(shape)
-        for name in ("dt", "du", "y") + (("a",) if self.sig.heads else ()):
+        extra = (("a",) if self.sig.heads else ()) + (("u",) if self._keep_u else ())
+        for name in ("dt", "du", "y") + extra:
             st[name] = lanes.alloc((lanes.count,))
         return st
 
@@ -303,7 +315,10 @@ class _ScanAlgorithm:
                 if sig.has_seq_idx:
                     a = tir.Select(self._same_sequence(bi, l), a, M.f32(0.0))
                 T.buffer_store(st["a"], a, [i])
-            u = M.bind(load("u", i))
+            u = M.bind(self._conv_silu(bi, l, c, load("u", i)) if sig.conv_width
+                       else load("u", i))
+            if self._keep_u:
+                T.buffer_store(st["u"], u, [i])
             T.buffer_store(st["dt"], dt, [i])
             T.buffer_store(st["du"], dt * u, [i])
             # D u starts the output sum, except where <C, h> is doubled afterwards
@@ -311,6 +326,23 @@ class _ScanAlgorithm:
             T.buffer_store(st["y"], u * self.bufs["D"][c] if skip else M.f32(0.0), [i])
 
         lanes.each(body)
+
+    def _conv_silu(self, bi, l, c, x_now):
+        """silu(conv_b + sum_j conv_w[j] x[l - (k - 1) + j]) for one channel; rows before the
+        sequence start are zero (read row 0, dropped by a select; the load is bound outside
+        the select so that the simplifier cannot remove the clamp, see conv1d_tir)."""
+        k, w = self.sig.conv_width, self.bufs["conv_w"]
+        zero = tir.IntImm(str(l.ty), 0)
+        acc = self.bufs["conv_b"][c] if self.sig.has_conv_bias else M.f32(0.0)
+        for tap in range(k):
+            back = k - 1 - tap
+            if back == 0:
+                acc = acc + w[tap, c] * x_now
+                continue
+            src = l - tir.IntImm(str(l.ty), back)
+            xv = M.bind(self.seq("u", bi, tir.Max(src, zero), c))
+            acc = acc + tir.Select(src >= zero, w[tap, c] * xv, M.f32(0.0))
+        return M.silu(M.bind(acc), self.deg)
 
     def _same_sequence(self, bi, l):
         """seq_idx[b, l] == seq_idx[b, l - 1] (true at l = 0: the initial state is kept).  The
@@ -370,7 +402,7 @@ class _ScanAlgorithm:
             if self._doubled:
                 y = y * M.f32(2.0)
                 if sig.has_D:
-                    y = y + load("u", i) * self.bufs["D"][chan(i)]
+                    y = y + st["u"][i] * self.bufs["D"][chan(i)]
             if sig.has_z:
                 y = y * M.silu(load("z", i), self.deg)
             store(i, y)
@@ -482,6 +514,7 @@ def _declare_args(sig: ScanSignature, layout: str, b, L) -> dict:
               "B_im": bc_shape(sig.b_groups), "C": bc_shape(sig.c_groups),
               "C_re": bc_shape(sig.c_groups), "C_im": bc_shape(sig.c_groups),
               "D": (d,), "z": seq, "delta_bias": (h,) if h else (d,), "h0": state,
+              "conv_w": (sig.conv_width, d), "conv_b": (d,),
               "out": seq, "h_last": state}
     dtypes = {"seq_idx": "int32"}
     return {nm: T.arg(nm, T.buffer(shapes[nm], dtypes.get(nm, F32), align=4))
@@ -492,6 +525,8 @@ def build_selective_scan(sig: ScanSignature, config: Config, target_kind: str = 
     """The PrimFunc `selective_scan` for one signature and schedule."""
     if sig.heads and config.layout != "bld":
         raise ValueError("SSD mode reads (b, L, h, p) inputs: Config.layout must be 'bld'")
+    if sig.conv_width and config.layout != "bld":
+        raise ValueError("the fused conv prologue reads rows of (b, L, d): layout 'bld' only")
     b = tir.Var("b", IDX)
     L = tir.Var("L", IDX)
     G = sig.partition_groups
