@@ -44,13 +44,13 @@ def accelerate(model, target="auto", **kw):
     conv1d + SiLU, and generate()'s one-token decode steps.  Weights are shared, not copied.
     target: 'auto' (TVM on the CPU, Triton on a GPU), 'tvm', 'triton' or 'reference'.  Returns
     the model; `ssmc.restore(model)` undoes it."""
-    from ssmc.hf.accelerate import accelerate as _accelerate
+    from ssmc.hf.accelerated import accelerate as _accelerate
 
     return _accelerate(model, target=target, **kw)
 
 
 def restore(model):
     """Undo `ssmc.accelerate(model)`; returns the model."""
-    from ssmc.hf.accelerate import restore as _restore
+    from ssmc.hf.accelerated import restore as _restore
 
     return _restore(model)

@@ -11,7 +11,7 @@ transformers is an optional dependency (`pip install ssmc[hf]`); nothing here im
 function needs it.
 """
 
-from ssmc.hf.accelerate import accelerate, accelerated_mixers, call_counts, restore
+from ssmc.hf.accelerated import accelerate, accelerated_mixers, call_counts, restore
 from ssmc.hf.convert import (
     from_ssmc_state_dict,
     load_config,

@@ -33,6 +33,9 @@ from ssmc.hf.kernels import BACKENDS, mixer_shapes
 
 TARGETS = ("auto", "tvm", "triton", "reference")
 MIXER_CLASSES = {"MambaMixer": "mamba1", "Mamba2Mixer": "mamba2"}
+# the norms around the mixers (block norms, the final norm, Mamba-2's gated norm): glue that the
+# TVM backend also runs on a kernel
+NORM_CLASSES = {"MambaRMSNorm": "rmsnorm", "Mamba2RMSNorm": "rmsnorm", "MambaRMSNormGated": "gated"}
 _ATTR = "_ssmc_accel"
 
 
@@ -45,6 +48,18 @@ class _State:
         self.a_key = None
         self.A = self.Ak = None
         self.calls = {"fast": 0, "fallback": 0}
+        self.raw = None  # the decode step's compiled kernels, resolved at the first step
+        self._fp32_key, self._fp32 = None, False
+
+    def params_fp32(self, mixer, block) -> bool:
+        """Every parameter of the block is fp32 (what the raw decode kernels take); checked
+        again whenever in_proj's weight changes storage or dtype (model.to(...))."""
+        w = mixer._modules["in_proj"]._parameters["weight"]
+        key = (w.dtype, w.data_ptr())
+        if key != self._fp32_key:
+            self._fp32 = all(p.dtype is torch.float32 for p in block.parameters())
+            self._fp32_key = key
+        return self._fp32
 
     def a(self, A_log: torch.Tensor):
         """(A, kernels' A) for the current weights (recomputed when A_log changes)."""
@@ -55,12 +70,15 @@ class _State:
         return self.A, self.Ak
 
 
-def _mixer_kind(module) -> str | None:
+def _kind(module, classes=MIXER_CLASSES) -> str | None:
     for cls in type(module).__mro__:
-        kind = MIXER_CLASSES.get(cls.__name__)
+        kind = classes.get(cls.__name__)
         if kind is not None and cls.__module__.startswith("transformers."):
             return kind
     return None
+
+
+_mixer_kind = _kind
 
 
 def _resolve_target(target: str, device: torch.device) -> str:
@@ -106,11 +124,43 @@ def accelerate(model, target: str = "auto", *, warmup: bool = True):
         state = _State(kind, backends[tgt], tgt)
         if warmup:
             backends[tgt].prepare(mixer)
-        fwd = _mamba1_forward if kind == "mamba1" else _mamba2_forward
-        mixer.__dict__.pop("forward", None)
-        object.__setattr__(mixer, _ATTR, state)
-        object.__setattr__(mixer, "forward", types.MethodType(fwd, mixer))
+        _patch(mixer, state, _mamba1_forward if kind == "mamba1" else _mamba2_forward)
+    for name, mixer, kind, tgt in plan:  # the block around each mixer: decode glue (TVM)
+        block = _parent_block(model, name)
+        if block is not None and tgt == "tvm":
+            _patch(block, mixer.__dict__[_ATTR], _block_forward)
+        elif block is not None and _ATTR in block.__dict__:
+            del block.__dict__[_ATTR]
+            block.__dict__.pop("forward", None)
+    norm_target = {t for *_, t in plan}
+    for name, m in model.named_modules():
+        kind = _kind(m, NORM_CLASSES)
+        if kind is None:
+            continue
+        if norm_target == {"tvm"} and m.weight.device.type == "cpu":
+            _patch(m, _State(kind, backends["tvm"], "tvm"), _norm_forward)
+        elif _ATTR in m.__dict__:  # re-targeted away from tvm: transformers' norm again
+            del m.__dict__[_ATTR]
+            m.__dict__.pop("forward", None)
     return model
+
+
+def _parent_block(model, mixer_name: str):
+    """The module holding `mixer_name` as its `.mixer` (transformers' MambaBlock /
+    Mamba2Block), if it is one of those."""
+    if not mixer_name.endswith("mixer"):
+        return None
+    parent = model.get_submodule(mixer_name.rpartition(".")[0]) if "." in mixer_name else model
+    if type(parent).__name__ in ("MambaBlock", "Mamba2Block") and \
+            type(parent).__module__.startswith("transformers."):
+        return parent
+    return None
+
+
+def _patch(module, state, fwd) -> None:
+    module.__dict__.pop("forward", None)
+    object.__setattr__(module, _ATTR, state)
+    object.__setattr__(module, "forward", types.MethodType(fwd, module))
 
 
 def restore(model):
@@ -124,11 +174,13 @@ def restore(model):
 
 def accelerated_mixers(model) -> dict:
     """{module name: target} of the mixers `accelerate` replaced."""
-    return {name: m.__dict__[_ATTR].target for name, m in model.named_modules() if _ATTR in m.__dict__}
+    return {name: m.__dict__[_ATTR].target for name, m in model.named_modules()
+            if _ATTR in m.__dict__ and _kind(m) is not None}
 
 
 def call_counts(model) -> dict:
-    """{module name: {'fast': n, 'fallback': n}}: how often each mixer took ssmc's path."""
+    """{module name: {'fast': n, 'fallback': n}}: how often each replaced module (mixers, and
+    on the TVM backend the norms) took ssmc's path."""
     return {name: dict(m.__dict__[_ATTR].calls) for name, m in model.named_modules()
             if _ATTR in m.__dict__}
 
@@ -173,6 +225,130 @@ def _prev_conv(conv_state, k):
     return s if s.shape[-1] == k else F.pad(s, (k - s.shape[-1], 0))
 
 
+# ----------------------------------------------------------------------------- norms
+def _norm_forward(self, hidden_states, gate=None):
+    """transformers' (gated) RMSNorm on ssmc's rmsnorm kernel (fp32 CPU tensors)."""
+    st = self.__dict__[_ATTR]
+    if (hidden_states.dtype is not torch.float32 or self.weight.dtype is not torch.float32
+            or (gate is not None and gate.dtype is not torch.float32)
+            or (torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad))):
+        st.calls["fallback"] += 1
+        return type(self).forward(self, hidden_states) if st.kind == "rmsnorm" else \
+            type(self).forward(self, hidden_states, gate)
+    st.calls["fast"] += 1
+    groups = 1 if st.kind == "rmsnorm" else hidden_states.shape[-1] // self.group_size
+    return st.kernels.dk.rmsnorm(hidden_states, self.weight, self.variance_epsilon, gate, groups)
+
+
+# ----------------------------------------------------------------------------- decode
+def _block_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+    """transformers' MambaBlock / Mamba2Block (residual + mixer(norm(h))); a decode step (one
+    token, cache filled, fp32) runs as one straight sequence of kernels and 2-D matmuls, without
+    the module calls in between (each costs microseconds, which is what a decode step of a small
+    model is made of)."""
+    mixer = self._modules["mixer"]
+    st = mixer.__dict__.get(_ATTR)
+    fast = (st is not None and st.target == "tvm" and cache_params is not None
+            and hidden_states.shape[1] == 1 and hidden_states.dtype is torch.float32
+            and st.params_fp32(mixer, self) and not _needs_fallback(mixer, hidden_states, {}))
+    if fast:
+        conv_state, rec_state, recording = _caches(mixer, cache_params)
+        fast = (conv_state is not None and rec_state is not None and not recording
+                and conv_state.dtype is torch.float32 and rec_state.dtype is torch.float32
+                and conv_state.is_contiguous() and rec_state.is_contiguous())
+    if not fast:
+        return type(self).forward(self, hidden_states, cache_params=cache_params,
+                                  attention_mask=attention_mask, **kwargs)
+    st.calls["fast"] += 1
+    b, _, Dm = hidden_states.shape
+    norm = self._modules["norm"]
+    if st.raw is None:
+        st.raw = _raw_kernels(self, mixer, st)
+    hn = torch.empty(b, Dm)
+    st.raw["norm"](hidden_states.view(b, Dm), norm._parameters["weight"], hn)
+    step = _m1_decode if st.kind == "mamba1" else _m2_decode
+    out = step(mixer, st, hn, conv_state, rec_state)
+    return hidden_states + out.view(b, 1, Dm)
+
+
+def _raw_kernels(block, mixer, st) -> dict:
+    """The compiled TVM kernels of this layer's decode step, called directly on the hot path
+    (the checks of the torch wrappers were done once here and by _block_forward's conditions:
+    fp32, contiguous states; the parameters' dtypes are checked below)."""
+    from ssmc.codegen.tvm import causal_conv_tir as convb
+    from ssmc.codegen.tvm import rmsnorm_tir as normb
+    from ssmc.codegen.tvm import selective_step_tir as stepb
+
+    dk = st.kernels.dk
+    info = mixer_shapes(mixer)
+    norm = block._modules["norm"]
+    vw = dk._config(False).vector_width
+    raw = {"norm": dk.norm_kernel(normb.NormSignature(D=norm.weight.shape[0],
+                                                      eps=float(norm.variance_epsilon),
+                                                      parallel=False, vector_width=vw))}
+    conv = mixer._modules["conv1d"]
+    raw["conv"] = dk.conv_kernel(convb.ConvSignature(c=info["conv_dim"], k=info["d_conv"],
+                                                     has_bias=conv.bias is not None, step=True))
+    if st.kind == "mamba1":
+        raw["step"] = dk.step_kernel(stepb.StepSignature(d=info["d_inner"], N=info["d_state"]))
+    else:
+        mnorm = mixer._modules["norm"]
+        raw["step"] = dk.step_kernel(stepb.StepSignature(
+            d=info["d_inner"], N=info["d_state"], groups=info["n_groups"],
+            head_dim=info["head_dim"], has_z=False))
+        raw["gnorm"] = dk.norm_kernel(normb.NormSignature(
+            D=info["d_inner"], eps=float(mnorm.variance_epsilon),
+            groups=info["d_inner"] // mnorm.group_size, gated=True, parallel=False, vector_width=vw))
+    return raw
+
+
+def _linear(x, lin):
+    return F.linear(x, lin._parameters["weight"], lin._parameters["bias"])
+
+
+def _args(*ts):
+    return [t for t in ts if t is not None]
+
+
+def _m1_decode(mixer, st, h, conv_state, rec_state):
+    """One Mamba-1 token on the TVM kernels: h (b, d_model) normalised -> (b, d_model)."""
+    mods, P, raw = mixer._modules, mixer._parameters, st.raw
+    d, N, R = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
+    b = h.shape[0]
+    _, Ak = st.a(P["A_log"])
+    conv = mods["conv1d"]._parameters
+    dtp = mods["dt_proj"]._parameters
+    xz = _linear(h, mods["in_proj"])                                   # (b, 2d)
+    xc = torch.empty(b, d)
+    raw["conv"](*_args(xz[:, :d], conv["weight"], conv["bias"], conv_state, xc))
+    x_dbl = _linear(xc, mods["x_proj"])                                # (b, R + 2N)
+    dt = F.linear(x_dbl[:, :R], dtp["weight"])
+    y = torch.empty(b, d)
+    raw["step"](*_args(xc, dt, Ak, x_dbl[:, None, R:R + N], x_dbl[:, None, R + N:], P["D"],
+                       xz[:, d:], dtp["bias"], rec_state, y))
+    return _linear(y, mods["out_proj"])
+
+
+def _m2_decode(mixer, st, h, conv_state, rec_state):
+    """One Mamba-2 token on the TVM kernels: h (b, d_model) normalised -> (b, d_model)."""
+    mods, P, raw = mixer._modules, mixer._parameters, st.raw
+    d, N = mixer.intermediate_size, mixer.ssm_state_size
+    g, cd = mixer.n_groups, mixer.conv_dim
+    b = h.shape[0]
+    _, Ak = st.a(P["A_log"])
+    conv = mods["conv1d"]._parameters
+    proj = _linear(h, mods["in_proj"])                                 # (b, d + cd + H)
+    xc = torch.empty(b, cd)
+    raw["conv"](*_args(proj[:, d:d + cd], conv["weight"], conv["bias"], conv_state, xc))
+    y = torch.empty(b, d)
+    raw["step"](*_args(xc[:, :d], proj[:, d + cd:], Ak, xc[:, d:d + g * N].view(b, g, N),
+                       xc[:, d + g * N:].view(b, g, N), P["D"], P["dt_bias"],
+                       rec_state.view(b, d, N), y))
+    yn = torch.empty(b, d)
+    raw["gnorm"](y, proj[:, :d], mods["norm"]._parameters["weight"], yn)
+    return _linear(yn, mods["out_proj"])
+
+
 # ----------------------------------------------------------------------------- Mamba-1
 def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
     st = self.__dict__[_ATTR]
@@ -188,16 +364,19 @@ def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None,
     dt_bias = self.dt_proj.bias
 
     xz = self.in_proj(_mask(hidden_states, attention_mask))           # (b, L, 2d)
-    x, z = xz[..., :d], xz[..., d:]
     if conv_state is not None and rec_state is not None and L == 1 and not recording:
-        # decode: one token, both states updated in place
-        xc = kern.conv_step(x[:, 0], conv_state, self.conv1d.weight, self.conv1d.bias)  # (b, d)
-        x_dbl = F.linear(xc.to(dtype), self.x_proj.weight, self.x_proj.bias)
+        # decode: one token, both states updated in place (few torch ops: each costs ~us)
+        xc = kern.conv_step(xz[:, 0, :d], conv_state, self.conv1d.weight, self.conv1d.bias)
+        if dtype is not torch.float32:
+            xc = xc.to(dtype)
+        x_dbl = F.linear(xc, self.x_proj.weight, self.x_proj.bias)    # (b, R + 2N)
         dt = F.linear(x_dbl[:, :R], self.dt_proj.weight)
-        y = kern.step(rec_state, xc, dt, Ak, x_dbl[:, None, R:R + N], x_dbl[:, None, R + N:], self.D,
-                      z[:, 0], dt_bias)
-        return self.out_proj(y[:, None].to(dtype))
+        y = kern.step(rec_state, xc, dt, Ak, x_dbl[:, None, R:R + N], x_dbl[:, None, R + N:],
+                      self.D, xz[:, 0, d:], dt_bias)
+        y = y.view(b, 1, d)
+        return self.out_proj(y if dtype is torch.float32 else y.to(dtype))
 
+    x, z = xz[..., :d], xz[..., d:]
     prev = _prev_conv(conv_state, k)
     xc = kern.conv(x, self.conv1d.weight, self.conv1d.bias, prev)    # (b, L, d) fp32
     if cache_params is not None:  # transformers' own bookkeeping of the conv state

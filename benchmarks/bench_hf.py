@@ -1,0 +1,224 @@
+"""transformers Mamba / Mamba-2 on the CPU: `ssmc.accelerate(model)` against the same model in
+transformers' eager path (no mamba-ssm / causal-conv1d kernels: what a CPU user gets).
+
+Run:  python benchmarks/bench_hf.py                       (the issue-9 case: a table + JSON)
+      python benchmarks/bench_hf.py --sizes 4x256,8x512 --prompt 2048 --new 64 --threads 1
+      pytest benchmarks/bench_hf.py --benchmark-only      (pytest-benchmark, a small case)
+
+For each model size (layers x hidden; state 16, vocab 1024, random weights, seed 0):
+  prefill  time to first token: generate(prompt, max_new_tokens=1), median of --repeats
+  decode   per generated token inside generate(): a logits processor stamps every step, the
+           figure is the median step time over --new greedy tokens (robust to the spikes of a
+           shared machine); the tokens of both runs must be identical
+Eager and accelerated runs alternate (eager, accel, eager, accel, ...) so that both see the same
+machine load; torch and TVM get the same number of threads (--threads; 1 by default: on a
+loaded 2-core machine OpenMP's spin-waits make 2-thread torch erratic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+MODEL_DEFAULT = "4x256"
+
+
+def _setup_threads(n: int) -> None:
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def build(kind: str, layers: int, hidden: int, state: int = 16, vocab: int = 1024, seed: int = 0):
+    import torch
+    import transformers
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    if kind == "mamba":
+        cfg = transformers.MambaConfig(vocab_size=vocab, hidden_size=hidden,
+                                       num_hidden_layers=layers, state_size=state)
+        return transformers.MambaForCausalLM(cfg).eval()
+    head_dim = 64 if hidden * 2 % 64 == 0 else 16
+    cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                    state_size=state, head_dim=head_dim,
+                                    num_heads=2 * hidden // head_dim, n_groups=1, chunk_size=256)
+    return transformers.Mamba2ForCausalLM(cfg).eval()
+
+
+class _Stamps:
+    """A logits processor that records when each generation step reaches it (wall clock and
+    this process's CPU time)."""
+
+    def __init__(self):
+        self.wall, self.cpu = [], []
+
+    def __call__(self, input_ids, scores):
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+        return scores
+
+
+def prefill_time(model, ids) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) to the first token."""
+    import torch
+
+    with torch.no_grad():
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.generate(ids, max_new_tokens=1, do_sample=False)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+def decode_run(model, prompt, new: int):
+    """(tokens, median wall s per generated token, median CPU s per token, total wall s)."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    stamps = _Stamps()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                             logits_processor=LogitsProcessorList([stamps]))
+        total = time.perf_counter() - t0
+
+    def med(ts):  # step i+1's forward and generate()'s bookkeeping
+        return statistics.median(b - a for a, b in zip(ts, ts[1:]))
+
+    return out, med(stamps.wall), med(stamps.cpu), total
+
+
+def run_case(kind: str, layers: int, hidden: int, prompt_len: int, new: int, repeats: int,
+             decode_prompt: int = 64, log=print) -> dict:
+    import torch
+
+    import ssmc
+
+    model = build(kind, layers, hidden)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (1, prompt_len), generator=g)
+    dprompt = ids[:, :decode_prompt]
+    t0 = time.perf_counter()
+    ssmc.accelerate(model)  # builds or loads the kernels of these shapes
+    setup = time.perf_counter() - t0
+    with torch.no_grad():  # one warm call each way (first-call allocations, lazy imports)
+        model(ids[:, :16])
+        ssmc.restore(model)
+        model(ids[:, :16])
+    res = {"model": kind, "layers": layers, "hidden": hidden, "state": 16, "vocab": vocab,
+           "prompt": prompt_len, "new_tokens": new, "threads": torch.get_num_threads(),
+           "accelerate_setup_s": round(setup, 2)}
+    keys = ("prefill_s", "prefill_cpu_s", "decode_step_ms", "decode_step_cpu_ms", "decode_total_s")
+    for k in keys:
+        res[k] = {"eager": [], "ssmc": []}
+    tokens = {}
+    for r in range(repeats):
+        for side in ("eager", "ssmc"):
+            if side == "ssmc":
+                ssmc.accelerate(model, warmup=False)
+            else:
+                ssmc.restore(model)
+            wall, cpu = prefill_time(model, ids)
+            res["prefill_s"][side].append(wall)
+            res["prefill_cpu_s"][side].append(cpu)
+            toks, step, step_cpu, total = decode_run(model, dprompt, new)
+            res["decode_step_ms"][side].append(step * 1e3)
+            res["decode_step_cpu_ms"][side].append(step_cpu * 1e3)
+            res["decode_total_s"][side].append(total)
+            tokens.setdefault(side, toks)
+            if not torch.equal(tokens[side], toks):
+                raise AssertionError(f"{side}: greedy tokens changed between repeats")
+            log(f"  {kind} {layers}x{hidden} repeat {r}: {side:5s} prefill {wall * 1e3:8.1f} ms "
+                f"(cpu {cpu * 1e3:8.1f})   decode {step * 1e3:6.2f} ms/token (cpu {step_cpu * 1e3:6.2f})")
+    ssmc.restore(model)
+    res["same_tokens"] = bool(torch.equal(tokens["eager"], tokens["ssmc"]))
+    med = {k: {s: statistics.median(v) for s, v in res[k].items()} for k in keys}
+    res["median"] = med
+
+    def ratio(k):
+        return med[k]["eager"] / med[k]["ssmc"]
+
+    res["prefill_speedup"], res["prefill_speedup_cpu"] = ratio("prefill_s"), ratio("prefill_cpu_s")
+    res["decode_speedup"], res["decode_speedup_cpu"] = ratio("decode_step_ms"), ratio("decode_step_cpu_ms")
+    res["prefill_tok_s"] = {s: prompt_len / v for s, v in med["prefill_s"].items()}
+    res["decode_tok_s"] = {s: 1e3 / v for s, v in med["decode_step_ms"].items()}
+    return res
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default=MODEL_DEFAULT, help="LAYERSxHIDDEN,... (default 4x256)")
+    p.add_argument("--model", choices=("mamba", "mamba2"), default="mamba")
+    p.add_argument("--prompt", type=int, default=2048)
+    p.add_argument("--new", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    _setup_threads(args.threads)
+    import platform
+
+    import torch
+    import transformers
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {_load()}, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"threads {args.threads}")
+    results = []
+    for size in args.sizes.split(","):
+        layers, hidden = (int(v) for v in size.lower().split("x"))
+        results.append(run_case(args.model, layers, hidden, args.prompt, args.new, args.repeats))
+    print(f"# load after: {_load()}")
+    print("medians; 'cpu' = this process's CPU time (what the work costs, without the waits for a "
+          "core that a shared machine adds to the wall clock)")
+    print(f"{'model':8s} {'size':>7s} {'prompt':>6s} | {'clock':5s} | {'prefill eager':>13s} "
+          f"{'ssmc':>9s} {'x':>6s} | {'decode eager':>12s} {'ssmc':>9s} {'x':>5s} | same tokens")
+    for r in results:
+        m = r["median"]
+        for clock, pk, dk, px, dx in (("wall", "prefill_s", "decode_step_ms", "prefill_speedup",
+                                       "decode_speedup"),
+                                      ("cpu", "prefill_cpu_s", "decode_step_cpu_ms",
+                                       "prefill_speedup_cpu", "decode_speedup_cpu")):
+            print(f"{r['model']:8s} {r['layers']}x{r['hidden']:<5d} {r['prompt']:6d} | {clock:5s} | "
+                  f"{m[pk]['eager'] * 1e3:10.0f} ms {m[pk]['ssmc'] * 1e3:6.0f} ms "
+                  f"{r[px]:5.1f}x | {m[dk]['eager']:9.2f} ms {m[dk]['ssmc']:6.2f} ms "
+                  f"{r[dx]:4.1f}x | {r['same_tokens']} ({r['new_tokens']} tokens)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"load": _load(), "results": results}, fh, indent=1)
+    return 0 if all(r["same_tokens"] for r in results) else 1
+
+
+# ------------------------------------------------------------------------ pytest-benchmark
+def test_hf_decode_step(benchmark):  # pragma: no cover - `make bench`
+    """One accelerated decode forward of the issue-9 model (4x256), through the cache."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    import torch
+
+    import ssmc
+
+    model = ssmc.accelerate(build("mamba", 4, 256))
+    ids = torch.randint(0, 1024, (1, 64))
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache_params
+        tok = ids[:, -1:]
+        benchmark(lambda: model(tok, cache_params=cache, use_cache=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
