@@ -33,7 +33,8 @@ def register(subparsers) -> None:
                     "the cost model (records say 'model').  Studies persist: --resume continues "
                     "one, several workers (--workers, or hosts sharing --storage) share one.")
     t.add_argument("spec", metavar="SPEC")
-    t.add_argument("--target", default="cpu", help="a name from `ssmc targets` (default cpu)")
+    t.add_argument("--target", default="cpu",
+                   help="a name from `ssmc targets`, or auto (this host's GPU, else cpu)")
     t.add_argument("--trials", type=_positive, default=20,
                    help="finished (complete or pruned) trials each study should hold (default 20)")
     t.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
@@ -117,14 +118,14 @@ def _wait_workers(procs) -> None:
 def cmd_tune(args) -> int:
     import optuna
 
+    from ssmc.cli import _target
     from ssmc.ir.spec import load_spec
-    from ssmc.targets import load_target
     from ssmc.tune import gain, study as st
     from ssmc.tune.measure import host_has
     from ssmc.tune.workload import kernel_knobs, workloads
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    target = load_target(args.target)
+    target = _target(args.target)
     graph = load_spec(Path(args.spec))
     bindings = {"batch": args.batch, "seqlen": args.seqlen, **dict(args.dim or [])}
     mode = "measured" if host_has(target) else "model"

@@ -111,6 +111,7 @@ def write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a record is for every reader
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
