@@ -98,9 +98,10 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
 
             node_dir.mkdir(parents=True, exist_ok=True)
             entry["tvm"] = grid_tvm(node, graph, fam, alg, node_dir, _write_atomic)
-        elif not target.is_gpu and (fam, alg) in composite_tvm.COMPOSITE:
+        elif composite_tvm.handles(fam, alg, target):
             node_dir.mkdir(parents=True, exist_ok=True)
-            entry["tvm"] = composite_tvm.emit(node, graph, fam, alg, node_dir, _write_atomic)
+            entry["tvm" if not target.is_gpu else "composite"] = composite_tvm.emit(
+                node, graph, fam, alg, node_dir, _write_atomic, target)
         else:
             entry["runs"] = "eager reference (no kernel for this family/algorithm on this target yet)"
         if target.is_gpu and fam == "selective_ssm/mamba1" and target.backend == "triton-cuda":

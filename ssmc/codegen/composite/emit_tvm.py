@@ -15,6 +15,17 @@ COMPOSITE = {
 }
 
 
+# on GPU targets: only the nested tree has a composite path (torch GEMMs + Triton epilogue)
+COMPOSITE_GPU = {
+    ("nested_recursion", "tree"): "GEMMs per tree level: torch (cuBLAS); GELU and the GRC "
+                                  "epilogue: Triton (ssmc.codegen.triton.grc, JIT at run time)",
+}
+
+
+def handles(fam: str, alg: str, target) -> bool:
+    return (fam, alg) in (COMPOSITE_GPU if target.is_gpu else COMPOSITE)
+
+
 def _script(prim) -> str:
     return prim.script() if hasattr(prim, "script") else str(prim)
 
@@ -25,8 +36,10 @@ def _d(graph, node, port: str) -> int:
     return D.as_int(graph.types[node.inputs[port]].shape[-1], {})
 
 
-def emit(node, graph, fam: str, alg: str, out: Path, write) -> dict:
+def emit(node, graph, fam: str, alg: str, out: Path, write, target=None) -> dict:
     """Write the TVM kernels of one composite node to `out` with write(path, text)."""
+    if target is not None and target.is_gpu:
+        return {"composite": COMPOSITE_GPU[(fam, alg)]}
     from ssmc.codegen.tvm.target import host_vector_lanes_f32
 
     lanes = host_vector_lanes_f32()
