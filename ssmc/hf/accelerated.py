@@ -303,7 +303,13 @@ def _raw_kernels(block, mixer, st) -> dict:
 
 
 def _linear(x, lin):
-    return F.linear(x, lin._parameters["weight"], lin._parameters["bias"])
+    """x (b, in) -> (b, out).  One row (a decode step of one sequence) goes through torch.mv:
+    measured 10-40% faster than F.linear's gemm for these small matrix-vector products."""
+    w, bias = lin._parameters["weight"], lin._parameters["bias"]
+    if x.shape[0] == 1:
+        y = torch.mv(w, x.view(-1)) if bias is None else torch.addmv(bias, w, x.view(-1))
+        return y.view(1, -1)
+    return F.linear(x, w, bias)
 
 
 def _args(*ts):
@@ -322,7 +328,8 @@ def _m1_decode(mixer, st, h, conv_state, rec_state):
     xc = torch.empty(b, d)
     raw["conv"](*_args(xz[:, :d], conv["weight"], conv["bias"], conv_state, xc))
     x_dbl = _linear(xc, mods["x_proj"])                                # (b, R + 2N)
-    dt = F.linear(x_dbl[:, :R], dtp["weight"])
+    dt = (
+        torch.mv(dtp["weight"], x_dbl[0, :R]).view(1, -1) if b == 1 else F.linear(x_dbl[:, :R], dtp["weight"]))
     y = torch.empty(b, d)
     raw["step"](*_args(xc, dt, Ak, x_dbl[:, None, R:R + N], x_dbl[:, None, R + N:], P["D"],
                        xz[:, d:], dtp["bias"], rec_state, y))
