@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,7 +163,7 @@ def cmd_tune(args) -> int:
     try:
         for w, space, study in studies:
             say(f"{w.describe()} on {target.name}: {mode}; study {study.study_name} "
-                f"({st._redacted(url)})")
+                f"({st.redacted(url)})")
             say(f"  nodes: {', '.join(w.nodes)}; algorithms: {', '.join(space.algorithms)}")
             objective = st.Objective(w, space, target, mode, device=device, repeats=args.repeats,
                                      statistic=args.statistic)
@@ -178,6 +179,9 @@ def cmd_tune(args) -> int:
                     procs = []
                 gain.finish(study, objective, export_dir=args.export, out=say)
     except st.Interrupted:
+        for proc, _ in procs:  # a terminal's Ctrl-C reaches them anyway; a `kill -INT` does not
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
         for w, space, study in studies:
             print(f"interrupted: {st.finished_count(study)} of {args.trials} trials finished in "
                   f"{study.study_name}; run the same command with --resume to continue",

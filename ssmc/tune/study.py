@@ -37,7 +37,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_RETRY = 3  # a config that kills its worker three times is not tried a fourth time
 
 
-
 class WrongResult(Exception):
     """A config whose kernel disagrees with the oracle: a kernel bug, recorded as a failed
     trial (not pruned: it is not a resource limit)."""
@@ -69,7 +68,7 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
@@ -125,14 +124,16 @@ def open_storage(url: str, *, workers: int = 1, heartbeat: int = 10):
             raise SsmcError(f"storage: cannot open journal file {path}: {e.strerror}") from None
     scheme = _scheme(url)
     if scheme not in RDB_SCHEMES:
-        raise SsmcError(f"storage: {_redacted(url)!r} is not a storage URL; expected "
+        raise SsmcError(f"storage: {redacted(url)!r} is not a storage URL; expected "
                         "sqlite:///PATH, postgresql://USER@HOST:PORT/DB or journal:///PATH")
     if scheme == "sqlite" and workers > 1:
         raise SsmcError("storage: SQLite cannot serve several worker processes; leave --storage "
                         "out (a journal file is used) or give a postgresql:// URL")
-    shown = _redacted(url)
+    shown = redacted(url)
     url = _with_installed_driver(url)
-    engine_kwargs = {"pool_pre_ping": True}
+    engine_kwargs = {"pool_pre_ping": True}  # a fleet's connections idle through long trials
+    if scheme in ("postgresql", "postgres"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}  # fail, not hang, when unreachable
     if scheme == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": 60}}  # the heartbeat thread writes too
         db = url.split(":///", 1)[-1]
