@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     t.add_argument("--dim", type=_dim_binding, action="append", metavar="NAME=VALUE",
                    help="value of another run-time dimension")
     t.add_argument("--repeats", type=_positive, default=15, help="timed repeats per trial")
+    t.add_argument("--rounds", type=_positive, default=30,
+                   help="interleaved runs of each config in the final side-by-side comparison")
     t.add_argument("--statistic", choices=("median", "iq_mean", "min"), default="median",
                    help="what of the repeats a trial scores: median (default), iq_mean (mean of "
                         "the middle half) or min (steadiest on a machine busy with other work)")
@@ -177,7 +179,7 @@ def cmd_tune(args) -> int:
                 if procs:  # the other workers' last trials belong to this result
                     _wait_workers(procs)
                     procs = []
-                gain.finish(study, objective, export_dir=args.export, out=say)
+                gain.finish(study, objective, export_dir=args.export, rounds=args.rounds, out=say)
     except st.Interrupted:
         for proc, _ in procs:  # a terminal's Ctrl-C reaches them anyway; a `kill -INT` does not
             if proc.poll() is None:
