@@ -27,7 +27,10 @@ scorer's first layer is split, W1 [l; r] = W1_l l + W1_r r, so every node's two 
 computed once when the node is made (a step then costs a gather and a GELU instead of a GEMM
 over every adjacent pair); merges use the fused GRC above.
 
-Forward only: the executor hands training (gradients) to the oracle.
+Gradients (bbt, rnn): `_TreeFunction` -- the fused forward keeps the node store and each
+level's pre-GELU and g; the backward walks the levels in reverse (four GEMMs per level, the
+elementwise parts by autograd on the saved activations).  The beam's backward is the oracle's
+(the executor hands it over).
 """
 
 from __future__ import annotations
@@ -230,14 +233,23 @@ class _Cell:
         self.h = like.new_empty(max(rows, 1), d4)
         self.g = like.new_empty(max(rows, 1), d4)
 
-    def __call__(self, lr: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def __call__(self, lr: torch.Tensor, out: torch.Tensor, saved: list | None = None):
+        """out <- GRC(lr); with `saved`, append this call's (pre-GELU, g) for a backward."""
         P = lr.shape[0]
         if P > self.h.shape[0]:
             self.h = self.h.new_empty(P, self.h.shape[1])
             self.g = self.g.new_empty(P, self.g.shape[1])
-        h = torch.addmm(self.w.b1, lr, self.w1t, out=self.h[:P])
-        self.gelu_(h)
-        g = torch.addmm(self.w.b2, h, self.w2t, out=self.g[:P])
+        if saved is None:
+            h = torch.addmm(self.w.b1, lr, self.w1t, out=self.h[:P])
+            self.gelu_(h)
+            g = torch.addmm(self.w.b2, h, self.w2t, out=self.g[:P])
+        else:
+            pre = torch.addmm(self.w.b1, lr, self.w1t)
+            h = self.h[:P]
+            h.copy_(pre)
+            self.gelu_(h)
+            g = torch.addmm(self.w.b2, h, self.w2t)
+            saved.append((pre, g))
         return self.epilogue(g, lr, self.w, out)
 
 
@@ -254,8 +266,10 @@ def grc_rows(l: torch.Tensor, r: torch.Tensor, w: GRCWeights, epilogue: str = "a
 # ----------------------------------------------------------------------------- the tree
 
 
-def run_plan(x2: torch.Tensor, plan: TreePlan, w: GRCWeights, kind: str) -> torch.Tensor:
-    """Execute a plan on leaves x2 (b * L, d) -> roots (b, d)."""
+def run_plan(x2: torch.Tensor, plan: TreePlan, w: GRCWeights, kind: str,
+             saved: list | None = None):
+    """Execute a plan on leaves x2 (b * L, d) -> roots (b, d) [, the node store when `saved`
+    is a list: it then also receives every level's (pre-GELU, g) activations]."""
     d = x2.shape[1]
     store = x2.new_empty(plan.total, d)
     store[:plan.zero] = x2
@@ -269,8 +283,74 @@ def run_plan(x2: torch.Tensor, plan: TreePlan, w: GRCWeights, kind: str) -> torc
             lr = lr_buf[:P]
             torch.index_select(store, 0, pairs.to(dev, non_blocking=True).view(-1),
                                out=lr.view(2 * P, d))
-            cell(lr, store[first:first + P])
-    return store[plan.roots.to(x2.device)]
+            cell(lr, store[first:first + P], saved)
+    roots = store[plan.roots.to(x2.device)]
+    return (roots, store) if saved is not None else roots
+
+
+def _epilogue_graph(g, lr, ln_w, ln_b, eps):
+    """The GRC epilogue in plain torch ops (what the backward differentiates)."""
+    d = ln_w.shape[0]
+    f1, f2, i, p = g.chunk(4, dim=-1)
+    mix = torch.sigmoid(f1) * lr[:, :d] + torch.sigmoid(f2) * lr[:, d:] + torch.sigmoid(i) * p
+    return F.layer_norm(mix, (d,), ln_w, ln_b, eps)
+
+
+class _TreeFunction(torch.autograd.Function):
+    """The plan's forward (fused kernels, no autograd graph) keeping the node store and each
+    level's pre-GELU and g (8d floats per merge); the backward walks the levels in reverse: the
+    elementwise parts by torch autograd on the saved activations, the four GEMMs of the two
+    linear layers by hand, the [l; r] gradient scattered back into the store's."""
+
+    @staticmethod
+    def forward(ctx, x2, w1, b1, w2, b2, ln_w, ln_b, plan, eps, kind):
+        w = GRCWeights(w1, b1, w2, b2, ln_w, ln_b, eps)
+        acts: list = []
+        roots, store = run_plan(x2, plan, w, kind, saved=acts)
+        flat = [t for pair in acts for t in pair]
+        ctx.save_for_backward(store, w1, w2, ln_w, ln_b, *flat)
+        ctx.plan, ctx.eps = plan, eps
+        return roots
+
+    @staticmethod
+    def backward(ctx, grad_roots):
+        store, w1, w2, ln_w, ln_b, *flat = ctx.saved_tensors
+        acts = list(zip(flat[0::2], flat[1::2]))
+        plan = ctx.plan
+        d = store.shape[1]
+        dev = store.device
+        gstore = torch.zeros_like(store)
+        gstore.index_add_(0, plan.roots.to(dev), grad_roots)
+        gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        gb1, gb2 = w1.new_zeros(w1.shape[0]), w2.new_zeros(w2.shape[0])
+        glw, glb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+        for (pairs, first), (pre, g) in zip(reversed(plan.levels), reversed(acts)):
+            P = pairs.shape[0]
+            idx = pairs.to(dev).view(-1)
+            lr = store[idx].view(P, 2 * d)
+            gout = gstore[first:first + P]
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_() for t in (g, lr, ln_w, ln_b, pre)]
+                out = _epilogue_graph(*leaves[:4], ctx.eps)
+                d_g, d_lr, d_lw, d_lb = torch.autograd.grad(out, leaves[:4], gout)
+                h = F.gelu(leaves[4])
+                d_h = d_g @ w2
+                (d_pre,) = torch.autograd.grad(h, leaves[4], d_h)
+            h = h.detach()
+            gw2.addmm_(d_g.t(), h)
+            gb2 += d_g.sum(0)
+            gw1.addmm_(d_pre.t(), lr)
+            gb1 += d_pre.sum(0)
+            glw += d_lw
+            glb += d_lb
+            d_lr = d_lr.addmm_(d_pre, w1)
+            gstore.index_add_(0, idx, d_lr.view(2 * P, d))
+        return (gstore[:plan.zero], gw1, gb1, gw2, gb2, glw, glb, None, None, None)
+
+
+def _wants_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in ts)
 
 
 def _weights(x, grc_w, scorer):
@@ -312,7 +392,11 @@ def nested_tree(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, lengt
         out = _beam_outer(xf, lens, chunk, w, sw, beam, kind)
     else:
         plan = build_plan(tuple(lens), L, chunk, inner)
-        out = run_plan(xf.reshape(b * L, d).contiguous(), plan, w, kind)
+        x2 = xf.reshape(b * L, d).contiguous()
+        if _wants_grad(x2, *w[:6]):
+            out = _TreeFunction.apply(x2, *w[:6], plan, w.eps, kind)
+        else:
+            out = run_plan(x2, plan, w, kind)
     return out.to(x.dtype)
 
 
