@@ -2,7 +2,8 @@
 torch.compile of torch's associative_scan.
 
 Run:  pytest benchmarks/bench_tvm_selective.py --benchmark-only      (pytest-benchmark)
-      python benchmarks/bench_tvm_selective.py [--no-compile]       (a plain table)
+      python benchmarks/bench_tvm_selective.py [--no-compile] [--cpu-time]   (a plain table;
+          --cpu-time: one thread each, CPU time of the calling thread)
 
 The default test run never collects this directory (testpaths = tests).  The shape is the
 project's reference point: batch 2, d 256, L 1024, N 16, fp32 (DESIGN.md, "Measured on this
@@ -120,21 +121,87 @@ def test_ssmc_tvm_length(benchmark, length):
     benchmark.extra_info["ns_per_step"] = benchmark.stats["median"] * 1e9 / length
 
 
+# --------------------------------------------------------------------- Mamba-2 SSD, conv1d
+SSD_SHAPE = dict(b=2, L=1024, h=8, p=64, g=1, n=64)  # Mamba-2 block of d_model 256
+
+
+def ssd_inputs(b, L, h, p, g, n):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, L, h, p, generator=gen)
+    dt = torch.randn(b, L, h, generator=gen)
+    A = -torch.rand(h, generator=gen) * 4
+    B = torch.randn(b, L, g, n, generator=gen)
+    C = torch.randn(b, L, g, n, generator=gen)
+    return (x, dt, A, B, C), dict(D=torch.randn(h, generator=gen), dt_softplus=True,
+                                  dt_bias=torch.rand(h, generator=gen))
+
+
+@pytest.mark.benchmark(group="ssd b2 L1024 h8 p64 n64")
+def test_ssmc_tvm_ssd(benchmark):
+    from ssmc.codegen.tvm import ssd_scan
+
+    args, kw = ssd_inputs(**SSD_SHAPE)
+    ssd_scan(*args, **kw)
+    benchmark(ssd_scan, *args, **kw)
+
+
+@pytest.mark.benchmark(group="ssd b2 L1024 h8 p64 n64")
+def test_ssd_eager_reference(benchmark):
+    from ssmc.semantics.selective import ssd_ref
+
+    args, kw = ssd_inputs(**SSD_SHAPE)
+    benchmark.pedantic(ssd_ref, args=args, kwargs=kw, rounds=3, iterations=1)
+
+
+def conv_inputs(b=B, L=L, c=2 * D, k=4):
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(b, L, c, generator=gen), torch.randn(c, 1, k, generator=gen),
+            torch.randn(c, generator=gen))
+
+
+@pytest.mark.benchmark(group="causal conv1d+silu b2 L1024 c512 k4")
+def test_ssmc_tvm_conv1d(benchmark):
+    from ssmc.codegen.tvm import causal_conv1d
+
+    args = conv_inputs()
+    causal_conv1d(*args)
+    benchmark(causal_conv1d, *args)
+
+
+@pytest.mark.benchmark(group="causal conv1d+silu b2 L1024 c512 k4")
+def test_torch_conv1d(benchmark):
+    from ssmc.semantics.glue import causal_conv1d as conv_ref
+
+    args = conv_inputs()
+    benchmark(conv_ref, *args, "silu")
+
+
 # --------------------------------------------------------------------- plain table
+CLOCK = time.perf_counter
+
+
 def _median_ms(fn, *args, rounds=30, **kw):
     fn(*args, **kw)
     times = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn(*args, **kw)
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     times.sort()
     return 1e3 * times[len(times) // 2]
 
 
 def main(argv):
+    global CLOCK
+    if "--cpu-time" in argv:
+        # One thread everywhere and the calling thread's CPU time: the work of each method,
+        # much less disturbed by other processes than wall time on a shared machine.
+        os.environ["TVM_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+        CLOCK = time.thread_time
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, cpu count {os.cpu_count()}")
+          f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}, cpu count {os.cpu_count()}, "
+          f"clock {CLOCK.__name__}")
     rows = []
     for layout in ("bld", "bdl"):
         args, kw = inputs(layout=layout)
@@ -158,6 +225,16 @@ def main(argv):
         args, kw = inputs(L=length, layout="bld")
         ms = _median_ms(selective_scan, *args, **kw, layout="bld", rounds=20)
         print(f"L={length:6d}  {ms:8.3f} ms   {ms * 1e6 / length:8.1f} ns/step")
+    from ssmc.codegen.tvm import causal_conv1d, ssd_scan
+    from ssmc.semantics.glue import causal_conv1d as conv_ref
+    from ssmc.semantics.selective import ssd_ref
+
+    args, kw = ssd_inputs(**SSD_SHAPE)
+    tv, ref = _median_ms(ssd_scan, *args, **kw), _median_ms(ssd_ref, *args, **kw, rounds=3)
+    print(f"SSD {SSD_SHAPE}: ssmc tvm {tv:.3f} ms, eager ssd_ref {ref:.1f} ms ({ref / tv:.0f}x)")
+    args = conv_inputs()
+    tv, ref = _median_ms(causal_conv1d, *args), _median_ms(conv_ref, *args, "silu")
+    print(f"conv1d+silu b2 L1024 c512 k4: ssmc tvm {tv:.3f} ms, torch {ref:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -82,9 +82,15 @@ def build_causal_conv1d(sig: ConvSignature, cfg: ConvConfig):
                 c0 = M.bind(j * cb)
                 l1 = M.bind(tir.Min(l0 + cfg.l_chunk, L))
 
+                # the first k - 1 steps of the sequence need the zero padding; the rest of
+                # the loop runs without any select or clamp
+                pad_end = M.bind(tir.Min(tir.Max(l0, tir.IntImm(IDX, k - 1)), l1))
+
                 def block(lanes):
-                    with T.serial(l0, l1) as t:
-                        lanes.each(lambda i: _output(sig, bufs, bi, t, c0 + i))
+                    with T.serial(l0, pad_end) as t:
+                        lanes.each(lambda i: _output(sig, bufs, bi, t, c0 + i, padded=True))
+                    with T.serial(pad_end, l1) as t:
+                        lanes.each(lambda i: _output(sig, bufs, bi, t, c0 + i, padded=False))
 
                 if not rem:
                     block(CpuLanes(cb, vw))
@@ -99,7 +105,7 @@ def build_causal_conv1d(sig: ConvSignature, cfg: ConvConfig):
     return ib.get()
 
 
-def _output(sig: ConvSignature, bufs, bi, t, ch):
+def _output(sig: ConvSignature, bufs, bi, t, ch, padded: bool):
     k = sig.width
     x, w = bufs["x"], bufs["w"]
     acc = bufs["bias"][ch] if sig.has_bias else M.f32(0.0)
@@ -107,8 +113,8 @@ def _output(sig: ConvSignature, bufs, bi, t, ch):
     for tap in range(k):
         back = k - 1 - tap
         src = t - back
-        if back == 0:
-            acc = acc + w[tap, ch] * x[bi, t, ch]
+        if back == 0 or not padded:
+            acc = acc + w[tap, ch] * x[bi, src, ch]
             continue
         # Before the sequence start the input is zero: read row 0 instead, then drop the term.
         # The load is bound (a scratch store) *outside* the Select on purpose: inside it, TVM's

@@ -21,7 +21,16 @@ b and L are symbolic (one build serves every batch and length), d, N, groups and
 feature flags are compiled in (`ScanSignature`).
 
 Exps use tirmath.exp2 on A pre-scaled by log2(e) (the wrapper passes A2 = A * log2 e,
-transposed to (N, d) so that a block of channels loads it as one vector).
+transposed to (N, d) so that a block of channels loads it as one vector).  Temporaries of the
+math live in a per-block scratch buffer (tirmath.Scratch), not in let-bindings, which TVM 0.27's
+simplifier would inline exponentially.
+
+The same builder covers Mamba-2 SSD (`heads` > 0: scalar A and dt per head, exp once per step)
+and an optional fused causal-conv1d + SiLU prologue on u (`conv_width` > 0).
+
+Measured (Zen3 VM, 2 cores, b2 d256 L1024 N16 fp32, the default config): 2.5 ms of one core's
+CPU time for 'bld', about 1.3 ms wall on 2 threads when the machine is quiet; 'bdl' costs
+~1.4x 'bld' (the in-register transposes).
 """
 
 from __future__ import annotations
