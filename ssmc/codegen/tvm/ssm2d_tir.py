@@ -8,7 +8,8 @@ Per channel c and state n, over the grid (t, v) (oracle: ssmc.semantics.ssm2d):
 
 which is `zoh_axis` with the common factor G pulled out.  Time-invariant steps (dt of shape
 (d,)) get E and G precomputed by the wrapper; selective ones (dt per cell) compute them per
-cell with tirmath's polynomial exp2 and an expm1 that stays accurate for tiny dt A.
+cell by one range reduction and polynomial for both exp and expm1 (`exp_expm1`: accurate for
+tiny dt A, where exp(x) - 1 would cancel).
 
 The states live in a per-task workspace of V + 1 "slots" (one per variate, slot 0 a guard
 that stays zero): slot v + 1 holds (h1, h2) of the last cell computed in column v, for the
@@ -47,10 +48,12 @@ SCRATCH_SLOTS = 32  # fp32 temporaries per lane body (two exp2 + two expm1 need 
 # Stack buffers: TVM 0.27 turns "local" scope into workspace calls on CPU (no registers).
 LOCAL_SCOPE = "global"
 
-# expm1(x) = x (1 + x/2! + ... + x^5/6!) for |x| < EXPM1_SMALL (truncation < 5e-8 relative);
-# above it exp(x) - 1 loses at most ~8e-7 relative (|exp(x) - 1| >= 0.22).
-EXPM1_SMALL = 0.25
-EXPM1_COEFFS = (1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720)
+# exp and expm1 together (`exp_expm1`): x log2(e) = k + f with k = round, |f| <= 1/2, and
+# 2**f - 1 = f Q(f), Q a relative-minimax fit of (2**f - 1) / f (degree 5, Lawson; fp32 error
+# 1.2e-7 relative on f Q(f), 8.9e-8 on 1 + f Q(f)).  expm1 = f Q(f) when k = 0 (no
+# cancellation), else 2**k (1 + f Q(f)) - 1, which is then >= 0.29 in magnitude.
+EXPM1_Q = (0.6931471879266459, 0.24022649794950174, 0.055503574334995615,
+           0.009618237495623853, 0.0013390735588849415, 0.00015403512387723167)
 # Partial sums of y over the states: independent accumulators break the add chain.
 Y_ACCUMULATORS = 4
 
@@ -92,22 +95,18 @@ class Ssm2dConfig:
         narrower tail task).  vector_width: lanes of one vector statement (8 = AVX2 fp32).
     order: 'wavefront' or 'rows' (see the module docstring).
     threads: 0 = one parallel iteration per task, else tasks cut into this many chunks.
-    exp_degree: tirmath.exp2's polynomial degree (4, 5, 6).
     """
 
     channel_block: int = 8
     vector_width: int = 8
     order: str = "wavefront"
     threads: int = 0
-    exp_degree: int = M.DEFAULT_EXP_DEGREE
 
     def __post_init__(self):
         if self.order not in ORDERS:
             raise ValueError(f"Ssm2dConfig.order must be one of {ORDERS}, got {self.order!r}")
         if self.channel_block < 1 or self.vector_width < 1 or self.threads < 0:
             raise ValueError("Ssm2dConfig: channel_block, vector_width >= 1 and threads >= 0")
-        if self.exp_degree not in M.EXP2_COEFFS:
-            raise ValueError(f"Ssm2dConfig.exp_degree must be one of {sorted(M.EXP2_COEFFS)}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,11 +155,14 @@ def workspace_shape(sig: Ssm2dSignature, cfg: Ssm2dConfig, b: int, V: int) -> tu
 
 
 # ----------------------------------------------------------------------------- cell math
-def expm1(x, e):
-    """exp(x) - 1 given e = exp(x): a Taylor polynomial near 0, e - 1 elsewhere."""
-    xb = M.bind(x)
-    small = M.bind(xb * M.horner(xb, EXPM1_COEFFS))
-    return tir.Select(tir.Max(xb, -xb) < M.f32(EXPM1_SMALL), small, e - M.f32(1.0))
+def exp_expm1(x):
+    """(exp(x), expm1(x)) for x in [-87, 88] (clamped: tiny results saturate at ~1e-38)."""
+    y = M.bind(tir.Max(tir.Min(x * M.f32(M.LOG2E), M.f32(127.0)), M.f32(-126.0)))
+    k = M.bind(T.round(y))
+    f = M.bind(y - k)
+    fq = M.bind(f * M.horner(f, EXPM1_Q))
+    e = M.bind(M._scale_by_pow2(fq + M.f32(1.0), k))
+    return e, tir.Select(k == M.f32(0.0), fq, e - M.f32(1.0))
 
 
 class _Sweep:
@@ -204,14 +206,13 @@ class _Sweep:
     def update(self, k: int, t, vp, c, n, own, cross, xv):
         """The new state of axis k (0: h1 along t, 1: h2 along v) for one channel and state,
         from its own previous state and the other axis's one (both of the neighbour cell)."""
-        bufs, deg = self.bufs, self.cfg.exp_degree
+        bufs = self.bufs
         bx = self.bc(k, t, vp, c, n) * xv
         if self.sig.dt_cell[k]:
             dtn, An, Ainv, Ac = (("dt_t", "A1", "A1inv", "A2") if k == 0 else
                                  ("dt_v", "A4", "A4inv", "A3"))
-            dA = M.bind(bufs[dtn][self.bi, t, vp, c] * bufs[An][n, c])
-            e = M.bind(M.exp2(dA * M.f32(M.LOG2E), deg))
-            g = M.bind(expm1(dA, e) * bufs[Ainv][n, c])
+            e, em1 = exp_expm1(bufs[dtn][self.bi, t, vp, c] * bufs[An][n, c])
+            g = M.bind(em1 * bufs[Ainv][n, c])
             return e * own + g * (bufs[Ac][n, c] * cross + bx)
         # one step per channel: E, G and G * A_cross (and G * B for a (d, N) B) precomputed
         E, G, AG = ("E1", "G1", "A2G") if k == 0 else ("E4", "G4", "A3G")
