@@ -23,6 +23,7 @@ transformers' own torch path ignores them.
 
 from __future__ import annotations
 
+import os
 import types
 
 import torch
@@ -88,8 +89,10 @@ def _resolve_target(target: str, device: torch.device) -> str:
         return "tvm" if device.type == "cpu" else "triton" if device.type == "cuda" else "reference"
     if target == "tvm" and device.type != "cpu":
         raise SsmcError(f"accelerate: target 'tvm' runs CPU models; this mixer is on {device}")
-    if target == "triton" and device.type != "cuda":
-        raise SsmcError(f"accelerate: target 'triton' runs CUDA/ROCm models; this mixer is on {device}")
+    if target == "triton" and device.type != "cuda" and not (
+            device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        raise SsmcError(f"accelerate: target 'triton' runs CUDA/ROCm models (or CPU ones under "
+                        f"TRITON_INTERPRET=1); this mixer is on {device}")
     return target
 
 

@@ -144,3 +144,35 @@ def test_bad_target(mamba):
     with pytest.raises(ssmc.SsmcError, match="'triton' runs CUDA"):
         ssmc.accelerate(mamba, target="triton")
     assert not accelerated_mixers(mamba)
+
+
+@pytest.mark.slow  # ~20 s of CPU in Triton's interpreter
+def test_triton_target_under_the_interpreter(model, ids):
+    """target='triton' (the GPU path: scans on ssmc's Triton kernels, glue and decode steps in
+    torch), run on the CPU by Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+    unless SSMC_GPU_TESTS=1)."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1 (or a GPU: see the gpu tier)")
+    prompt = ids[:1, :10]
+    ref, gen_ref = _logits(model, ids[:, :16]), _generate(model, prompt, 4)
+    ssmc.accelerate(model, target="triton")
+    torch.testing.assert_close(_logits(model, ids[:, :16]), ref, **TOL)
+    assert torch.equal(_generate(model, prompt, 4), gen_ref)
+    _fast_only(model)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_target_is_triton(model, ids):
+    """On a CUDA device, 'auto' runs the scans on Triton; logits and generations match."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = model.cuda()
+    ids = ids.cuda()
+    ref, gen_ref = _logits(model, ids), _generate(model, ids[:1, :12])
+    ssmc.accelerate(model)
+    assert set(accelerated_mixers(model).values()) == {"triton"}
+    torch.testing.assert_close(_logits(model, ids), ref, **TOL)
+    assert torch.equal(_generate(model, ids[:1, :12]), gen_ref)
+    _fast_only(model)
