@@ -49,7 +49,8 @@ def register(subparsers) -> None:
     t.add_argument("--workers", type=_positive, default=1, metavar="K",
                    help="worker processes on this host sharing the study (CPU timings of "
                         "concurrent workers disturb each other: best for model mode and GPUs)")
-    t.add_argument("--resume", action="store_true", help="continue existing studies")
+    t.add_argument("--resume", action="store_true",
+                   help="continue existing studies (workers joining a shared study pass it too)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=_positive, default=2)
     t.add_argument("--seqlen", type=_positive, default=1024)
