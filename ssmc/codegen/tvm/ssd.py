@@ -9,16 +9,18 @@ sequential form does O(L n p) work against the chunked form's O(L Q (n + p)) mat
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from ssmc.codegen.tvm import selective_scan_tir as tirb
 from ssmc.codegen.tvm.checks import check_tensor, describe, fail
-from ssmc.codegen.tvm.config import Config, legalize
-from ssmc.codegen.tvm.selective_scan import LOG2E, _default_config, get_kernel
+from ssmc.codegen.tvm.config import Config, default_ssd_config, legalize
+from ssmc.codegen.tvm.selective_scan import LOG2E, get_kernel
 
 OP = "ssd_scan"
+_ssd_default = functools.lru_cache(maxsize=None)(lambda: legalize(default_ssd_config(), "llvm"))
 INT_DTYPES = (torch.int32, torch.int64)
 
 
@@ -71,7 +73,7 @@ def ssd_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None,
         delta_softplus=bool(dt_softplus), has_initial_state=initial_states is not None,
         return_last_state=bool(return_final_states), has_seq_idx=seq_idx is not None,
         dt_min=lo, dt_max=hi)
-    config = _default_config("bld") if config is None else legalize(config, "llvm")
+    config = _ssd_default() if config is None else legalize(config, "llvm")
 
     if b == 0 or L == 0:
         y = x.new_zeros(x.shape)
