@@ -7,7 +7,8 @@ from pathlib import Path
 
 # (family, algorithm) -> what the library part is
 COMPOSITE = {
-    ("nested_recursion", "tree"): "GEMMs per tree level: torch (BLAS); GELU and the GRC epilogue: TVM",
+    ("nested_recursion", "tree"): "GEMMs per tree level: torch (BLAS); GELU and the GRC "
+                                  "epilogue: TVM",
     ("selective_ssm/dense", "sequential"): "u = x W_B^T, y = h W_C^T: torch GEMMs; the scan: TVM",
     ("selective_ssm/dense", "associative"): "torch: transitions by one GEMM, recursive doubling",
     ("diagonal_ssm", "sequential"): "the recurrence: TVM (discretisation: torch, per call)",

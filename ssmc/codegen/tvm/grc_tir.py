@@ -16,9 +16,9 @@ Rows (P) are symbolic: one build serves every level of every tree; d is compiled
 default is serial because these kernels run between BLAS GEMMs, and TVM's pool spinning after
 each call competes with the GEMMs' threads: one A/B run on 2 loaded cores (RIR L 4096, d 256)
 gave 1.04 s serial against 1.26 s parallel with 1 torch thread, 1.93 s against 2.67 s with 2;
-the serial kernels are a few percent of the forward.  SSMC_GRC_PARALLEL=1 builds parallel ones.  Math:
-tirmath's exp (2e-7 relative); erf by Abramowitz-Stegun 7.1.26 (1.5e-7 absolute), so GELU is
-within 1e-7 |x| of torch's.
+the serial kernels are a few percent of the forward.  SSMC_GRC_PARALLEL=1 builds parallel ones.
+Math: tirmath's exp (2e-7 relative); erf by Abramowitz-Stegun 7.1.26 (1.5e-7 absolute), so
+GELU is within 1e-7 |x| of torch's.
 """
 
 from __future__ import annotations
