@@ -42,18 +42,21 @@ def cache_root() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def source_hash() -> str:
-    """Hash of every module of this backend: a changed builder or math library must not load a
-    kernel compiled from the old code."""
+def source_hash(sources: tuple[str, ...] | None = None) -> str:
+    """Hash of the backend's source: a changed builder or math library must not load a kernel
+    compiled from the old code.  `sources`: the module files (names in this directory) a
+    family is built from; None hashes every module here."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for path in sorted(here.glob("*.py")):
+    paths = sorted(here.glob("*.py")) if sources is None else [here / s for s in sorted(sources)]
+    for path in paths:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def cache_key(family: str, signature: dict, dtype: str, target, config: dict) -> str:
+def cache_key(family: str, signature: dict, dtype: str, target, config: dict,
+              sources: tuple[str, ...] | None = None) -> str:
     doc = {
         "family": family,
         "signature": signature,
@@ -61,7 +64,7 @@ def cache_key(family: str, signature: dict, dtype: str, target, config: dict) ->
         "target": target_key(target),
         "config": config,
         "ssmc": ssmc.__version__,
-        "source": source_hash(),
+        "source": source_hash(sources),
         "tvm": tvm.__version__,
     }
     text = json.dumps(doc, sort_keys=True, default=str)
@@ -99,11 +102,12 @@ class KernelCache:
         return Path(self.root) if self.root is not None else cache_root() / "tvm"
 
     def get(self, family: str, func_name: str, signature: dict, dtype: str, target,
-            config: dict, build: Callable[[], Any]) -> Kernel:
+            config: dict, build: Callable[[], Any],
+            sources: tuple[str, ...] | None = None) -> Kernel:
         """The kernel for this key: from memory, else from disk, else built by `build()` (which
         returns a PrimFunc), compiled for `target` and written to disk."""
         configure_thread_pool()
-        key = cache_key(family, signature, dtype, target, config)
+        key = cache_key(family, signature, dtype, target, config, sources)
         directory = self.directory()
         with self._lock:
             mem_key = (str(directory), key)
@@ -122,12 +126,12 @@ class KernelCache:
                 kernel = None
             if kernel is None:
                 kernel = self._compile_and_store(path, func_name, build, target, signature,
-                                                 config, family)
+                                                 config, family, sources)
             self._loaded[mem_key] = kernel
             return kernel
 
     def _compile_and_store(self, path: Path, func_name, build, target, signature, config,
-                           family) -> Kernel:
+                           family, sources=None) -> Kernel:
         prim = build()
         ex = compile_module(prim, target, func_name)
         self.stats.compiled += 1
@@ -139,7 +143,7 @@ class KernelCache:
             _write_atomic(path.with_suffix(".json"), json.dumps(
                 {"family": family, "signature": signature, "config": config,
                  "target": target_key(target), "ssmc": ssmc.__version__,
-                 "source": source_hash()}, indent=1, sort_keys=True, default=str))
+                 "source": source_hash(sources)}, indent=1, sort_keys=True, default=str))
             os.replace(tmp, path)
         except Exception:
             if os.path.exists(tmp):

@@ -15,6 +15,8 @@ from ssmc.codegen.tvm.target import host_target
 
 OP = "causal_conv1d"
 FAMILY = "causal_conv1d"
+SOURCES = ("conv1d_tir.py", "selective_scan_tir.py", "tirmath.py", "config.py", "build.py",
+           "target.py")
 _kernels: dict = {}
 
 
@@ -23,7 +25,8 @@ def _kernel(sig: tirb.ConvSignature, cfg: tirb.ConvConfig, cache):
     kernel = _kernels.get(key)
     if kernel is None:
         kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", host_target(),
-                           cfg.as_dict(), lambda: tirb.build_causal_conv1d(sig, cfg))
+                           cfg.as_dict(), lambda: tirb.build_causal_conv1d(sig, cfg),
+                           sources=SOURCES)
         _kernels[key] = kernel
     return kernel
 

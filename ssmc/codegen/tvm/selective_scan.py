@@ -24,6 +24,8 @@ from ssmc.codegen.tvm.target import cuda_target, host_target
 FAMILY = "selective_scan"
 OP = "selective_scan"
 LOG2E = 1.4426950408889634
+# the modules a kernel of this family is built from (its cache key hashes them)
+SOURCES = ("selective_scan_tir.py", "tirmath.py", "config.py", "build.py", "target.py")
 
 _kernels: dict = {}  # (signature, config, target) -> Kernel: skips hashing on the hot path
 
@@ -103,7 +105,8 @@ def get_kernel(sig: tirb.ScanSignature, config: Config, target=None,
     if kernel is None:
         kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target,
                            config.as_dict(),
-                           lambda: tirb.build_selective_scan(sig, config, "llvm"))
+                           lambda: tirb.build_selective_scan(sig, config, "llvm"),
+                           sources=SOURCES)
         _kernels[fast_key] = kernel
     return kernel
 
