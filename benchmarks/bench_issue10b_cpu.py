@@ -80,6 +80,8 @@ def _dense(block, L=4096, d=32, N=16):
         "eager (module forward, sequential loop)": lambda: m(x),
         "ssmc sequential (tvm)": lambda: dense_ssm_fast(*args, "sequential", A_0=m.A_0),
         "ssmc associative (torch)": lambda: dense_ssm_fast(*args, "associative", A_0=m.A_0),
+        "ssmc chunked (tvm, chunks as rows)": lambda: dense_ssm_fast(*args, "chunked",
+                                                                     A_0=m.A_0),
     }
 
 

@@ -114,11 +114,12 @@ def selective_dense(b, L, d, N, block, algorithm) -> Work:
         lg = _log2(L)
         return Work(io * lg, b * L * nblk * blk ** 3 * 2 * lg + build, 0, depth=lg * blk,
                     lanes=b * L * nblk * blk)
-    if algorithm == "chunked":
-        chunk = 32
+    if algorithm == "chunked":  # codegen.composite.dense.chunked_scan: the chunks' end states
+        # and transition products (bs + 1 runs), carries, a second run: (bs + 2) x the scan
+        chunk = 64
         nch = max(1.0, L / chunk)
-        return Work(io * 2, matvec * 2 + build + b * nch * nblk * blk ** 3 * 2 * chunk / 4, 0,
-                    depth=chunk + nch * blk, lanes=b * N * nch, launches=2)
+        return Work(io * (blk + 2), (matvec + build) * (blk + 2), 0,
+                    depth=2 * chunk + nch * blk, lanes=b * N * blk * nch, launches=3)
     raise KeyError(algorithm)
 
 

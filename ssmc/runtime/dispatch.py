@@ -24,6 +24,7 @@ KERNELS = {
     ("nested_recursion", "tree", "triton"): "ssmc.codegen.composite.nested:nested_tree",
     ("selective_ssm/dense", "sequential", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_sequential",
     ("selective_ssm/dense", "associative", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_associative",
+    ("selective_ssm/dense", "chunked", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_chunked",
     ("diagonal_ssm", "sequential", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_sequential",
     ("diagonal_ssm", "fft", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_fft",
     # issue 10: 2-D SSM (TVM loop order follows the algorithm: see executors.ssm2d) and PLRNN

@@ -52,10 +52,10 @@ def test_assoc_scan_matches_oracle(L):
 
 
 @pytest.mark.parametrize("mode", ["linear", "expm"])
-@pytest.mark.parametrize("algorithm", ["sequential", "associative"])
+@pytest.mark.parametrize("algorithm", ["sequential", "associative", "chunked"])
 @pytest.mark.parametrize("L,N,bs", [(1, 8, 4), (7, 8, 2), (100, 6, 3), (1000, 16, 16), (0, 4, 2)])
 def test_layer_matches_oracle(mode, algorithm, L, N, bs):
-    if L == 1000 and (algorithm == "associative" or mode == "expm"):
+    if L == 1000 and (algorithm != "sequential" or mode == "expm"):
         pytest.skip("covered at shorter lengths (cheap tier)")
     torch.manual_seed(L + N)
     m = DenseSSM(12, N, block_size=bs, transition=mode)
@@ -70,6 +70,21 @@ def test_layer_matches_oracle(mode, algorithm, L, N, bs):
         y = dense_ssm_fast(x, m.A_k, m.B_proj, m.C_proj, None, mode, algorithm, A_0=m.A_0)
         torch.testing.assert_close(y, dense_ssm(x, m.A_k, m.B_proj, m.C_proj, None, mode,
                                                 A_0=m.A_0), **FP32)
+
+
+@pytest.mark.parametrize("L,chunk", [(1, 4), (7, 3), (100, 7), (100, 25), (300, 1000)])
+def test_chunked_scan_chunk_sizes(L, chunk):
+    """Chunks that divide L and that do not (the last one zero-padded), one step, longer than L."""
+    torch.manual_seed(L)
+    m = DenseSSM(5, 6, block_size=3)
+    x, h0 = torch.randn(2, L, 5), torch.randn(2, 6)
+    with torch.no_grad():
+        want = dense_ssm(x, m.A_k, m.B_proj, m.C_proj, m.D, "linear", "sequential", h0, True,
+                         A_0=m.A_0)
+        got = dense_ssm_fast(x, m.A_k, m.B_proj, m.C_proj, m.D, "linear", "chunked", h0, True,
+                             A_0=m.A_0, chunk=chunk)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **FP32)
 
 
 def test_associative_gradients_match_oracle():
@@ -102,8 +117,10 @@ def test_fp16_returns_input_dtype():
                           initial_state=p["u"][:, 0, :3]), "initial_state"),
     (lambda p: dense_scan(p["u"], A=p["A_k"]), "A"),
     (lambda p: dense_scan(p["u"], x=p["x"]), "A_k"),
-    (lambda p: dense_ssm_fast(p["x"], p["A_k"], p["W_B"], p["W_C"], algorithm="chunked"),
+    (lambda p: dense_ssm_fast(p["x"], p["A_k"], p["W_B"], p["W_C"], algorithm="blocked"),
      "algorithm"),
+    (lambda p: dense_ssm_fast(p["x"], p["A_k"], p["W_B"], p["W_C"], algorithm="chunked",
+                              chunk=0), "chunk"),
     (lambda p: dense_ssm_fast(p["x"], p["A_k"], p["W_B"], p["W_C"], mode="cayley"), "mode"),
     (lambda p: dense_ssm_fast(p["x"], p["A_k"], p["W_B"][:3], p["W_C"]), "W_B"),
     (lambda p: dense_ssm_fast(p["x"], p["A_k"][:2], p["W_B"], p["W_C"]), "A_k"),

@@ -11,6 +11,8 @@ COMPOSITE = {
                                   "epilogue: TVM",
     ("selective_ssm/dense", "sequential"): "u = x W_B^T, y = h W_C^T: torch GEMMs; the scan: TVM",
     ("selective_ssm/dense", "associative"): "torch: transitions by one GEMM, recursive doubling",
+    ("selective_ssm/dense", "chunked"): "the TVM scan on chunks as rows (end states, transition "
+                                        "products, second pass); carries: torch",
     ("diagonal_ssm", "sequential"): "the recurrence: TVM (discretisation: torch, per call)",
     ("diagonal_ssm", "fft"): "torch: blocked Vandermonde matmul, rfft/irfft",
 }
@@ -53,7 +55,7 @@ def emit(node, graph, fam: str, alg: str, out: Path, write, target=None) -> dict
                            ("gelu", grc_tir.build_gelu(4 * d, lanes))):
             files[name] = str(out / f"{name}.tir.py")
             write(out / f"{name}.tir.py", _script(prim))
-    elif fam == "selective_ssm/dense" and alg == "sequential":
+    elif fam == "selective_ssm/dense" and alg in ("sequential", "chunked"):
         from ssmc.codegen.tvm import dense_scan_tir as tirb
 
         bs = node.block or node.d_state
