@@ -113,14 +113,29 @@ def cmd_run(args) -> int:
 
     g = load_spec(spec_path(args.spec))
     torch.manual_seed(args.seed)
-    model = build_reference(g).eval()
-    inputs = random_inputs(g, _bindings(args), seed=args.seed)
+    bindings = _bindings(args)
+    if args.target == "reference":
+        model, how = build_reference(g).eval(), "reference (eager PyTorch)"
+    else:  # compiled: kernels from the build cache, configs from the target's tuned records
+        import ssmc
+
+        extra = {k: v for k, v in bindings.items() if k not in ("batch", "seqlen")}
+        model = ssmc.compile(g, target=_target(args.target), seqlen=args.seqlen, batch=args.batch,
+                             dims=extra).eval()
+        how = f"compiled for {model.target.name}"
+    inputs = random_inputs(g, bindings, seed=args.seed)
     with torch.no_grad():
+        if args.target != "reference":  # the first call builds the kernels or loads them from the cache
+            t0 = time.perf_counter()
+            model(**inputs)
+            print(f"  first call (kernel build or cache load): {time.perf_counter() - t0:.2f} s")
         t0 = time.perf_counter()
         out = model(**inputs)
         dt = time.perf_counter() - t0
     outs = out if isinstance(out, tuple) else (out,)
-    print(f"{g.name}: reference forward on cpu, " + ", ".join(f"{k}={v}" for k, v in _bindings(args).items()))
+    print(f"{g.name}: {how} forward, " + ", ".join(f"{k}={v}" for k, v in bindings.items()))
+    if args.target != "reference":
+        print(model.summary())
     for k, v in inputs.items():
         print(_stats(f"in  {k}", v))
     for name, t in zip(g.outputs, outs):
@@ -272,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("specs", nargs="+", metavar="SPEC")
     c.set_defaults(fn=cmd_check)
 
-    r = sub.add_parser("run", help="run random input through the reference (eager) model")
+    r = sub.add_parser("run", help="run random input through the reference model, or the compiled one with --target")
     r.add_argument("spec", metavar="SPEC")
     r.add_argument("--batch", type=_positive, default=2)
     r.add_argument("--seqlen", type=_positive, default=64)
@@ -280,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="value of another run-time dimension")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--backward", action="store_true", help="also time a backward pass")
+    r.add_argument("--target", default="reference",
+                   help="reference (eager, default), auto (this host) or a name from `ssmc targets`")
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("explain", help="print the graph after each pass and the algorithm choices")

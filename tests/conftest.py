@@ -4,6 +4,8 @@ device.  The interpreter must be chosen before triton is imported, hence here.""
 import os
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# Tuned records a user made on this machine must not change what the tests see: start empty.
+os.environ.setdefault("SSMC_RECORDS_DIR", __import__("tempfile").mkdtemp(prefix="ssmc-test-records-"))
 if os.environ.get("SSMC_GPU_TESTS") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
