@@ -93,6 +93,23 @@ def decode_run(model, prompt, new: int):
     return out, med(stamps.wall), med(stamps.cpu), total
 
 
+def forward_step_time(model, prompt, steps: int = 64):
+    """(median wall s, median CPU s) of one model forward through the cache: a decode step
+    without generate()'s own per-token bookkeeping (the same on both sides)."""
+    import torch
+
+    with torch.no_grad():
+        cache = model(prompt, use_cache=True).cache_params
+        tok = prompt[:, -1:]
+        walls, cpus = [], []
+        for _ in range(steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            model(tok, cache_params=cache, use_cache=True, logits_to_keep=1)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def run_case(kind: str, layers: int, hidden: int, prompt_len: int, new: int, repeats: int,
              decode_prompt: int = 64, log=print) -> dict:
     import torch
@@ -114,7 +131,8 @@ def run_case(kind: str, layers: int, hidden: int, prompt_len: int, new: int, rep
     res = {"model": kind, "layers": layers, "hidden": hidden, "state": 16, "vocab": vocab,
            "prompt": prompt_len, "new_tokens": new, "threads": torch.get_num_threads(),
            "accelerate_setup_s": round(setup, 2)}
-    keys = ("prefill_s", "prefill_cpu_s", "decode_step_ms", "decode_step_cpu_ms", "decode_total_s")
+    keys = ("prefill_s", "prefill_cpu_s", "decode_step_ms", "decode_step_cpu_ms", "decode_total_s",
+            "forward_step_ms", "forward_step_cpu_ms")
     for k in keys:
         res[k] = {"eager": [], "ssmc": []}
     tokens = {}
@@ -131,11 +149,15 @@ def run_case(kind: str, layers: int, hidden: int, prompt_len: int, new: int, rep
             res["decode_step_ms"][side].append(step * 1e3)
             res["decode_step_cpu_ms"][side].append(step_cpu * 1e3)
             res["decode_total_s"][side].append(total)
+            fw, fc = forward_step_time(model, dprompt)
+            res["forward_step_ms"][side].append(fw * 1e3)
+            res["forward_step_cpu_ms"][side].append(fc * 1e3)
             tokens.setdefault(side, toks)
             if not torch.equal(tokens[side], toks):
                 raise AssertionError(f"{side}: greedy tokens changed between repeats")
             log(f"  {kind} {layers}x{hidden} repeat {r}: {side:5s} prefill {wall * 1e3:8.1f} ms "
-                f"(cpu {cpu * 1e3:8.1f})   decode {step * 1e3:6.2f} ms/token (cpu {step_cpu * 1e3:6.2f})")
+                f"(cpu {cpu * 1e3:8.1f})   decode {step * 1e3:6.2f} ms/token (cpu {step_cpu * 1e3:6.2f})"
+                f"   forward step {fw * 1e3:6.2f} ms (cpu {fc * 1e3:6.2f})")
     ssmc.restore(model)
     res["same_tokens"] = bool(torch.equal(tokens["eager"], tokens["ssmc"]))
     med = {k: {s: statistics.median(v) for s, v in res[k].items()} for k in keys}
@@ -146,6 +168,8 @@ def run_case(kind: str, layers: int, hidden: int, prompt_len: int, new: int, rep
 
     res["prefill_speedup"], res["prefill_speedup_cpu"] = ratio("prefill_s"), ratio("prefill_cpu_s")
     res["decode_speedup"], res["decode_speedup_cpu"] = ratio("decode_step_ms"), ratio("decode_step_cpu_ms")
+    res["forward_step_speedup"] = ratio("forward_step_ms")
+    res["forward_step_speedup_cpu"] = ratio("forward_step_cpu_ms")
     res["prefill_tok_s"] = {s: prompt_len / v for s, v in med["prefill_s"].items()}
     res["decode_tok_s"] = {s: 1e3 / v for s, v in med["decode_step_ms"].items()}
     return res
@@ -184,18 +208,20 @@ def main(argv=None) -> int:
     print(f"# load after: {_load()}")
     print("medians; 'cpu' = this process's CPU time (what the work costs, without the waits for a "
           "core that a shared machine adds to the wall clock)")
+    print("decode: per token inside generate(); step: one model forward through the cache")
     print(f"{'model':8s} {'size':>7s} {'prompt':>6s} | {'clock':5s} | {'prefill eager':>13s} "
-          f"{'ssmc':>9s} {'x':>6s} | {'decode eager':>12s} {'ssmc':>9s} {'x':>5s} | same tokens")
+          f"{'ssmc':>9s} {'x':>6s} | {'decode eager':>12s} {'ssmc':>9s} {'x':>5s} | "
+          f"{'step eager':>10s} {'ssmc':>9s} {'x':>5s} | same tokens")
     for r in results:
         m = r["median"]
-        for clock, pk, dk, px, dx in (("wall", "prefill_s", "decode_step_ms", "prefill_speedup",
-                                       "decode_speedup"),
-                                      ("cpu", "prefill_cpu_s", "decode_step_cpu_ms",
-                                       "prefill_speedup_cpu", "decode_speedup_cpu")):
+        for clock, sfx in (("wall", ""), ("cpu", "_cpu")):
+            pk, dk, fk = f"prefill{sfx}_s", f"decode_step{sfx}_ms", f"forward_step{sfx}_ms"
             print(f"{r['model']:8s} {r['layers']}x{r['hidden']:<5d} {r['prompt']:6d} | {clock:5s} | "
                   f"{m[pk]['eager'] * 1e3:10.0f} ms {m[pk]['ssmc'] * 1e3:6.0f} ms "
-                  f"{r[px]:5.1f}x | {m[dk]['eager']:9.2f} ms {m[dk]['ssmc']:6.2f} ms "
-                  f"{r[dx]:4.1f}x | {r['same_tokens']} ({r['new_tokens']} tokens)")
+                  f"{r['prefill_speedup' + sfx]:5.1f}x | {m[dk]['eager']:9.2f} ms "
+                  f"{m[dk]['ssmc']:6.2f} ms {r['decode_speedup' + sfx]:4.1f}x | "
+                  f"{m[fk]['eager']:7.2f} ms {m[fk]['ssmc']:6.2f} ms "
+                  f"{r['forward_step_speedup' + sfx]:4.1f}x | {r['same_tokens']} ({r['new_tokens']} tokens)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"load": _load(), "results": results}, fh, indent=1)
