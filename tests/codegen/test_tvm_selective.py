@@ -187,6 +187,36 @@ def test_second_run_loads_from_disk_without_compiling(cache, tmp_path):
                                rtol=6e-4, atol=2e-3)
 
 
+_SECOND_PROCESS = """
+import torch
+from ssmc.codegen.tvm import selective_scan
+from ssmc.codegen.tvm.build import DEFAULT_CACHE
+u, dl = torch.randn(2, 100, 10), torch.rand(2, 100, 10)
+A, B, C = -torch.rand(100, 16), torch.randn(2, 16, 10), torch.randn(2, 16, 10)
+selective_scan(u, dl, A, B, C, delta_softplus=True)
+s = DEFAULT_CACHE.stats
+print(s.compiled, s.disk_hits)
+"""
+
+
+def test_a_new_process_loads_from_disk(tmp_path):
+    """The real thing: a second Python process with the same SSMC_CACHE_DIR compiles nothing."""
+    import os
+    import subprocess
+    import sys
+
+    first = KernelCache(root=tmp_path / "tvm")  # this process builds ...
+    g = torch.Generator().manual_seed(0)
+    u, dl = torch.randn(2, 100, 10, generator=g), torch.rand(2, 100, 10, generator=g)
+    A, B, C = -torch.rand(100, 16, generator=g), torch.randn(2, 16, 10), torch.randn(2, 16, 10)
+    selective_scan(u, dl, A, B, C, delta_softplus=True, cache=first)
+    assert first.stats.compiled == 1
+    env = dict(os.environ, SSMC_CACHE_DIR=str(tmp_path))  # ... the next one only loads
+    out = subprocess.run([sys.executable, "-c", _SECOND_PROCESS], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["0", "1"]
+
+
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SSMC_CACHE_DIR", str(tmp_path))
     assert KernelCache().directory() == tmp_path / "tvm"
