@@ -276,3 +276,21 @@ def test_cuda_source_from_the_same_builder(sig):
     assert '__global__' in src and "selective_scan" in src
     assert "threadIdx.x" in src and "blockIdx.x" in src
     assert "expf" not in src  # the polynomial exp, not libdevice
+
+
+def test_cuda_source_compiles_to_ptx(tmp_path):
+    """The generated CUDA C is valid: nvcc turns it into PTX (no GPU needed); skipped where
+    the CUDA toolkit is absent."""
+    import shutil
+    import subprocess
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed")
+    sig = ScanSignature(d=64, N=16, has_D=True, has_z=True, delta_softplus=True,
+                        has_delta_bias=True, has_initial_state=True, return_last_state=True)
+    src = tmp_path / "scan.cu"
+    src.write_text(selective_scan_cuda_source(sig, arch="sm_90"))
+    subprocess.run([nvcc, "-arch=sm_90", "-ptx", str(src), "-o", str(tmp_path / "scan.ptx")],
+                   check=True, capture_output=True, timeout=300)
+    assert ".entry selective_scan_kernel" in (tmp_path / "scan.ptx").read_text()
