@@ -45,7 +45,7 @@ def test_check_several_specs(capsys):
 def test_run(name, capsys):
     rc, out, err = run(["run", ZOO / f"{name}.yaml", "--seqlen", "8"], capsys)
     assert rc == 0, err
-    assert out.startswith(f"{name}: reference forward on cpu")
+    assert out.startswith(f"{name}: reference (eager PyTorch) forward")
     assert "seqlen=8" in out
     outs = [line for line in out.splitlines() if line.strip().startswith("out ")]
     assert outs and all("mean" in line and "std" in line and "finite" in line for line in outs)
@@ -141,3 +141,10 @@ def test_check_reports_each_bad_spec_and_goes_on(capsys):
     assert rc == 2
     assert out.split()[0] == "s4d"  # the good one was still checked
     assert len(error_lines(err)) == 1 and "Traceback" not in err
+
+
+def test_run_compiled_for_this_host(capsys):
+    rc, out, err = run(["run", ZOO / "mamba.yaml", "--seqlen", "8", "--target", "cpu"], capsys)
+    assert rc == 0, err
+    assert "mamba: compiled for cpu forward" in out
+    assert "tvm:selective_ssm/mamba1" in out and "first call" in out and "finite" in out
