@@ -135,9 +135,16 @@ def _kernel_backend(family: str, backend: str, device, tensors) -> str:
             backend = "tvm"
         else:
             return "torch"
-    if family == "ssd" and backend == "tvm":
-        return "torch"  # no TVM SSD kernel yet: the vectorised engine beats the loop oracle
+    if family == "ssd" and backend == "tvm" and not _registered("selective_ssm/ssd", "tvm"):
+        return "torch"  # no TVM SSD kernel registered: the vectorised engine beats the oracle
     return backend
+
+
+def _registered(fam: str, backend: str) -> list:
+    """The algorithms dispatch.KERNELS has a `backend` kernel for."""
+    from ssmc.runtime.dispatch import KERNELS
+
+    return [alg for (f, alg, be) in KERNELS if f == fam and be == backend]
 
 
 def _load_kernel(family: str, backend: str, algorithm: str):
@@ -451,6 +458,9 @@ def _ssd_call(kind, fn, config, x, dt, A, B, C, chunk_size, D, z, dt_bias, h0, s
               softplus, lo, hi, want_final):
     if kind == "reference":
         out = fn(x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, softplus, (lo, hi), want_final)
+    elif kind == "tvm":  # ssmc.codegen.tvm.ssd: the oracle's argument order, plus knobs
+        out = fn(x, dt, A, B, C, D, z, dt_bias, h0, seq_idx, softplus, (lo, hi), want_final,
+                 config=_tvm_config(config))
     else:
         out = fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, h0, seq_idx, softplus, (lo, hi),
                  want_final, config=_triton_config("ssd", "chunked", config))
@@ -468,7 +478,8 @@ def _ssd_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_s
                                                        initial_states))
     fn = None
     if kind != "torch":
-        fn = _load_kernel("ssd", kind, "chunked")
+        algs = _registered("selective_ssm/ssd", kind) if kind != "reference" else ["chunked"]
+        fn = _load_kernel("ssd", kind, "chunked" if "chunked" in algs else algs[0])
         if fn is None:
             kind = "torch"
     if kind == "torch":

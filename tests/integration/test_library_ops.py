@@ -163,3 +163,20 @@ def test_triton_op_gradients_interpreter():
                        delta_softplus=True, conj_pair=False, backend="torch").sum().backward()
     for a, b in zip(args, ref):
         torch.testing.assert_close(a.grad, b.grad, rtol=6e-4, atol=2e-3)
+
+
+def test_ssd_op_runs_a_registered_tvm_kernel(monkeypatch):
+    """ssmc::ssd on the CPU takes the TVM SSD kernel once dispatch registers one (the torch
+    engine until then), chunk by chunk with checkpoints when training."""
+    from ssmc.runtime import dispatch
+
+    monkeypatch.setitem(dispatch.KERNELS, ("selective_ssm/ssd", "sequential", "tvm"),
+                        "ssmc.codegen.tvm.ssd:ssd_scan")
+    args = _ssd_args(L=9, h=2, p=8, g=1, n=4)
+    seq_idx = torch.tensor([[0] * 5 + [1] * 4] * 2)
+    for K in (0, 4):
+        got = torch.ops.ssmc.ssd(*args, seq_idx, 64, True, 0.0, float("inf"), True, K, "tvm", "")
+        want = torch.ops.ssmc.ssd(*args, seq_idx, 64, True, 0.0, float("inf"), True, K, "torch",
+                                  "")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=6e-4, atol=2e-3)
