@@ -132,7 +132,7 @@ def test_fake_tensor_mode_shapes_and_grads():
         assert all(a.grad.shape == a.shape for a in sargs)
 
 
-# ---- Triton triton_ops (interpreter) --------------------------------------------------------------
+# ---- Triton triton_ops (interpreter) ----------------------------------------------------------
 
 def test_triton_ops_match_the_torch_engine():
     lib.register_triton_ops()
