@@ -52,6 +52,13 @@ class _State:
         self.raw = None  # the decode step's compiled kernels, resolved at the first step
         self._fp32_key, self._fp32 = None, False
 
+    def __deepcopy__(self, memo):
+        """copy.deepcopy(model): the copy gets its own state (the backend is stateless and
+        shared; kernels and derived tensors are looked up again for the copy's weights)."""
+        new = _State(self.kind, self.kernels, self.target)
+        memo[id(self)] = new
+        return new
+
     def params_fp32(self, mixer, block) -> bool:
         """Every parameter of the block is fp32 (what the raw decode kernels take); checked
         again whenever in_proj's weight changes storage or dtype (model.to(...))."""

@@ -223,3 +223,19 @@ def test_bfloat16_model(mamba, ids):
     torch.testing.assert_close(_logits(model, ids[:, :16]), ref, rtol=3e-2, atol=1e-1)
     gen = _generate(model, ids[:1, :10], 6)
     assert gen.shape == gen_ref.shape  # bf16 rounding may flip a near-tie; the path must run
+
+
+def test_deepcopy_of_an_accelerated_model(mamba, ids):
+    import copy
+
+    ref = _logits(mamba, ids)
+    ssmc.accelerate(mamba)
+    twin = copy.deepcopy(mamba)
+    with torch.no_grad():
+        for layer in twin.backbone.layers:  # the copy's own weights, not the original's
+            layer.mixer.D.mul_(-1.0)
+    assert accelerated_mixers(twin)
+    torch.testing.assert_close(_logits(mamba, ids), ref, **TOL)
+    assert not torch.allclose(_logits(twin, ids), ref, **TOL)
+    ssmc.restore(twin)
+    ssmc.restore(mamba)
