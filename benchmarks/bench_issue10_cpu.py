@@ -14,7 +14,8 @@ Sizes (the issue's "realistic size"):
     64 trajectories x 1024 steps.  Eager: the reference model.  ssmc: the compiled model (the
     recurrence kernel; the conv node runs torch's FFT), and the kernel with the HRF conv fused
     plus the read-out matmul.
-`--quick` (or SSMC_BENCH_QUICK=1) shrinks the chimera grid to 256 steps for the eager runs.
+`--quick` (or SSMC_BENCH_QUICK=1) shrinks the chimera grid to 256 steps; `--skip-slow` leaves out
+the torch-wavefront eager run; `--torch-threads N` sets torch's intra-op threads (both sides).
 On a shared machine the numbers move with the other processes: compare medians of one run.
 """
 
@@ -133,16 +134,24 @@ def test_convssm(benchmark, convssm, name):
 
 
 # --------------------------------------------------------------------- plain table
+def _flag_value(name: str, default: str | None = None) -> str | None:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
 def main() -> None:
     from ssmc.codegen.tvm.target import configure_thread_pool
 
     configure_thread_pool()
+    if _flag_value("--torch-threads"):
+        torch.set_num_threads(int(_flag_value("--torch-threads")))
     print(f"torch threads {torch.get_num_threads()}, TVM threads "
           f"{os.environ.get('TVM_NUM_THREADS')}, load average {os.getloadavg()}")
     rows = []
     for title, subject in (("chimera", chimera_subject()), ("convssm", convssm_subject())):
         timings = {}
         for name, fn in subject.items():
+            if "--skip-slow" in sys.argv and "torch wavefront" in name:
+                continue
             slow = title == "chimera" and name.startswith("eager")
             timings[name] = _median(fn, 1 if slow else 9)
             print(f"  {title:8} {name:58} {timings[name] * 1e3:12.2f} ms", flush=True)

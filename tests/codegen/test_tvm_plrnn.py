@@ -77,8 +77,13 @@ def test_half_inputs_computed_in_fp32(tol, dtype):
 def test_schedule_knobs_do_not_change_values(tol):
     args = make(7, 15, 3, 16)
     ref = plrnn_ref(*args)
-    for cfg in (PlrnnConfig(traj_block=1, vector_width=4), PlrnnConfig(traj_block=3, threads=2)):
+    hrf = torch.rand(11)
+    zc_ref = causal_conv_direct(ref, hrf)
+    for cfg in (PlrnnConfig(traj_block=1, vector_width=4), PlrnnConfig(traj_block=3, threads=2),
+                PlrnnConfig(accumulators=3)):
         torch.testing.assert_close(plrnn(*args, config=cfg), ref, **tol[torch.float32])
+        z, zc = plrnn(*args, hrf=hrf, conv="fused", config=cfg)
+        torch.testing.assert_close(zc, zc_ref, **tol[torch.float32])
 
 
 def test_empty():

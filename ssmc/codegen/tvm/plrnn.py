@@ -32,10 +32,12 @@ from ssmc.semantics.recurrence import causal_conv_fft, offdiag
 FAMILY = "plrnn"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CONV_METHODS = ("auto", "fused", "fft")
-# Fused direct convolution costs K multiply-adds per output; the FFT about 2 log2(2 L) * 5
-# flops but a pass over memory and a transpose each way: measured break-even near 100 taps
-# at L = 1024 (benchmarks/bench_issue10_cpu.py); SPM's HRF has 17 taps at TR 2 s.
-FUSE_MAX_TAPS = 64
+# Fused direct convolution: K multiply-adds per output, while z is in cache; torch's FFT: a
+# pass over memory, two transposes and its own overheads.  Measured (b 64, L 1024, M 16, one
+# thread, CPU time): fused 1.6 / 2.0 / 3.1 / 7.5 / 15.5 ms at 8 / 32 / 64 / 128 / 256 taps,
+# FFT 10.7 / 12.1 / 13.4 ms at 64 / 128 / 256 taps (and 31 ms at 8-32 taps in a noisier run):
+# break-even near 200 taps.  SPM's HRF has 17 taps at TR 2 s, 33 at TR 1 s.
+FUSE_MAX_TAPS = 128
 
 _kernels: dict = {}
 
