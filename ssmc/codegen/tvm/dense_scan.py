@@ -16,6 +16,8 @@ from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
 from ssmc.codegen.tvm.target import host_target, host_vector_lanes_f32
 
 FAMILY = "dense_scan"
+# the modules these kernels are built from (the build cache's key hashes them)
+SOURCES = ("dense_scan_tir.py", "grc_tir.py", "tirmath.py", "build.py", "target.py")
 _kernels: dict = {}
 
 
@@ -25,7 +27,7 @@ def get_kernel(sig: tirb.DenseSignature):
     k = _kernels.get(key)
     if k is None:
         k = DEFAULT_CACHE.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target, {},
-                              lambda: tirb.build_dense_scan(sig))
+                              lambda: tirb.build_dense_scan(sig), sources=SOURCES)
         _kernels[key] = k
     return k
 

@@ -11,6 +11,9 @@ from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
 from ssmc.codegen.tvm.target import host_target, host_vector_lanes_f32
 
 FAMILY = "diagonal_scan"
+# the modules these kernels are built from (the build cache's key hashes them)
+SOURCES = ("diagonal_scan_tir.py", "grc_tir.py", "tirmath.py", "build.py",
+           "target.py")
 _kernels: dict = {}
 
 
@@ -20,7 +23,7 @@ def get_kernel(sig: tirb.DiagonalSignature):
     k = _kernels.get(key)
     if k is None:
         k = DEFAULT_CACHE.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target, {},
-                              lambda: tirb.build_diagonal_scan(sig))
+                              lambda: tirb.build_diagonal_scan(sig), sources=SOURCES)
         _kernels[key] = k
     return k
 

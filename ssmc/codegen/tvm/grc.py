@@ -14,6 +14,8 @@ from ssmc.codegen.tvm import grc_tir as tirb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
 from ssmc.codegen.tvm.target import host_target, host_vector_lanes_f32
 
+# the modules these kernels are built from (the build cache's key hashes them)
+SOURCES = ("grc_tir.py", "tirmath.py", "build.py", "target.py")
 _kernels: dict = {}
 PARALLEL = os.environ.get("SSMC_GRC_PARALLEL", "0") == "1"  # see grc_tir: serial by default
 
@@ -24,7 +26,7 @@ def _get(func: str, signature: dict, build):
     k = _kernels.get(key)
     if k is None:
         k = DEFAULT_CACHE.get(func, func, signature, "float32", target,
-                              {"lanes": signature["lanes"]}, build)
+                              {"lanes": signature["lanes"]}, build, sources=SOURCES)
         _kernels[key] = k
     return k
 
