@@ -33,6 +33,15 @@ def _config(step: bool):
     return cfg.replace(threads=1) if step else cfg
 
 
+# the modules each family is built from (the build cache's key hashes them: editing one of them
+# rebuilds that family, editing anything else does not)
+SOURCES = {
+    "selective_step": ("selective_step_tir.py", "selective_scan_tir.py", "tirmath.py", "config.py"),
+    "causal_conv1d_window": ("causal_conv_tir.py", "selective_scan_tir.py", "tirmath.py", "config.py"),
+    "rmsnorm": ("rmsnorm_tir.py", "tirmath.py"),
+}
+
+
 def _get(family: str, func_name: str, sig, build, config=True):
     key = (family, sig, DEFAULT_CACHE.root, os.environ.get(CACHE_ENV))
     kernel = _kernels.get(key)
@@ -41,7 +50,8 @@ def _get(family: str, func_name: str, sig, build, config=True):
         cfg = _config(step)
         kernel = DEFAULT_CACHE.get(family, func_name, dict(sig.__dict__), "float32", host_target(),
                                    cfg.as_dict() if config else {},
-                                   (lambda: build(sig, cfg)) if config else (lambda: build(sig)))
+                                   (lambda: build(sig, cfg)) if config else (lambda: build(sig)),
+                                   sources=SOURCES[family])
         _kernels[key] = kernel
     return kernel
 
@@ -78,7 +88,7 @@ def rmsnorm(x, weight, eps: float, z=None, groups: int = 1):
 
 def conv_kernel(sig: convb.ConvSignature):
     """The compiled causal-conv kernel for `sig` (args: convb.arg_names(sig))."""
-    return _get("causal_conv1d", convb.FUNC_NAME, sig, convb.build)
+    return _get("causal_conv1d_window", convb.FUNC_NAME, sig, convb.build)
 
 
 def step_kernel(sig: stepb.StepSignature):
