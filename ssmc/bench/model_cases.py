@@ -115,7 +115,8 @@ class ModelSubject:
         if plan and all(v == "reference" for v in plan.values()):
             notes.append("every SSM node runs the eager reference on this target: ~1x expected")
         if self.recipe.backward:
-            notes.append("gradients run through the reference (no backward kernels yet)")
+            notes.append("backward through ssmc's autograd ops (ssmc.runtime.library) where a "
+                         "node has a kernel, the reference elsewhere")
         return f"ssmc ({how})", "; ".join(notes)
 
     def impls(self, baselines) -> list:

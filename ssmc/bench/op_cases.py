@@ -12,19 +12,30 @@ import warnings
 from ssmc import costmodel as cm
 from ssmc.bench import peers
 from ssmc.bench.roofline import roofline
-from ssmc.bench.subject import (Impl, Unavailable, device_for, sync_for, timed_pass,
-                                torch_dtype)
+from ssmc.bench.subject import Impl, device_for, sync_for, timed_pass, torch_dtype
 from ssmc.errors import SsmcError, did_you_mean
 
 
 def kernel_label(family: str, backend: str) -> tuple:
-    """(what ssmc runs for this family on this backend, whether that is the eager reference)."""
+    """(what ssmc's op runs for this family on this backend, whether that is a compiled kernel).
+    Without a kernel the ssmc:: ops run their vectorised torch engine (ssmc.runtime.library)."""
     from ssmc.runtime import dispatch
 
+    short = family.split("/")[-1]
     alg = dispatch.DEFAULT_ALGORITHM.get((family, backend))
     if dispatch.available(family, alg, backend):
-        return f"{backend}:{family.split('/')[-1]}/{alg}", False
-    return f"reference (no {backend} kernel for {family.split('/')[-1]})", True
+        return f"{backend}:{short}/{alg}", True
+    return f"torch engine (no {backend} kernel for {short})", False
+
+
+def backward_label(op: str, device: str) -> str:
+    """What runs ssmc's backward: a registered kernel, else the torch reverse scan."""
+    from ssmc.runtime import library
+
+    fn = getattr(library, "_BACKWARD", {}).get((op, device))
+    if fn is not None:
+        return f"backward: {getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)}"
+    return "backward: the torch reverse scan of ssmc::" + op + "_bwd (ssmc.runtime.backward)"
 
 
 class _OpSubject:
@@ -50,7 +61,7 @@ class _OpSubject:
         self.sync = sync_for(self.device)
         self.dtype = torch_dtype(recipe.dtype)
         self.backend = backend_of(self.target)
-        self.kernel, self.ssmc_is_reference = kernel_label(self.family, self.backend)
+        self.kernel, self.ssmc_on_kernel = kernel_label(self.family, self.backend)
         self._torch = torch
 
     def describe(self) -> str:
@@ -71,22 +82,20 @@ class _OpSubject:
                 out.append(t)
         return out
 
-    def _impl(self, name: str, label: str, fn_of_inputs, *, isolated=False, note="",
-              backward_ok=True) -> Impl:
+    def _impl(self, name: str, label: str, fn_of_inputs, *, isolated=False, note="") -> Impl:
         def build(L: int):
-            if self.recipe.backward and not backward_ok:
-                raise Unavailable(note or "no backward pass")
             ins = self.inputs(L)
             leaves = self._leaves(ins)
             return timed_pass(lambda: fn_of_inputs(**ins), leaves, self.recipe.backward)
         return Impl(name, label, build, isolated=isolated, note=note)
 
-    def _no_backward_note(self, what: str) -> str:
-        if self.recipe.backward and not self.ssmc_is_reference:
-            return f"no backward kernel yet: ssmc's {what} kernels are forward-only"
-        if self.ssmc_is_reference:
-            return "no compiled kernel on this target: ssmc runs the eager reference (~1x)"
-        return ""
+    def _ssmc_note(self, op: str) -> str:
+        notes = []
+        if not self.ssmc_on_kernel:
+            notes.append(f"no compiled {op} kernel on this target: ssmc's op runs its torch engine")
+        if self.recipe.backward:
+            notes.append(backward_label(op, self.device))
+        return "; ".join(notes)
 
     def roofline(self, L: int):
         if self.recipe.backward:
@@ -123,8 +132,7 @@ class SelectiveScanOp(_OpSubject):
         from ssmc.semantics.selective import selective_scan_ref
 
         out = [self._impl("ssmc", f"ssmc {self.kernel}", self._ssmc,
-                          backward_ok=self.ssmc_is_reference,
-                          note=self._no_backward_note("scan"))]
+                          note=self._ssmc_note("selective_scan"))]
         mode = "pointwise" if self.device == "cuda" else "generic"
         for name in baselines:
             if name == "eager":
@@ -207,7 +215,7 @@ class SsdOp(_OpSubject):
     def work(self, L: int):
         from ssmc.runtime import dispatch
 
-        alg = "sequential" if self.ssmc_is_reference else \
+        alg = "sequential" if not self.ssmc_on_kernel else \
             dispatch.DEFAULT_ALGORITHM[(self.family, self.backend)]
         return cm.selective_ssd(self.recipe.batch, L, self.dims["heads"], self.dims["head_dim"],
                                 self.dims["d_state"], alg, chunk=self.dims["chunk"],
@@ -219,8 +227,7 @@ class SsdOp(_OpSubject):
 
         chunk = self.dims["chunk"]
         out = [self._impl("ssmc", f"ssmc {self.kernel}", self._ssmc,
-                          backward_ok=self.ssmc_is_reference,
-                          note=self._no_backward_note("SSD"))]
+                          note=self._ssmc_note("ssd"))]
         for name in baselines:
             if name == "eager":
                 out.append(self._impl("eager", "eager ssd_ref (Python loop over L)", ssd_ref))

@@ -1,5 +1,5 @@
-"""A tiny benchmark record shared by the schema, table and plot tests: the SSD op (which runs
-the reference on a CPU, so no kernel is built) at two short lengths, eager baseline only."""
+"""A tiny benchmark record shared by the schema, table and plot tests: the SSD op (no TVM
+kernel is built for it on a CPU, so the record takes seconds) at two short lengths."""
 
 from __future__ import annotations
 
