@@ -8,6 +8,7 @@ them when this directory is named (`pytest benchmarks --benchmark-only`).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 
 import pytest
@@ -16,9 +17,12 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
-        return pytest.Module.from_parent(parent, path=file_path)
-    return None
+    if file_path.suffix != ".py" or not file_path.name.startswith("bench_"):
+        return None
+    # Collected already when the user widened python_files (-o python_files=bench_*.py).
+    if any(fnmatch.fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files")):
+        return None
+    return pytest.Module.from_parent(parent, path=file_path)
 
 
 @pytest.fixture(scope="session")
