@@ -55,7 +55,8 @@ def chimera_subject():
         cfg = ssm2d_config("tvm", "sequential" if order == "rows" else "wavefront", {})
 
         def run():
-            return ssm2d(*ssm2d_operands(mod, x), D=mod.D, bidirectional=True, config=cfg)
+            args, softplus = ssm2d_operands(mod, x)
+            return ssm2d(*args, D=mod.D, bidirectional=True, dt_softplus=softplus, config=cfg)
         return run
 
     return {

@@ -172,7 +172,8 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
         return NotImplemented
     from ssmc.codegen.ssm2d_recurrence import ssm2d_config, ssm2d_operands
 
-    return fn(*ssm2d_operands(mod, x), D=mod.D, bidirectional=mod.bidirectional,
+    args, dt_softplus = ssm2d_operands(mod, x)
+    return fn(*args, D=mod.D, bidirectional=mod.bidirectional, dt_softplus=dt_softplus,
               config=ssm2d_config(backend, node.meta.get("algorithm"), config)).to(x.dtype)
 
 

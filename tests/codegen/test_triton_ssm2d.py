@@ -50,6 +50,18 @@ def test_matches_oracle(tol, b, T, V, d, N, bc, dt, bidirectional):
     torch.testing.assert_close(y.cpu(), ref, **tol[torch.float32])
 
 
+def test_dt_softplus(tol):
+    import torch.nn.functional as F
+
+    x, A1, A2, A3, A4, B1, B2, C1, C2, dtt, dtv = make(1, 3, 3, 2, 2, "cell", "cell")
+    raw_t, raw_v = 4 * dtt - 3, 4 * dtv - 3
+    y = ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, raw_t, raw_v, dt_softplus=True,
+                        config=SMALL)
+    ref = ssm2d_ref(*(a.cpu() for a in (x, A1, A2, A3, A4, B1, B2, C1, C2)),
+                    F.softplus(raw_t).cpu(), F.softplus(raw_v).cpu())
+    torch.testing.assert_close(y.cpu(), ref, **tol[torch.float32])
+
+
 def test_half_input(tol):
     args = make(1, 3, 3, 2, 2, "cell", "cell", dtype=torch.float16)
     y = ssm2d_wavefront(*args, bidirectional=True, config=SMALL)
@@ -71,7 +83,8 @@ def test_plan_on_meta_tensors():
                                 config=Ssm2dWavefrontConfig(block_d=8))
     (launch,) = plan.launches
     assert launch.grid == (2, b, 2)
-    assert launch.constexprs == {"BLOCK_C": 16, "BLOCK_D": 8, "BLOCK_N": 16}
+    assert launch.constexprs == {"BLOCK_C": 16, "BLOCK_D": 8, "BLOCK_N": 16,
+                                 "DT_SOFTPLUS": False}
     assert tuple(launch.args["ws_ptr"].shape) == (2 * b * 2, 2, 2, V + 1, 8, 16)
     assert plan.outputs[0].shape == (2, b, T, V, d)
 

@@ -87,6 +87,20 @@ def test_strided_views_of_projection_outputs(tol):
     torch.testing.assert_close(y, ssm2d(*(a.contiguous() for a in args)), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dt", [("cell", "cell"), ("cell", "d"), ("d", "d")])
+def test_dt_softplus(tol, dt):
+    """dt_softplus=True: the steps are softplus of the arguments (in the kernel per cell)."""
+    import torch.nn.functional as F
+
+    x, A1, A2, A3, A4, B1, B2, C1, C2, dtt, dtv = make(2, 5, 4, 8, 3, bc=("cell",) * 4, dt=dt)
+    raw_t, raw_v = 4 * dtt - 3, 4 * dtv - 3  # both signs
+    y = ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, raw_t, raw_v, bidirectional=True,
+              dt_softplus=True)
+    ref = ssm2d_ref(x, A1, A2, A3, A4, B1, B2, C1, C2, F.softplus(raw_t), F.softplus(raw_v),
+                    bidirectional=True)
+    torch.testing.assert_close(y, ref, **tol[torch.float32])
+
+
 def test_zero_coupling_is_two_1d_scans(tol):
     """A2 = A3 = 0: h1 only sees t, h2 only v (the 'axis' decomposition's premise)."""
     x, A1, A2, A3, A4, B1, B2, C1, C2, dtt, dtv = make(1, 5, 4, 8, 2)
@@ -127,6 +141,7 @@ def test_empty_grid():
     (dict(dt_v=torch.rand(1, 3, 4, 4)), "dt_v"),
     (dict(D=torch.randn(4)), "D"),
     (dict(bidirectional=1), "bidirectional"),
+    (dict(dt_softplus=None), "dt_softplus"),
     (dict(config={"order": "rows"}), "config"),
 ])
 def test_bad_arguments_name_the_argument(change, name):
@@ -187,7 +202,9 @@ def test_chimera_rows_order_for_the_sequential_algorithm(chimera, tol):
     mod = model.ssm2d
     x = torch.randn(1, 5, 3, 16)
     with torch.no_grad():
-        y = ssm2d(*ssm2d_operands(mod, x), D=mod.D, bidirectional=True, config=ROWS)
+        args, softplus = ssm2d_operands(mod, x)
+        assert softplus  # selective: the kernel applies softplus to the dt_proj output
+        y = ssm2d(*args, D=mod.D, bidirectional=True, dt_softplus=softplus, config=ROWS)
         r = mod(x)
     torch.testing.assert_close(y, r, **tol[torch.float32])
 

@@ -90,11 +90,14 @@ def _dt_cell(name, t, b, T, V, d) -> bool:
 
 
 def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=False,
-          config: tirb.Ssm2dConfig | None = None, cache: KernelCache | None = None):
+          dt_softplus: bool = False, config: tirb.Ssm2dConfig | None = None,
+          cache: KernelCache | None = None):
     """2-D SSM on the CPU (same arguments and result as ssmc.semantics.ssm2d.ssm2d_ref).
 
-    config: an Ssm2dConfig (order 'wavefront' or 'rows', channel block, vector width);
-    None takes the host's default.  Returns y (b, T, V, d) in x's dtype."""
+    dt_softplus: dt_t / dt_v are pre-activation and the steps are softplus of them (Chimera's
+    dt_proj output; applied in the kernel, once per cell and channel).  config: an
+    Ssm2dConfig (order 'wavefront' or 'rows', channel block, vector width); None takes the
+    host's default.  Returns y (b, T, V, d) in x's dtype."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"ssm2d: x must be a 4-D tensor (b, T, V, d); got {_shape(x)}")
     b, T, V, d = (int(s) for s in x.shape)
@@ -114,13 +117,19 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
         _check("D", D, [(d,)], f"(d,)=({d},)")
     if not isinstance(bidirectional, bool):
         raise ValueError(f"ssm2d: bidirectional must be a bool; got {bidirectional!r}")
+    if not isinstance(dt_softplus, bool):
+        raise ValueError(f"ssm2d: dt_softplus must be a bool; got {dt_softplus!r}")
     if config is not None and not isinstance(config, tirb.Ssm2dConfig):
         raise ValueError(f"ssm2d: config must be an Ssm2dConfig; got {type(config).__name__}")
     if b == 0 or T == 0 or V == 0:
         return x.new_zeros(x.shape)
 
+    if dt_softplus and not all(dt_cell):  # per-channel steps: once here
+        dt_t = dt_t if dt_cell[0] else torch.nn.functional.softplus(dt_t.float())
+        dt_v = dt_v if dt_cell[1] else torch.nn.functional.softplus(dt_v.float())
     sig = tirb.Ssm2dSignature(d=d, N=N, bc=bc, dt_cell=dt_cell, has_D=D is not None,
-                              bidirectional=bidirectional)
+                              bidirectional=bidirectional,
+                              dt_softplus=dt_softplus and any(dt_cell))
     config = config or default_config()
     args = {"x": _f32(x)}
     for name, t, form in zip(tirb.BC_NAMES, (B1, B2, C1, C2), bc):

@@ -44,7 +44,7 @@ F32 = "float32"
 IDX = "int64"
 FUNC_NAME = "ssm2d"
 ORDERS = ("wavefront", "rows")
-SCRATCH_SLOTS = 32  # fp32 temporaries per lane body (two exp2 + two expm1 need ~14)
+SCRATCH_SLOTS = 48  # fp32 temporaries per lane body (two softplus need ~40)
 # Stack buffers: TVM 0.27 turns "local" scope into workspace calls on CPU (no registers).
 LOCAL_SCOPE = "global"
 
@@ -66,7 +66,8 @@ BC_NAMES = ("B1", "B2", "C1", "C2")
 @dataclass(frozen=True)
 class Ssm2dSignature:
     """What one kernel is specialised on.  bc: the form of (B1, B2, C1, C2) (BC_*);
-    dt_cell: (dt_t, dt_v) per cell (b, T, V, d) rather than per channel (d,)."""
+    dt_cell: (dt_t, dt_v) per cell (b, T, V, d) rather than per channel (d,);
+    dt_softplus: per-cell steps arrive before softplus (the dt_proj output), applied here."""
 
     d: int
     N: int
@@ -74,6 +75,7 @@ class Ssm2dSignature:
     dt_cell: tuple = (False, False)
     has_D: bool = False
     bidirectional: bool = False
+    dt_softplus: bool = False
 
     def __post_init__(self):
         if self.d < 1 or self.N < 1:
@@ -178,6 +180,7 @@ class _Sweep:
             2 if sig.N % 2 == 0 else 1
         self.ybuf = T.alloc_buffer((self.acc, lanes), F32, scope=LOCAL_SCOPE)
         self.xbuf = T.alloc_buffer((lanes,), F32, scope=LOCAL_SCOPE)
+        self.dtbuf = T.alloc_buffer((2, lanes), F32, scope=LOCAL_SCOPE)  # per-cell steps
 
     def each(self, fn):
         """fn(lane) for every lane of the block, as vector statements of `width` lanes."""
@@ -203,7 +206,7 @@ class _Sweep:
             return buf[self.bi, t, vp, n]
         return buf[self.bi, t, vp, c, n]
 
-    def update(self, k: int, t, vp, c, n, own, cross, xv):
+    def update(self, k: int, t, vp, c, i, n, own, cross, xv):
         """The new state of axis k (0: h1 along t, 1: h2 along v) for one channel and state,
         from its own previous state and the other axis's one (both of the neighbour cell)."""
         bufs = self.bufs
@@ -211,7 +214,7 @@ class _Sweep:
         if self.sig.dt_cell[k]:
             dtn, An, Ainv, Ac = (("dt_t", "A1", "A1inv", "A2") if k == 0 else
                                  ("dt_v", "A4", "A4inv", "A3"))
-            e, em1 = exp_expm1(bufs[dtn][self.bi, t, vp, c] * bufs[An][n, c])
+            e, em1 = exp_expm1(self.dtbuf[k, i] * bufs[An][n, c])
             g = M.bind(em1 * bufs[Ainv][n, c])
             return e * own + g * (bufs[Ac][n, c] * cross + bx)
         # one step per channel: E, G and G * A_cross (and G * B for a (d, N) B) precomputed
@@ -233,6 +236,11 @@ class _Sweep:
             c = self.c0 + i
             xv = x[bi, t, vp, c]
             T.buffer_store(self.xbuf, xv, [i])
+            for k, dtn in enumerate(("dt_t", "dt_v")):
+                if sig.dt_cell[k]:  # once per cell and channel, not per state
+                    dt = bufs[dtn][bi, t, vp, c]
+                    T.buffer_store(self.dtbuf, M.softplus(dt) if sig.dt_softplus else dt,
+                                   [k, i])
             y0 = xv * bufs["D"][c] if sig.has_D else M.f32(0.0)
             if sig.bidirectional:  # the second sweep adds to what the first one wrote
                 y0 = tir.Select(dirn > 0, out[bi, t, vp, c], y0)
@@ -247,8 +255,8 @@ class _Sweep:
             xv = self.xbuf[i]
             up1, up2 = ws[bi, task, 0, v + 1, n, i], ws[bi, task, 1, v + 1, n, i]
             left1, left2 = ws[bi, task, 0, v, n, i], ws[bi, task, 1, v, n, i]
-            h1 = M.bind(self.update(0, t, vp, c, n, up1, up2, xv))
-            h2 = M.bind(self.update(1, t, vp, c, n, left2, left1, xv))
+            h1 = M.bind(self.update(0, t, vp, c, i, n, up1, up2, xv))
+            h2 = M.bind(self.update(1, t, vp, c, i, n, left2, left1, xv))
             T.buffer_store(ws, h1, [bi, task, 0, v + 1, n, i])
             T.buffer_store(ws, h2, [bi, task, 1, v + 1, n, i])
             T.buffer_store(self.ybuf, self.ybuf[k, i] + self.bc(2, t, vp, c, n) * h1

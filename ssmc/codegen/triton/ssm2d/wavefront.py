@@ -74,6 +74,7 @@ def _ssm2d_wavefront_kernel(
     sdt_t_b, sdt_t_t, sdt_t_v, sdt_t_d,
     sdt_v_b, sdt_v_t, sdt_v_v, sdt_v_d,
     BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     bi = tl.program_id(1).to(tl.int64)
@@ -115,6 +116,9 @@ def _ssm2d_wavefront_kernel(
                            sdt_t_d, 0, m3)
             dtv = _operand(dtv_ptr, bi, t, vp, offs_d, offs_n, sdt_v_b, sdt_v_t, sdt_v_v,
                            sdt_v_d, 0, m3)
+            if DT_SOFTPLUS:  # F.softplus: x above 20 stays x
+                dtt = tl.where(dtt > 20.0, dtt, tl.log(1.0 + tl.exp(tl.minimum(dtt, 20.0))))
+                dtv = tl.where(dtv > 20.0, dtv, tl.log(1.0 + tl.exp(tl.minimum(dtv, 20.0))))
             B1 = _operand(B1_ptr, bi, t, vp, offs_d, offs_n, sB1_b, sB1_t, sB1_v, sB1_d, sB1_n,
                           m3)
             B2 = _operand(B2_ptr, bi, t, vp, offs_d, offs_n, sB2_b, sB2_t, sB2_v, sB2_d, sB2_n,
@@ -168,7 +172,8 @@ def _strides_dt(name, t, b, T, V, d):
 
 
 def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
-                         bidirectional=False, config: Ssm2dWavefrontConfig | None = None):
+                         bidirectional=False, dt_softplus=False,
+                         config: Ssm2dWavefrontConfig | None = None):
     """The launch plan (see `ssm2d_wavefront`); outputs (out planes (ndir, b, T, V, d) fp32,)."""
     config = config or Ssm2dWavefrontConfig()
     check_tensor("x", x, dims=(("batch", None), ("T", None), ("V", None), ("dim", None)),
@@ -180,6 +185,7 @@ def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
         check_tensor(name, A, dims=(("dim", d), ("dstate", N)), dtypes=FLOAT_DTYPES)
     check_tensor("D", D, dims=(("dim", d),), dtypes=FLOAT_DTYPES, optional=True)
     check_flag("bidirectional", bidirectional)
+    check_flag("dt_softplus", dt_softplus)
     bc = {nm: _strides_bc(nm, t, b, T, V, d, N)
           for nm, t in (("B1", B1), ("B2", B2), ("C1", C1), ("C2", C2))}
     dts = {nm: _strides_dt(nm, t, b, T, V, d) for nm, t in (("dt_t", dt_t), ("dt_v", dt_v))}
@@ -205,21 +211,24 @@ def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
     for nm, key in (("dt_t", "sdt_t"), ("dt_v", "sdt_v")):
         args.update({f"{key}_{ax}": s for ax, s in zip("btvd", dts[nm][1])})
     launch = KernelLaunch(_ssm2d_wavefront_kernel, grid, args,
-                          {"BLOCK_C": config.block_c, "BLOCK_D": block_d, "BLOCK_N": block_n},
+                          {"BLOCK_C": config.block_c, "BLOCK_D": block_d, "BLOCK_N": block_n,
+                           "DT_SOFTPLUS": dt_softplus},
                           config.num_warps, config.num_stages)
     return LaunchPlan([launch], (out,))
 
 
 def ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
-                    bidirectional=False, config: Ssm2dWavefrontConfig | None = None):
+                    bidirectional=False, dt_softplus=False,
+                    config: Ssm2dWavefrontConfig | None = None):
     """2-D SSM by wavefront (the oracle `ssm2d_ref`'s arguments and result): x (b, T, V, d);
     A1..A4 (d, N); B1, B2, C1, C2 (d, N), (b, T, V, N) or (b, T, V, d, N); dt_t, dt_v (d,) or
-    (b, T, V, d), positive; D (d,).  Returns y (b, T, V, d) in x's dtype."""
+    (b, T, V, d), positive (or, with dt_softplus, their pre-activation); D (d,).  Returns
+    y (b, T, V, d) in x's dtype."""
     if isinstance(x, torch.Tensor) and x.dim() == 4 and 0 in x.shape:
         check_tensor("x", x, dtypes=FLOAT_DTYPES)
         return x.new_zeros(x.shape)
     plan = plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D,
-                                bidirectional, config)
+                                bidirectional, dt_softplus, config)
     (out,) = plan.run()
     y = out.sum(0) if out.shape[0] > 1 else out[0]
     if D is not None:
