@@ -424,8 +424,9 @@ def _trial_loop(study, objective, ctrl_c, bar, n_trials, deadline, journal) -> N
     while finished_count(study) < n_trials:
         if deadline is not None and time.monotonic() >= deadline:
             break
-        if journal:
-            fail_dead_local_trials(study)
+        # A worker of this host that died (SIGKILL) is reaped at once on every storage; the
+        # heartbeat only catches it after its grace period, which a resumed run may outlive.
+        fail_dead_local_trials(study)
         # one trial per call: between trials this loop recounts the whole study (other
         # workers' trials too), checks the deadline and reaps dead local workers.  A Ctrl-C
         # inside the trial leaves it FAIL (Optuna's own handling), never RUNNING.
