@@ -39,6 +39,8 @@ CONV_METHODS = ("auto", "fused", "fft")
 # break-even near 200 taps.  SPM's HRF has 17 taps at TR 2 s, 33 at TR 1 s.
 FUSE_MAX_TAPS = 128
 
+# the modules a kernel is built from (its cache key hashes only these)
+SOURCES = ("plrnn_tir.py", "tirmath.py", "build.py", "target.py")
 _kernels: dict = {}
 
 
@@ -72,7 +74,8 @@ def get_kernel(sig: tirb.PlrnnSignature, config: tirb.PlrnnConfig, target=None,
     kernel = _kernels.get(fast_key)
     if kernel is None:
         kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.as_dict(), "float32", target,
-                           config.as_dict(), lambda: tirb.build_plrnn(sig, config))
+                           config.as_dict(), lambda: tirb.build_plrnn(sig, config),
+                           sources=SOURCES)
         _kernels[fast_key] = kernel
     return kernel
 
@@ -162,7 +165,7 @@ def _backward_kernel(M: int, config, cache):
     if kernel is None:
         kernel = cache.get(FAMILY + "_backward", tirb.BACKWARD_NAME, {"M": M}, "float32",
                            target, config.as_dict(),
-                           lambda: tirb.build_plrnn_backward(sig, config))
+                           lambda: tirb.build_plrnn_backward(sig, config), sources=SOURCES)
         _kernels[key] = kernel
     return kernel
 

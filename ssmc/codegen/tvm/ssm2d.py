@@ -24,6 +24,8 @@ from ssmc.codegen.tvm.target import host_target
 FAMILY = "ssm2d"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# the modules a kernel is built from (its cache key hashes only these)
+SOURCES = ("ssm2d_tir.py", "tirmath.py", "build.py", "target.py")
 _kernels: dict = {}
 
 
@@ -70,7 +72,8 @@ def get_kernel(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, target=None,
     kernel = _kernels.get(fast_key)
     if kernel is None:
         kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.as_dict(), "float32", target,
-                           config.as_dict(), lambda: tirb.build_ssm2d(sig, config))
+                           config.as_dict(), lambda: tirb.build_ssm2d(sig, config),
+                           sources=SOURCES)
         _kernels[fast_key] = kernel
     return kernel
 
