@@ -148,3 +148,16 @@ def test_run_compiled_for_this_host(capsys):
     assert rc == 0, err
     assert "mamba: compiled for cpu forward" in out
     assert "tvm:selective_ssm/mamba1" in out and "first call" in out and "finite" in out
+
+
+def test_run_unknown_target_exits_2(capsys):
+    rc, out, err = run(["run", ZOO / "mamba.yaml", "--seqlen", "8", "--target", "cpux"], capsys)
+    assert rc == 2 and "did you mean 'cpu'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_spec_may_name_a_zoo_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the checkout: the zoo is found through the package
+    rc, out, err = run(["check", "mamba", "ir/s4d.yaml"], capsys)
+    assert rc == 0, err
+    assert out.startswith("mamba ") and "\ns4d " in out
