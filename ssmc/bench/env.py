@@ -16,8 +16,25 @@ from pathlib import Path
 PACKAGES = ("ssmc", "torch", "apache-tvm", "triton", "numpy")
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with '+dirty' when files differ from it), when ssmc runs from one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ssmc"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def versions() -> dict:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "ssmc_git": git_commit()}
     for name in PACKAGES:
         key = "tvm" if name == "apache-tvm" else name
         try:

@@ -11,7 +11,8 @@ implementation, i.e. its median over ssmc's; a fraction is roofline time over me
                        exps_per_s}: the descriptor the roofline used
     device            {cpu_model, cores, machine, torch_threads, tvm_num_threads, gpu,
                        load_average}: where the times were measured
-    versions          {python, ssmc, torch, tvm, triton, numpy}: null when not installed
+    versions          {python, ssmc_git, ssmc, torch, tvm, triton, numpy}: null when not
+                      installed; ssmc_git is the commit (+dirty) of a checkout
     settings          {batch, dtype, pass: "forward" | "forward+backward", seqlens, baselines,
                        dims, warmup, repeats, min_repeats, budget_s, compile_timeout_s,
                        max_call_s}
