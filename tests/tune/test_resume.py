@@ -31,7 +31,11 @@ def test_ctrl_c_then_sigkill_then_resume_loses_no_trial(tmp_path, records_dir):
     wait_until(url, lambda ts: len(finished(ts)) >= 1 and running(ts), proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    # 130, or death by SIGINT: both read as 130 to the calling shell.  CPython 3.11 under
+    # `python -m` ends by SIGINT, whatever sys.exit said, once a KeyboardInterrupt passed
+    # through a nested eval() (Triton's namedtuple() inside the interrupted compile), caught
+    # or not.
+    assert proc.returncode in (130, -signal.SIGINT), err
     assert "interrupted" in err and "--resume" in err
     ts = wait_until(url, lambda ts: True, None)
     assert not running(ts)
