@@ -43,7 +43,8 @@ class _Runner:
 
 class CompiledModel(GraphModule):
     """The lowered graph run with compiled kernels where the target has them; the reference
-    elsewhere (and for gradients until the backward kernels land)."""
+    elsewhere.  Gradients go through the ssmc:: ops (ssmc.runtime.library) where a node runs
+    them, else through the node's own differentiable path or the reference."""
 
     def __init__(self, graph: Graph, target, bindings: dict | None = None, records=None):
         ctx = PassContext(target=target, bindings=dict(bindings or {"batch": 2, "seqlen": 1024}),
@@ -58,6 +59,11 @@ class CompiledModel(GraphModule):
         self.source_graph = graph
         self.target = target
         self.bindings = ctx.bindings
+        if graph.dtype != "float32":
+            # The parameters too, not only the io dtype the passes pick kernels for: else
+            # compile(dtype=torch.bfloat16) would choose bf16 kernels and run fp32.  ssmc.load
+            # comes through here with the saved dtype, so its weights load without a cast.
+            self.to(getattr(torch, graph.dtype))
 
     def save(self, directory):
         """Write the spec, weights, chosen algorithms/configs and stack versions to `directory`
@@ -77,7 +83,8 @@ def compile(spec_or_path, target="auto", dtype=None, *, seqlen: int = 1024, batc
             records=None, device=None, dims: dict | None = None) -> CompiledModel:
     """Compile a spec (path, YAML text or Graph) for a target ('auto' = this host).  The shape
     bucket is (batch, seqlen) plus `dims`, the values of the spec's other run-time dims.
-    records: tuned records (ssmc.tune.Records); None = the target's defaults, False = none."""
+    records: tuned records (ssmc.tune.Records); None = the target's defaults, False = none.
+    dtype: the model's dtype (parameters and kernels; None = the spec's, float32 by default)."""
     from ssmc.ir.spec import load_spec
     from ssmc.targets import detect_host, load_target
 

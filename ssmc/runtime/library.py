@@ -121,6 +121,21 @@ def _empty(like):
 
 # --------------------------------------------------------------------------- backends
 
+OP_BACKENDS = ("auto", "tvm", "triton", "torch", "reference")
+LAYOUTS = ("bld", "bdl")
+
+
+def check_op_strings(backend: str, layout: str | None = None) -> None:
+    """The ops' string arguments (torch.library checks only their types): an unknown backend
+    would quietly run the torch engine, an unknown layout read the tensors transposed."""
+    from ssmc.runtime.checks import ArgumentError
+
+    if backend not in OP_BACKENDS:
+        raise ArgumentError(f"backend: expected one of {', '.join(OP_BACKENDS)}, got {backend!r}")
+    if layout is not None and layout not in LAYOUTS:
+        raise ArgumentError(f"layout: expected 'bld' or 'bdl', got {layout!r}")
+
+
 def _kernel_backend(family: str, backend: str, device, tensors) -> str:
     """'tvm' | 'triton' | 'reference' | 'torch' for this call."""
     if backend == "torch" or backend == "reference":
@@ -271,6 +286,7 @@ def _mamba1_call(kind, fn, algorithm, config, u, delta, A, B, C, D, z, bias, h0,
 def _selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                             conj_pair, layout, return_last_state, checkpoint_every, backend,
                             algorithm, config):
+    check_op_strings(backend, layout)
     b, d, L = _dims(u, layout)
     N = A.shape[1]
     _, sdt = bw.compute_dtypes(u, delta, A, B, C, D, z, delta_bias, initial_state,
@@ -330,6 +346,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 def _selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                          conj_pair, layout, return_last_state, checkpoint_every, backend,
                          algorithm, config):
+    check_op_strings(backend, layout)
     b, d, L = _dims(u, layout)
     N = A.shape[1]
     _, sdt = bw.compute_dtypes(u, delta, A, B, C, D, z, delta_bias, initial_state,
@@ -470,6 +487,7 @@ def _ssd_call(kind, fn, config, x, dt, A, B, C, chunk_size, D, z, dt_bias, h0, s
 def _ssd_forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size,
                  dt_softplus, dt_lo, dt_hi, return_final_states, checkpoint_every, backend,
                  config):
+    check_op_strings(backend)
     b, L, h, p = x.shape
     n = B.shape[-1]
     rdt, _ = bw.compute_dtypes(x, dt, A, B, C, D, z, dt_bias, initial_states, cplx=False)
@@ -534,6 +552,7 @@ def ssd_op(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[T
 
 def _ssd_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, chunk_size, dt_softplus,
               dt_lo, dt_hi, return_final_states, checkpoint_every, backend, config):
+    check_op_strings(backend)
     b, L, h, p = x.shape
     n = B.shape[-1]
     rdt, _ = bw.compute_dtypes(x, dt, A, B, C, D, z, dt_bias, initial_states, cplx=False)

@@ -55,6 +55,20 @@ def test_opcheck_selective_scan_bwd():
                           (gy, gl, *args, None, True, False, "bld", 4))
 
 
+@pytest.mark.parametrize("backend,layout,match", [
+    ("bogus", "bld", "^backend: expected one of auto, tvm, triton, torch, reference, got 'bogus'"),
+    ("torch", "xyz", "^layout: expected 'bld' or 'bdl', got 'xyz'"),
+    ("auto", "BLD", "^layout: "),
+], ids=["backend", "layout", "layout-case"])
+def test_selective_scan_op_refuses_unknown_strings(backend, layout, match):
+    """torch.library checks the ops' argument types only: a typo in a string must not run
+    another engine or read the tensors transposed, on real or on meta tensors."""
+    args = _scan_args()
+    for ts in (args, [t.to(META) for t in args]):
+        with pytest.raises(ValueError, match=match):
+            torch.ops.ssmc.selective_scan(*ts, True, True, layout, True, 0, backend, "", "")
+
+
 def _ssd_args(grad=False, b=2, L=10, h=2, p=3, g=1, n=4):
     gen = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
@@ -69,6 +83,14 @@ def test_opcheck_ssd(grad):
     torch.library.opcheck(torch.ops.ssmc.ssd.default,
                           (*_ssd_args(grad), seq_idx, 4, True, 0.0, float("inf"), True,
                            4 if grad else 0, "auto", ""))
+
+
+def test_ssd_op_refuses_an_unknown_backend():
+    seq_idx = torch.zeros(2, 10, dtype=torch.long)
+    for ts in (_ssd_args(), [t.to(META) for t in _ssd_args()]):
+        with pytest.raises(ValueError, match="backend: expected one of"):
+            torch.ops.ssmc.ssd(*ts, seq_idx.to(ts[0].device), 4, True, 0.0, float("inf"), True,
+                               0, "tvmm", "")
 
 
 def test_opcheck_ssd_bwd():
@@ -150,6 +172,23 @@ def test_triton_ops_match_the_torch_engine():
                                    "")
     torch.testing.assert_close(y1, y2, rtol=6e-4, atol=2e-3)
     torch.testing.assert_close(f1, f2, rtol=6e-4, atol=2e-3)
+
+
+# Under the interpreter the Triton kernels read real data pointers, so the fake-tensor and AOT
+# parts of opcheck need a GPU (wrap_triton); the schema and the autograd registration do not.
+INTERPRETER_OPCHECK = ("test_schema", "test_autograd_registration")
+
+
+def test_opcheck_triton_ops_interpreter():
+    lib.register_triton_ops()
+    args = _scan_args(b=1, d=4, L=5, N=2, grad=True)
+    torch.library.opcheck(torch.ops.ssmc.selective_scan_triton.default,
+                          (*args, True, False, "bld", True, 2, "triton", "", ""),
+                          test_utils=INTERPRETER_OPCHECK)
+    sargs = _ssd_args(grad=True, b=1, L=5, h=2, p=2, n=2)
+    torch.library.opcheck(torch.ops.ssmc.ssd_triton.default,
+                          (*sargs, None, 16, True, 0.0, float("inf"), True, 4, "triton", ""),
+                          test_utils=INTERPRETER_OPCHECK)
 
 
 def test_triton_op_gradients_interpreter():

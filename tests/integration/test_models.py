@@ -138,6 +138,29 @@ def test_torch_compile_fullgraph_function_of_ops():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("cls,kw", [(snn.Mamba2, dict(d_model=16, d_state=8, headdim=8,
+                                                        chunk_size=16)),
+                                    (snn.S4D, dict(d_model=8, d_state=4))],
+                         ids=["Mamba2", "S4D"])
+def test_torch_compile_fullgraph_nn_layers(cls, kw):
+    """The other drop-in layers trace whole too (Mamba2: ssmc::ssd), in inference and in
+    training, with the eager layer's outputs and gradients."""
+    torch.manual_seed(0)
+    layer = cls(**kw)
+    x = torch.randn(2, 13, kw["d_model"])
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-6)
+    compiled(x).square().mean().backward()
+    got = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    layer.zero_grad(set_to_none=True)
+    layer(x).square().mean().backward()
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_torch_compile_inductor_mamba_layer():
     layer = snn.Mamba(d_model=16)

@@ -96,6 +96,36 @@ def test_version_mismatch_warns_and_rebuilds(saved, tmp_path):
         ssmc.load(copy, on_mismatch="error")
 
 
+STACK = [("ssmc", "0.0.1"), ("torch", "2.0.0"), ("triton", "2.1.0"), ("tvm", "0.19.0"),
+         ("target.name", "sm_90"), ("target.backend", "triton"), ("target.arch", "sm_90"),
+         ("target.isa", ["sse2"])]
+
+
+@pytest.mark.parametrize("key,old", STACK, ids=[k for k, _ in STACK])
+def test_every_stack_version_is_checked(saved, tmp_path, key, old):
+    """Each recorded version (ssmc, torch, triton, tvm, the target's fields) is compared: any
+    one differing is named in the message (on_mismatch='error' raises before any rebuild)."""
+    _, _, _, d = saved
+    m = json.loads((d / MANIFEST).read_text())
+    where, field = (m["versions"]["target"], key[7:]) if key.startswith("target.") else \
+        (m["versions"], key)
+    where[field] = old
+    (tmp_path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(VersionMismatchError, match=rf"{key} .* -> "):
+        ssmc.load(tmp_path, target="cpu", on_mismatch="error")
+
+
+def test_other_format_and_bad_option_are_refused(saved, tmp_path):
+    _, _, _, d = saved
+    m = json.loads((d / MANIFEST).read_text())
+    m["format"] = 99
+    (tmp_path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(SsmcError, match="format 99.*reads format 1"):
+        ssmc.load(tmp_path)
+    with pytest.raises(ValueError, match="on_mismatch"):
+        ssmc.load(d, on_mismatch="ignore")
+
+
 def test_save_is_atomic_and_replaces_old_weights(saved, tmp_path):
     model, _, _, _ = saved
     d = tmp_path / "m"
