@@ -11,7 +11,12 @@ from ssmc.passes.select_algorithm import family
 def default_config(fam: str, algorithm: str, target) -> dict:
     """Per-target defaults; kept small and explicit so the tuner has an obvious starting point."""
     if target.backend.startswith("tvm"):
-        return {"channel_block": 16, "vector_width": 16, "threads": target.units, "layout": "bld"}
+        cfg = {"channel_block": 16, "vector_width": 16, "threads": target.units, "layout": "bld"}
+        if fam == "selective_ssm/ssd":
+            # the p x n state of a head does not fit in registers anyway: wider blocks amortise
+            # B/C broadcasts (measurements in ssmc.codegen.tvm.config.default_ssd_config)
+            cfg["channel_block"] = 64
+        return cfg
     cfg = {"BLOCK_D": 32, "num_warps": 4, "num_stages": 2}
     if algorithm == "chunked":
         cfg["CHUNK"] = 64

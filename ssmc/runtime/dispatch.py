@@ -19,6 +19,7 @@ KERNELS = {
     ("selective_ssm/mamba1", "chunked", "triton"): "ssmc.codegen.triton.selective_scan.chunked:selective_scan_chunked",
     ("selective_ssm/mamba1", "sequential", "tvm"): "ssmc.codegen.tvm:selective_scan",
     ("selective_ssm/ssd", "chunked", "triton"): "ssmc.codegen.triton.ssd.chunked:ssd_chunked",
+    ("selective_ssm/ssd", "sequential", "tvm"): "ssmc.codegen.tvm:ssd_scan",
     # composite kernels (ssmc.codegen.composite): library GEMMs / FFTs + compiled TVM / Triton parts
     ("nested_recursion", "tree", "tvm"): "ssmc.codegen.composite.nested:nested_tree",
     ("nested_recursion", "tree", "triton"): "ssmc.codegen.composite.nested:nested_tree",
@@ -44,7 +45,7 @@ REFERENCE = {
 DEFAULT_ALGORITHM = {("selective_ssm/mamba1", "triton"): "sequential",
                      ("selective_ssm/mamba1", "tvm"): "sequential",
                      ("selective_ssm/ssd", "triton"): "chunked",
-                     ("selective_ssm/ssd", "tvm"): "chunked"}
+                     ("selective_ssm/ssd", "tvm"): "sequential"}
 
 
 def pick_backend(backend: str, like) -> str:

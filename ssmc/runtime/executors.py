@@ -120,12 +120,14 @@ def ssd(node, mod, ins: dict, fn, backend: str, config: dict):
     b, L, d = x.shape
     h, p, g, n = mod.heads, mod.head_dim, mod.groups, mod.d_state
     A = -torch.exp(mod.A_log.float())  # SSDSSM keeps A_log (heads,)
+    cfg = tvm_config(config) if backend == "tvm" else \
+        triton_config("selective_ssm/ssd", "chunked", config)
     out = fn(x.reshape(b, L, h, p), dt, A, B.reshape(b, L, g, n), C.reshape(b, L, g, n),
              chunk_size=node.chunk_size or config.get("CHUNK") or config.get("chunk", 64), D=mod.D,
              z=None if z is None else z.reshape(b, L, h, p), dt_bias=mod.dt_bias,
              initial_states=h0, dt_softplus=mod.dt_softplus, dt_limit=mod.dt_limit,
              return_final_states=node.final_state,
-             **_config_kw(triton_config("selective_ssm/ssd", "chunked", config)))
+             **_config_kw(cfg))
     if node.final_state:
         return out[0].reshape(b, L, d), out[1]
     return out.reshape(b, L, d)

@@ -1,6 +1,6 @@
 """`ssmc.compile`: the compiled model keeps the reference model's parameter names, runs the
 chosen kernels (the TVM selective scan on the CPU) and matches the eager oracle; with gradients
-enabled the executors hand over to the reference so that training works."""
+enabled the SSM nodes go through the differentiable ssmc:: ops instead of the direct call."""
 
 from __future__ import annotations
 
@@ -64,9 +64,14 @@ def test_summary_names_the_kernels(mamba_cpu, mamba2_cpu):
     assert "mamba compiled for cpu" in s
     assert "layers.*.ssm" in s and "tvm:selective_ssm/mamba1/sequential" in s
     assert model.kernels == {"layers.*.ssm": "tvm:selective_ssm/mamba1/sequential"}
-    # no TVM SSD kernel: the reference runs it, and the summary says so
-    assert mamba2_cpu.kernels == {"layers.*.ssm": "reference"}
-    assert "layers.*.ssm" in mamba2_cpu.summary() and "reference" in mamba2_cpu.summary()
+    assert mamba2_cpu.kernels == {"layers.*.ssm": "tvm:selective_ssm/ssd/sequential"}
+    # an algorithm with no kernel on this backend (no chunked TVM SSD): the reference runs
+    # it, and the summary says so
+    text = (zoo_dir() / "mamba2.yaml").read_text().replace(
+        "chunk_size: 64\n", "chunk_size: 64\n        algorithm: chunked\n")
+    chunked = ssmc.compile(text, "cpu", seqlen=64, batch=2)
+    assert chunked.kernels == {"layers.*.ssm": "reference"}
+    assert "layers.*.ssm" in chunked.summary() and "reference" in chunked.summary()
 
 
 @pytest.mark.parametrize("L", [1, 7, 64])
@@ -131,7 +136,7 @@ def test_gradients_reach_every_parameter(mamba_cpu, mamba_ref):
     tokens = torch.randint(0, VOCAB, (2, 7))
     n0 = len(calls)
     loss = model(tokens).pow(2).mean()
-    assert len(calls) == n0  # grad enabled: the executors fell back to the reference
+    assert len(calls) == n0  # grad enabled: the nodes ran ssmc::selective_scan, not the call
     loss.backward()
     params = dict(model.named_parameters())
     assert params
@@ -185,3 +190,30 @@ def test_compile_binds_other_runtime_dims():
     model = ssmc.compile(zoo_dir() / "chimera.yaml", "cpu", seqlen=16, dims={"variates": 3})
     assert model.bindings == {"batch": 2, "seqlen": 16, "variates": 3}
     assert model.kernels  # the ssm2d node got an algorithm (run by the reference on the CPU)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=["bf16", "fp64"])
+def test_compile_dtype_is_the_models_dtype(dtype, tmp_path):
+    """dtype= casts the parameters as well as choosing the kernels' io dtype, and survives
+    save / load; the state dict still moves to and from the fp32 reference."""
+    from ssmc.ir.spec import load_spec
+
+    graph = load_spec(zoo_dir() / "mamba.yaml", dims={"d_model": 16, "n_layers": 1})
+    torch.manual_seed(4)
+    ref = build_reference(graph).eval()
+    model = ssmc.compile(graph, "cpu", dtype=dtype, seqlen=16).eval()
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    model.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        out = model(tokens)
+        want = ref(tokens)
+    assert out.dtype == dtype
+    tol = dict(rtol=3e-2, atol=5e-2 * want.abs().max().item()) if dtype == torch.bfloat16 \
+        else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.float(), want, **tol)
+    model.save(tmp_path / "m")
+    loaded = ssmc.load(tmp_path / "m").eval()
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), out, rtol=0, atol=0)
