@@ -148,9 +148,13 @@ def cmd_run(args) -> int:
         t0 = time.perf_counter()
         loss.backward()
         dt = time.perf_counter() - t0
-        n_grad = sum(p.grad is not None for p in model.parameters())
-        n_par = sum(1 for _ in model.parameters())
-        print(f"  backward: {dt * 1e3:.2f} ms, gradients reached {n_grad}/{n_par} parameters")
+        # Frozen parameters (e.g. convssm's fixed HRF, `learnable: false`) get no gradient by
+        # design: count them apart, so that n/n means every trainable parameter was reached.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        n_grad = sum(p.grad is not None for p in trainable)
+        frozen = sum(1 for p in model.parameters() if not p.requires_grad)
+        print(f"  backward: {dt * 1e3:.2f} ms, gradients reached {n_grad}/{len(trainable)} "
+              f"trainable parameters" + (f" ({frozen} frozen)" if frozen else ""))
     return 0
 
 

@@ -5,6 +5,7 @@ register / shared-memory / spill metadata, plus manifest.json saying which node 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,18 @@ def _write_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _strict_json(obj):
+    """JSON has no Infinity/NaN: Python writes them, strict readers (JavaScript, many tools)
+    reject the file.  Non-finite floats (a signature's dt_max = inf) become 'inf' / 'nan'."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
 
 
 def _mamba1_signature(node, graph):
@@ -108,5 +121,6 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
             node_dir.mkdir(parents=True, exist_ok=True)
             entry["tvm_cuda"] = _emit_tvm(node, graph, target, node_dir)
         manifest["nodes"].append(entry)
-    _write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+    _write_atomic(out_dir / "manifest.json",
+                  json.dumps(_strict_json(manifest), indent=2, default=str, allow_nan=False))
     return manifest

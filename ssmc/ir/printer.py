@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-_SHOWN_META = ("algorithm", "why", "kernel", "config", "config_source", "fused", "fused_nodes",
-               "complex", "dtype", "folded")
+_SHOWN_META = ("algorithm", "why", "excluded", "kernel", "config", "config_source", "fused",
+               "fused_nodes", "complex", "dtype", "folded")
 
 
 def _attrs(node) -> str:

@@ -39,11 +39,21 @@ def family(node) -> str:
     return node.OP + (f"/{node.variant}" if getattr(node, "variant", None) else "")
 
 
-def candidates(node) -> tuple:
+def unsupported(node, algorithm: str, target) -> str | None:
+    """Why the target's kernels cannot run `algorithm` for this node (None: they can).  The
+    cost model must not pick such an algorithm: the kernel would refuse it at run time."""
+    if (target is not None and target.backend.startswith("triton")
+            and family(node) == "selective_ssm/mamba1" and node.complex
+            and algorithm == "associative"):
+        return "the Triton associative scan takes a real A only"
+    return None
+
+
+def candidates(node, target=None) -> tuple:
     algs = node.algorithms()
     if node.OP == "ssm2d":
         algs = tuple(a for a in algs if a != "axis")  # valid only when the couplings vanish
-    return algs
+    return tuple(a for a in algs if unsupported(node, a, target) is None)
 
 
 def _choose_chunk(g, node, ctx):
@@ -64,7 +74,12 @@ def run(graph, ctx):
                 continue
             if node.OP == "nested_recursion" and node.chunk is None:
                 _choose_chunk(g, node, ctx)
-            ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a) for a in candidates(node)]
+            ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a)
+                    for a in candidates(node, ctx.target)]
+            excluded = {a: why for a in node.algorithms()
+                        if (why := unsupported(node, a, ctx.target)) is not None}
+            if excluded:  # `explain` says why an algorithm is missing from the cost table
+                node.meta["excluded"] = excluded
             node.meta["costs"] = [e.row() for e in sorted(ests, key=lambda e: e.time_us)]
             best = min(ests, key=lambda e: e.time_us)
             record = ctx.records.lookup(family(node), node, g, ctx) if ctx.records is not None else None

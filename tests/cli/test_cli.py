@@ -53,6 +53,18 @@ def test_run(name, capsys):
     assert "time:" in out
 
 
+@pytest.mark.parametrize("path", sorted(ZOO.glob("*.yaml")), ids=lambda p: p.stem)
+def test_run_every_zoo_spec_forward_and_backward(path, capsys):
+    """Every zoo model runs through the reference and its gradients reach every trainable
+    parameter (chimera's run-time dim `variates` is given; other specs ignore it)."""
+    rc, out, err = run(["run", path, "--seqlen", "5", "--dim", "variates=2", "--backward"], capsys)
+    assert rc == 0, err
+    assert "NOT FINITE" not in out
+    (line,) = [x for x in out.splitlines() if "backward:" in x]
+    reached, total = line.split("gradients reached ")[1].split()[0].split("/")
+    assert reached == total and int(total) > 0, line
+
+
 def test_run_with_a_runtime_dim(capsys):
     rc, out, err = run(["run", ZOO / "chimera.yaml", "--seqlen", "8", "--dim", "variates=3"], capsys)
     assert rc == 0, err
@@ -74,6 +86,22 @@ def test_explain_mamba_on_sm90(capsys):
     assert sorted(rows) == ["associative", "chunked", "sequential"]
     decisions = out.split("== decisions ==")[1]
     assert "layers.*.ssm" in decisions and rows[0] in decisions
+
+
+def test_explain_choice_changes_with_seqlen(capsys):
+    """Issue 4's check: on sm_90, L=256 and L=16384 choose differently and say why (the reason
+    and the cost table behind it)."""
+    chosen = {}
+    for L in (256, 16384):
+        rc, out, err = run(["explain", ZOO / "mamba.yaml", "--target", "sm_90", "--seqlen", L],
+                           capsys)
+        assert rc == 0, err
+        assert f"seqlen={L}" in out.splitlines()[0]
+        why = [x.strip() for x in out.splitlines() if x.strip().startswith("why: cost model")]
+        assert why, out
+        chosen[L] = out.split("== decisions ==")[1].split()[1]
+        assert "cost model (fastest first):" in out
+    assert chosen[256] != chosen[16384], chosen
 
 
 def test_explain_all_passes(capsys):
@@ -161,3 +189,16 @@ def test_spec_may_name_a_zoo_model(capsys, tmp_path, monkeypatch):
     rc, out, err = run(["check", "mamba", "ir/s4d.yaml"], capsys)
     assert rc == 0, err
     assert out.startswith("mamba ") and "\ns4d " in out
+
+
+def test_internal_error_exits_1(capsys, monkeypatch):
+    """A bug (any exception that is not a SsmcError) is exit 1 and says it is ssmc's fault."""
+    import ssmc.targets
+
+    def broken(*_a, **_k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(ssmc.targets, "list_targets", broken)
+    rc, out, err = run(["targets"], capsys)
+    assert rc == 1
+    assert "internal error: RuntimeError: simulated bug" in err

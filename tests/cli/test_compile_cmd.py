@@ -15,7 +15,12 @@ GPU_TARGETS = [t for t in list_targets() if load_target(t).is_gpu]
 
 def _compile(target: str, out: Path, seqlen=16384) -> dict:
     assert main(["compile", MAMBA, "--target", target, "-o", str(out), "--seqlen", str(seqlen)]) == 0
-    return json.loads((out / "manifest.json").read_text())
+    return json.loads((out / "manifest.json").read_text(), parse_constant=_not_json)
+
+
+def _not_json(word):
+    """manifest.json must be strict JSON: no Infinity / NaN, which only Python reads back."""
+    raise AssertionError(f"manifest.json holds {word}, which is not JSON")
 
 
 def _check_gpu_manifest(manifest: dict, target: str) -> None:

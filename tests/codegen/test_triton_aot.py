@@ -31,8 +31,9 @@ def test_family_compiles(compiled, family, target):
     kernels = compiled[(target, family)]
     assert kernels, f"{family} produced no kernel for {target}"
     for k in kernels:
-        for stage in ("ttir", "ttgir", "llir") + GPU_CODE[target]:
+        for stage in ("source", "ttir", "ttgir", "llir") + GPU_CODE[target]:
             assert Path(k.files[stage]).stat().st_size > 0, (k.kernel, stage)
+        assert f"def {k.kernel}(" in Path(k.files["source"]).read_text()
         meta = json.loads(Path(k.files["ttir"]).with_suffix(".json").read_text())
         assert meta["kernel"] == k.kernel and meta["n_regs"] == k.n_regs
         assert 0 < k.n_regs <= (255 if target == "sm_90" else 512)

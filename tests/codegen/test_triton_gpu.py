@@ -1,5 +1,6 @@
 """The Triton kernels for real on a CUDA/ROCm device, at realistic sizes (L = 1000 and 4097:
-several chunks/blocks and a ragged tail).  Run with `SSMC_GPU_TESTS=1 pytest -m gpu`: the
+several chunks/blocks and a ragged tail; 16384: the long sequences the cost model sends to the
+parallel algorithms).  Run with `SSMC_GPU_TESTS=1 pytest -m gpu`: the
 interpreter would take hours at these sizes, so these tests skip under TRITON_INTERPRET=1."""
 
 import math
@@ -16,7 +17,7 @@ pytestmark = [
 ]
 
 DEV = "cuda"
-LENGTHS = [1000, 4097]
+LENGTHS = [1000, 4097, 16384]
 DTYPES = [torch.float32, torch.bfloat16]
 DTYPE_IDS = ["fp32", "bf16"]
 

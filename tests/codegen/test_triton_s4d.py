@@ -103,6 +103,39 @@ def test_conv_form_equals_recurrence(tol):
     check(s4d_conv(u, Abar, Bbar, C, D), s4d_recurrence(u, Abar, Bbar, C, D), tol)
 
 
+# Issue 4's grid: L in {1, 7, 64, 333}, every input dtype, complex (S4D-Lin) and real
+# (S4D-Real) states.  block_l 64: L=64 is one whole block, L=333 ends in a ragged one.
+LENGTHS = [1, 7, 64, 333]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("kind", ["lin", "real"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("L", LENGTHS)
+def test_recurrence_lengths_and_dtypes(kind, dtype, L, tol):
+    Abar, Bbar, C = s4d_params(3, 4, kind)
+    u, D = torch.randn(1, 3, L).to(DTYPES[dtype]), torch.randn(3)
+    h0 = torch.randn(1, 3, 4, dtype=Abar.dtype)
+    kw = dict(D=D, initial_state=h0, return_final_state=True)
+    y, h = s4d_recurrent(u, Abar, Bbar, C, **kw, config=S4dRecurrentConfig(block_d=2))
+    ry, rh = s4d_recurrence(u, Abar, Bbar, C, **kw)
+    check(y, ry, tol)
+    torch.testing.assert_close(h, rh, **tol[DTYPES[dtype]])
+
+
+@pytest.mark.parametrize("kind", ["lin", "real"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("L", LENGTHS)
+def test_conv_path_lengths_and_dtypes(kind, dtype, L, tol):
+    """The FFT path end to end (Vandermonde kernel in Triton, torch.fft) against the oracle's
+    recurrence; the kernel alone against the oracle's kernel."""
+    Abar, Bbar, C = s4d_params(3, 4, kind)
+    K = s4d_kernel_vandermonde(Abar, Bbar, C, L, config=VandermondeConfig(block_d=2, block_l=64))
+    check(K, s4d_kernel(Abar, Bbar, C, L), tol)
+    u, D = torch.randn(1, 3, L).to(DTYPES[dtype]), torch.randn(3)
+    check(s4d_conv(u, Abar, Bbar, C, D), s4d_recurrence(u, Abar, Bbar, C, D), tol)
+
+
 @pytest.mark.parametrize("name, bad, message", [
     ("Bbar", torch.randn(5, 3), r"^Bbar: expected shape \(dim=5, dstate=4\)"),
     ("C", torch.randn(4, 4), r"^C: expected shape \(dim=5, dstate=4\)"),

@@ -109,6 +109,39 @@ def test_complex_A_without_conj_pair(tol):
     check(ours, selective_scan_ref(**inputs, conj_pair=False), tol)
 
 
+# Issue 4's grid: L in {1, 7, 64, 333}, every input dtype, real and complex A.  Chunk 16 and an
+# L-block of 64: L=64 ends exactly on a boundary, L=333 leaves a ragged last chunk and block.
+LENGTHS = [1, 7, 64, 333]
+GRID_CONFIGS = {
+    "sequential": SequentialScanConfig(block_d=4),
+    "associative": AssociativeScanConfig(block_d=2, block_l=64),
+    "chunked": ChunkedScanConfig(block_d=4, chunk=16),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("L", LENGTHS)
+def test_lengths_and_dtypes(algorithm, dtype, L, tol):
+    inputs = make_inputs(1, 3, L, 4, layout="grouped", groups=3, dtype=DTYPES[dtype],
+                         initial=True)
+    (out, last), (ref, ref_last) = run_both(algorithm, inputs, config=GRID_CONFIGS[algorithm])
+    check(out, ref, tol)
+    assert last.dtype == torch.float32
+    # the state sums L products of the inputs: compare it at the inputs' tolerance
+    torch.testing.assert_close(last, ref_last, **tol[DTYPES[dtype]])
+
+
+@pytest.mark.parametrize("algorithm", ["sequential", "chunked"])
+@pytest.mark.parametrize("L", LENGTHS)
+def test_complex_A_lengths(algorithm, L, tol):
+    inputs = make_inputs(1, 3, L, 4, layout="grouped", groups=3, complex_A=True, initial=True)
+    (out, last), (ref, ref_last) = run_both(algorithm, inputs, config=GRID_CONFIGS[algorithm])
+    check(out, ref, tol)
+    torch.testing.assert_close(last, ref_last, **tol[torch.complex64])
+
+
 def test_associative_rejects_complex_A():
     inputs = make_inputs(1, 3, 5, 4, complex_A=True)
     with pytest.raises(ValueError, match="^A: complex"):

@@ -83,6 +83,23 @@ def test_half_inputs(dtype, tol):
     torch.testing.assert_close(final, ref_final, **tol[dtype])
 
 
+# Issue 4's grid: L in {1, 7, 64, 333} and every input dtype, all options on.  Chunk 16: L=64
+# ends exactly on a chunk boundary, L=333 leaves a ragged last chunk.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("L", [1, 7, 64, 333])
+def test_lengths_and_dtypes(L, dtype, tol):
+    b, h, p, g, n = 1, 2, 8, 1, 4
+    kw = make_inputs(b, L, h, p, g, n, dtype)
+    kw.update(D=torch.randn(h), z=torch.randn(b, L, h, p).to(dtype), dt_bias=torch.randn(h) * 0.1,
+              initial_states=torch.randn(b, h, p, n), dt_softplus=True)
+    out, final = ssd_chunked(**kw, return_final_states=True, config=SMALL)
+    ref, ref_final = ssd_ref(**kw, return_final_states=True)
+    check(out, ref, tol)
+    assert final.dtype == torch.float32
+    torch.testing.assert_close(final, ref_final, **tol[dtype])
+
+
 def test_seq_idx_resets_state(tol):
     kw = build("B2-L40-H4-P8-G2-N4-full")
     seq_idx = torch.tensor([[0] * 10 + [1] * 20 + [2] * 10, [0] * 16 + [1] * 24],

@@ -143,7 +143,10 @@ def _compile_here(family_name, tgt, dtype, config, out_dir, example) -> list[Aot
                                   options={"num_warps": launch.num_warps,
                                            "num_stages": launch.num_stages})
         elapsed = time.perf_counter() - started
-        files = {}
+        # the @triton.jit Python source the stages below were compiled from
+        source = where / f"{stem}.py"
+        source.write_text(f"# {launch.kernel.fn.__module__}.{launch.name}\n{launch.kernel.src}")
+        files = {"source": str(source)}
         for stage, text in compiled.asm.items():
             if stage == "source":
                 continue
