@@ -35,6 +35,7 @@ SPACE_FILES = {
     ("selective_ssm/mamba1", "associative", "triton"): "triton_selective_scan_associative.yaml",
     ("selective_ssm/mamba1", "chunked", "triton"): "triton_selective_scan_chunked.yaml",
     ("selective_ssm/ssd", "chunked", "triton"): "triton_ssd_chunked.yaml",
+    ("selective_ssm/ssd", "sequential", "tvm"): "tvm_ssd.yaml",
 }
 TYPES = ("int", "float", "str", "bool")
 

@@ -193,6 +193,8 @@ def kernel_call(w: Workload, algorithm: str, config: dict, backend: str, inputs:
     fn = dispatch.kernel(w.family, algorithm, backend, strict=True)
     if backend == "tvm":
         cfg = executors.tvm_config(config)
+        if w.family == "selective_ssm/ssd":  # channels-last only: no layout argument
+            return lambda: fn(**inputs, config=cfg)
         return lambda: fn(**inputs, layout="bld", config=cfg)
     cfg = executors.triton_config(w.family, algorithm, config)
     return lambda: fn(**inputs, config=cfg)
@@ -208,9 +210,10 @@ def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dic
     if backend == "tvm":
         cfg = executors.tvm_config(config)
         if cfg is None:
-            from ssmc.codegen.tvm.config import default_config
+            from ssmc.codegen.tvm.config import default_config, default_ssd_config
 
-            cfg = default_config("llvm")
+            cfg = default_ssd_config() if w.family == "selective_ssm/ssd" else \
+                default_config("llvm")
         return cfg.as_dict()
     cfg = executors.triton_config(w.family, algorithm, config)
     if cfg is None:

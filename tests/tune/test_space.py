@@ -84,6 +84,9 @@ def test_shipped_spaces_parse_and_node_spaces_follow_the_backend():
     gpu = node_space("selective_ssm/mamba1", ["sequential", "associative", "chunked"], "triton")
     assert gpu.algorithms == ("sequential", "associative", "chunked")
     assert node_space("diagonal_ssm", ["sequential", "fft"], "tvm") is None
+    ssd = node_space("selective_ssm/ssd", ["sequential", "chunked"], "tvm")
+    assert ssd.algorithms == ("sequential",)
+    assert "layout" not in ssd.kernels["sequential"].names  # channels-last only
 
 
 @pytest.mark.parametrize("text, message", [

@@ -51,6 +51,29 @@ def test_tune_cpu_end_to_end_writes_a_record_the_next_compile_uses(tmp_path, rec
         torch.testing.assert_close(model(**inputs), ref(**inputs), rtol=6e-4, atol=2e-3)
 
 
+def test_tune_cpu_mamba2_ssd_kernel(tmp_path, records_dir, capsys):
+    """The Mamba-2 SSD node is tuned on its TVM kernel; the record's config reaches the
+    compiled model, which still matches the reference."""
+    spec = zoo_dir() / "mamba2.yaml"
+    rc = main(["tune", str(spec), "--target", "cpu", "--trials", "3", "--seqlen", "16",
+               "--batch", "1", "--repeats", "3", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "gain:" in capsys.readouterr().out
+    (path,) = (records_dir / "cpu").glob("selective_ssm.ssd-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["algorithm"] == "sequential" and rec["source"] == "measured"
+    model = ssmc.compile(spec, "cpu", seqlen=16, batch=1).eval()
+    (ssm,) = [n for _, n, _ in model.graph.walk() if n.OP == "selective_ssm"]
+    assert ssm.meta["config_source"] == "record" and ssm.meta["config"] == rec["config"]
+    assert model.kernels == {"layers.*.ssm": "tvm:selective_ssm/ssd/sequential"}
+    ref = build_reference(model.source_graph).eval()
+    model.load_state_dict(ref.state_dict())
+    inputs = random_inputs(model.source_graph, {"batch": 1, "seqlen": 16})
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs), ref(**inputs), rtol=6e-4, atol=2e-3)
+
+
 def _one_line_error(capsys, argv) -> str:
     try:
         rc = main(argv)
