@@ -11,7 +11,8 @@ transformers is an optional dependency (`pip install ssmc[hf]`); nothing here im
 function needs it.
 """
 
-from ssmc.hf.accelerated import accelerate, accelerated_mixers, call_counts, restore
+from ssmc.hf.accelerated import (accelerate, accelerated_mixers, call_counts, head_calls,
+                                  restore)
 from ssmc.hf.convert import (
     from_ssmc_state_dict,
     load_config,
@@ -20,5 +21,6 @@ from ssmc.hf.convert import (
     to_ssmc_state_dict,
 )
 
-__all__ = ["accelerate", "restore", "accelerated_mixers", "call_counts", "spec_from_config",
-           "to_ssmc_state_dict", "from_ssmc_state_dict", "load_config", "model_config"]
+__all__ = ["accelerate", "restore", "accelerated_mixers", "call_counts", "head_calls",
+           "spec_from_config", "to_ssmc_state_dict", "from_ssmc_state_dict", "load_config",
+           "model_config"]

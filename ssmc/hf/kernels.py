@@ -216,6 +216,12 @@ class TvmKernels(TorchKernels):
                     has_delta_bias=plain, delta_softplus=plain, has_initial_state=False,
                     return_last_state=final))
             self.dk.step_kernel(stepb.StepSignature(d=d, N=N, groups=g, head_dim=P, has_z=False))
+        for name in ("in_proj", "x_proj", "out_proj"):  # the decode step's one-row projections
+            lin = getattr(mixer, name, None)
+            if isinstance(lin, torch.nn.Linear):
+                self.dk.gemv_kernel(self.dk.gemv_signature(lin.weight, lin.bias))
+        if info["kind"] == "mamba1":
+            self.dk.gemv_kernel(self.dk.gemv_signature(mixer.dt_proj.weight))
 
     def a_param(self, A: torch.Tensor) -> torch.Tensor:
         return self.dk.A2_of(A)  # A * log2(e), laid out for the kernels

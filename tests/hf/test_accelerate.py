@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ssmc
-from ssmc.hf import accelerated_mixers, call_counts
+from ssmc.hf import accelerated_mixers, call_counts, head_calls
 
 TOL = dict(rtol=6e-4, atol=2e-3)  # fp32 (DESIGN.md: mamba-ssm's own test tolerances)
 TARGETS = ["tvm", "reference"]
@@ -37,6 +37,11 @@ def test_logits_and_generation_match(model, ids, target):
     gen = _generate(model, ids[:1, :12])
     assert torch.equal(gen, gen_ref), (gen, gen_ref)
     _fast_only(model)  # prefill and every decode step took ssmc's path
+    if target == "tvm":  # the head of each decode step: the one-row gemv kernel
+        head = head_calls(model)
+        assert head is not None and head["fast"] >= 19 and head["fallback"] == 0, head
+    else:
+        assert head_calls(model) is None
 
 
 def test_batched_generation(mamba, ids):

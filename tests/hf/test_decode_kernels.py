@@ -128,3 +128,26 @@ def test_step_signature_checks():
         StepSignature(d=30, N=4, head_dim=4)
     with pytest.raises(ValueError, match="groups"):
         StepSignature(d=32, N=4, groups=3)
+
+
+@pytest.mark.parametrize("K,N,bias", [(256, 1024, False), (512, 48, True), (16, 512, False),
+                                      (7, 5, True), (1, 3, False), (33, 1027, True)])
+def test_gemv_is_linear_of_one_row(K, N, bias):
+    """The decode step's matrix-vector kernel: tails in K (not a multiple of the vector width)
+    and in N (not a multiple of the interleaved rows) included."""
+    w = torch.randn(N, K)
+    b = torch.randn(N) if bias else None
+    x = torch.randn(1, K)
+    torch.testing.assert_close(dk.gemv(x, w, b), F.linear(x, w, b), **TOL)
+    torch.testing.assert_close(dk.gemv(x[0], w, b), F.linear(x[0], w, b), **TOL)
+
+
+@pytest.mark.parametrize("x,w,b,what", [
+    (torch.randn(2, 8), torch.randn(4, 8), None, "x must be"),
+    (torch.randn(1, 7), torch.randn(4, 8), None, "x must be"),
+    (torch.randn(8), torch.randn(4, 8, 1), None, "weight must be 2-D"),
+    (torch.randn(8), torch.randn(4, 8), torch.randn(5), "bias must be"),
+])
+def test_gemv_bad_shapes_name_the_argument(x, w, b, what):
+    with pytest.raises(ValueError, match=what):
+        dk.gemv(x, w, b)

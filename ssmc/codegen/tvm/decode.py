@@ -18,6 +18,7 @@ import os
 import torch
 
 from ssmc.codegen.tvm import causal_conv_tir as convb
+from ssmc.codegen.tvm import gemv_tir as gemvb
 from ssmc.codegen.tvm import rmsnorm_tir as normb
 from ssmc.codegen.tvm import selective_step_tir as stepb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
@@ -39,6 +40,7 @@ SOURCES = {
     "selective_step": ("selective_step_tir.py", "selective_scan_tir.py", "tirmath.py", "config.py"),
     "causal_conv1d_window": ("causal_conv_tir.py", "selective_scan_tir.py", "tirmath.py", "config.py"),
     "rmsnorm": ("rmsnorm_tir.py", "tirmath.py"),
+    "gemv": ("gemv_tir.py", "tirmath.py"),
 }
 
 
@@ -83,6 +85,35 @@ def rmsnorm(x, weight, eps: float, z=None, groups: int = 1):
     x2 = _f32_view("x", x, x.dim()).reshape(rows, D)
     args = [x2] + ([_f32_view("z", z, z.dim()).reshape(rows, D)] if z is not None else [])
     kernel(*args, _opt(weight), out.view(rows, D))
+    return out
+
+
+def gemv_kernel(sig: gemvb.GemvSignature):
+    """The compiled matrix-vector product for `sig` (args: gemvb.arg_names(sig))."""
+    return _get("gemv", gemvb.FUNC_NAME, sig, gemvb.build, config=False)
+
+
+def gemv_signature(weight: torch.Tensor, bias: torch.Tensor | None = None):
+    N, K = weight.shape
+    return gemvb.GemvSignature(K=K, N=N, has_bias=bias is not None,
+                               vector_width=_config(False).vector_width)
+
+
+def gemv(x, weight, bias=None):
+    """nn.Linear of one row on the CPU: x (K,) or (1, K) -> weight @ x (+ bias), (N,) or (1, N)
+    fp32; weight (N, K) and bias (N,) as the Linear holds them (contiguous fp32)."""
+    if weight.dim() != 2:
+        raise ValueError(f"gemv: weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
+    N, K = weight.shape
+    if x.numel() != K or (x.dim() == 2 and x.shape[0] != 1) or x.dim() > 2:
+        raise ValueError(f"gemv: x must be ({K},) or (1, {K}) for weight {tuple(weight.shape)}, "
+                         f"got shape {tuple(x.shape)}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"gemv: bias must be ({N},), got shape {tuple(bias.shape)}")
+    out = torch.empty(x.shape[:-1] + (N,), dtype=torch.float32)
+    kernel = gemv_kernel(gemv_signature(weight, bias))
+    kernel(_compact("x", x).view(K), _compact("weight", weight),
+           *([_compact("bias", bias)] if bias is not None else []), out.view(N))
     return out
 
 
