@@ -10,9 +10,10 @@ unchanged), but:
   the cache's own `update_conv_state`, the final SSM state through `update_recurrent_state`);
 * decode (one token with a cache): the one-token step kernels update the cache's conv state and
   SSM state in place;
-* projections (in_proj, x_proj, dt_proj, out_proj) stay torch matmuls, and the mixer's own
-  parameters are used as they are: nothing is copied, so training or editing the weights
-  afterwards is seen by the next call.  Tensors derived from weights (A = -exp(A_log) in the
+* projections (in_proj, x_proj, dt_proj, out_proj) are GEMMs on the CPU's faster library
+  (ssmc.runtime.gemm: oneDNN where MKL is slow) over a sequence and the TVM gemv kernel for a
+  decode step's single row; the mixer's own parameters are used as they are: nothing is
+  copied, so training or editing the weights afterwards is seen by the next call.  Tensors derived from weights (A = -exp(A_log) in the
   kernels' layout) are recomputed whenever the parameter's version changes.
 
 Whenever the fast path does not apply (gradients needed, an unsupported dtype), the mixer runs
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from ssmc.errors import SsmcError
 from ssmc.hf.kernels import BACKENDS, mixer_shapes
+from ssmc.runtime import gemm
 
 TARGETS = ("auto", "tvm", "triton", "reference")
 MIXER_CLASSES = {"MambaMixer": "mamba1", "Mamba2Mixer": "mamba2"}
@@ -380,6 +382,14 @@ def _gemv_kernels(dk, mixer, names) -> dict:
     return out
 
 
+def _proj(lin, x):
+    """lin(x) over a sequence: a plain nn.Linear through ssmc's choice of CPU GEMM
+    (runtime/gemm.py); a wrapped or hooked projection (an adapter, say) is called as it is."""
+    if type(lin) is torch.nn.Linear and not lin._forward_hooks and not lin._forward_pre_hooks:
+        return gemm.linear(x, lin.weight, lin.bias)
+    return lin(x)
+
+
 def _args(*ts):
     return [t for t in ts if t is not None]
 
@@ -441,7 +451,7 @@ def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None,
     A, Ak = st.a(self.A_log)
     dt_bias = self.dt_proj.bias
 
-    xz = self.in_proj(_mask(hidden_states, attention_mask))           # (b, L, 2d)
+    xz = _proj(self.in_proj, _mask(hidden_states, attention_mask))    # (b, L, 2d)
     if conv_state is not None and rec_state is not None and L == 1 and not recording:
         # decode: one token, both states updated in place (few torch ops: each costs ~us)
         xc = kern.conv_step(xz[:, 0, :d], conv_state, self.conv1d.weight, self.conv1d.bias)
@@ -460,8 +470,8 @@ def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None,
     if cache_params is not None:  # transformers' own bookkeeping of the conv state
         cache_params.update_conv_state(x.transpose(1, 2), self.layer_idx, conv_kernel_size=k)
     xc = _mask(xc, attention_mask).to(dtype)
-    x_dbl = F.linear(xc, self.x_proj.weight, self.x_proj.bias)        # (b, L, R + 2N)
-    dt = F.linear(x_dbl[..., :R], self.dt_proj.weight)                 # bias: in the scan
+    x_dbl = gemm.linear(xc, self.x_proj.weight, self.x_proj.bias)     # (b, L, R + 2N)
+    dt = gemm.linear(x_dbl[..., :R], self.dt_proj.weight)              # bias: in the scan
     B = x_dbl[..., R:R + N].unsqueeze(2)
     C = x_dbl[..., R + N:].unsqueeze(2)
     final = cache_params is not None
@@ -471,7 +481,7 @@ def _mamba1_forward(self, hidden_states, cache_params=None, attention_mask=None,
         cache_params.update_recurrent_state(last, self.layer_idx)
     else:
         y = out
-    return self.out_proj(y.to(dtype))
+    return _proj(self.out_proj, y.to(dtype))
 
 
 # ----------------------------------------------------------------------------- Mamba-2
@@ -488,7 +498,7 @@ def _mamba2_forward(self, hidden_states, cache_params=None, attention_mask=None,
     conv_state, rec_state, recording = _caches(self, cache_params)
     A, Ak = st.a(self.A_log)
 
-    proj = self.in_proj(_mask(hidden_states, attention_mask))          # (b, L, d + cd + H)
+    proj = _proj(self.in_proj, _mask(hidden_states, attention_mask))   # (b, L, d + cd + H)
     gate, xBC, dt = proj[..., :d], proj[..., d:d + cd], proj[..., d + cd:]
     if conv_state is not None and rec_state is not None and L == 1 and not recording:
         xc = kern.conv_step(xBC[:, 0], conv_state, self.conv1d.weight, self.conv1d.bias)
@@ -519,7 +529,7 @@ def _mamba2_forward(self, hidden_states, cache_params=None, attention_mask=None,
     else:
         y = out
     y = self.norm(y.to(dtype), gate)
-    return self.out_proj(y.to(dtype))
+    return _proj(self.out_proj, y.to(dtype))
 
 
 __all__ = ["accelerate", "restore", "accelerated_mixers", "call_counts", "head_calls",
