@@ -5,7 +5,7 @@ torch's F.linear calls MKL's sgemm, which on AMD CPUs takes a generic path; oneD
 measured 1.15-1.5x faster on this project's 2-core AMD EPYC for the prefill projections of a
 Mamba layer (2048 rows; one thread), and slower for a handful of rows, so those stay with
 F.linear (a decode step's single row has its own TVM kernel: codegen/tvm/gemv_tir.py).
-Autograd, other dtypes and other devices take F.linear too.
+Autograd, other dtypes, other devices and torch.compile take F.linear too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def _onednn():
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """F.linear(x, weight, bias), on oneDNN where that is the faster GEMM (see above)."""
+    if torch.compiler.is_compiling():  # Inductor picks its own GEMM
+        return F.linear(x, weight, bias)
     fn = _onednn()
     if (fn is None or x.device.type != "cpu" or x.dtype is not torch.float32
             or weight.dtype is not torch.float32 or x.dim() < 2

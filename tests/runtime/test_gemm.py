@@ -27,3 +27,17 @@ def test_gradients_and_other_dtypes_take_f_linear():
     y = gemm.linear(x64, w64)
     assert y.dtype == torch.float64
     torch.testing.assert_close(y, F.linear(x64, w64))
+
+
+def test_compiled_model_linears_match_the_reference():
+    """A CPU-compiled model runs its Linear nodes through gemm.linear; same logits."""
+    import ssmc
+    from ssmc.paths import zoo_dir
+    from ssmc.semantics.model import build_reference
+
+    model = ssmc.compile(zoo_dir() / "mamba.yaml", "cpu", seqlen=128, batch=1).eval()
+    ref = build_reference(model.source_graph).eval()
+    model.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 256, (1, 128))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), ref(tokens), rtol=6e-4, atol=2e-3)
