@@ -17,6 +17,13 @@ def default_config(fam: str, algorithm: str, target) -> dict:
             # B/C broadcasts (measurements in ssmc.codegen.tvm.config.default_ssd_config)
             cfg["channel_block"] = 64
         return cfg
+    if fam == "diagonal_ssm":
+        # the S4D kernels' own defaults, which `ssmc compile` builds ahead of time: the
+        # recurrence sizes its channel block by d_state (BLOCK_D 32 with N = 64 complex states
+        # takes all 255 registers of an sm_90 thread); the Vandermonde kernel tiles (d, L)
+        if algorithm == "fft":
+            return {"BLOCK_D": 16, "BLOCK_L": 64, "num_warps": 4, "num_stages": 1}
+        return {"num_warps": 4, "num_stages": 1}
     cfg = {"BLOCK_D": 32, "num_warps": 4, "num_stages": 2}
     if algorithm == "chunked":
         cfg["CHUNK"] = 64

@@ -49,6 +49,22 @@ def unsupported(node, algorithm: str, target) -> str | None:
     return None
 
 
+def no_kernel(node, algorithms, target) -> dict:
+    """{algorithm: why} for those of `algorithms` the target's backend has no kernel for, when
+    it has one for some other algorithm of the family: picking one would run the eager
+    reference.  A family with no kernel there runs the reference whatever is picked: {}."""
+    if target is None:
+        return {}
+    from ssmc.runtime import dispatch  # here, not at the top: the runtime imports torch
+
+    backend, fam = dispatch.backend_of(target), family(node)
+    have = dispatch.algorithms_with_kernel(fam, backend)
+    if not have:
+        return {}
+    return {a: f"no {backend} kernel (it would run the eager reference)"
+            for a in algorithms if a not in have}
+
+
 def candidates(node, target=None) -> tuple:
     algs = node.algorithms()
     if node.OP == "ssm2d":
@@ -67,6 +83,12 @@ def _choose_chunk(g, node, ctx):
                               + ", ".join(f"{c}: {t:.0f}" for c, t in sorted(times.items())) + ")")
 
 
+def _cost_why(best, ests, excluded) -> str:
+    why = f"cost model: {best.time_us:.1f} us, {best.bound}-bound"
+    cheaper = [e.algorithm for e in ests if e.time_us < best.time_us and e.algorithm in excluded]
+    return why + (f" (cheaper but excluded: {', '.join(cheaper)})" if cheaper else "")
+
+
 def run(graph, ctx):
     for g in all_graphs(graph):
         for node in g.nodes:
@@ -74,21 +96,25 @@ def run(graph, ctx):
                 continue
             if node.OP == "nested_recursion" and node.chunk is None:
                 _choose_chunk(g, node, ctx)
-            ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a)
-                    for a in candidates(node, ctx.target)]
+            algs = candidates(node, ctx.target)
+            ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a) for a in algs]
+            # unsupported ones are not costed at all; kernel-less ones stay in the cost table
+            # (what they would cost) but are not chosen.  `explain` says why, for both.
             excluded = {a: why for a in node.algorithms()
                         if (why := unsupported(node, a, ctx.target)) is not None}
-            if excluded:  # `explain` says why an algorithm is missing from the cost table
+            excluded.update(no_kernel(node, algs, ctx.target))
+            if excluded:
                 node.meta["excluded"] = excluded
             node.meta["costs"] = [e.row() for e in sorted(ests, key=lambda e: e.time_us)]
-            best = min(ests, key=lambda e: e.time_us)
+            choosable = [e for e in ests if e.algorithm not in excluded] or ests
+            best = min(choosable, key=lambda e: e.time_us)
             record = ctx.records.lookup(family(node), node, g, ctx) if ctx.records is not None else None
             if node.algorithm != "auto":
                 node.meta["algorithm"], node.meta["why"] = node.algorithm, "requested in the spec"
-            elif record and record.get("algorithm") in node.algorithms():
+            elif record and record.get("algorithm") in {e.algorithm for e in choosable}:
                 node.meta["algorithm"] = record["algorithm"]
                 node.meta["why"] = f"tuned record ({record.get('source', 'measured')})"
             else:
                 node.meta["algorithm"] = best.algorithm
-                node.meta["why"] = f"cost model: {best.time_us:.1f} us, {best.bound}-bound"
+                node.meta["why"] = _cost_why(best, ests, excluded)
     return graph

@@ -28,6 +28,10 @@ KERNELS = {
     ("selective_ssm/dense", "chunked", "tvm"): "ssmc.codegen.composite.dense:dense_ssm_chunked",
     ("diagonal_ssm", "sequential", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_sequential",
     ("diagonal_ssm", "fft", "tvm"): "ssmc.codegen.composite.diagonal:diagonal_fft",
+    # S4D in Triton: the recurrence, and the Vandermonde kernel + torch.fft (channels-first:
+    # executors.diagonal transposes)
+    ("diagonal_ssm", "sequential", "triton"): "ssmc.codegen.triton.s4d.recurrent:s4d_recurrent",
+    ("diagonal_ssm", "fft", "triton"): "ssmc.codegen.triton.s4d.vandermonde:s4d_conv",
     # issue 10: 2-D SSM (TVM loop order follows the algorithm: see executors.ssm2d) and PLRNN
     ("ssm2d", "wavefront", "tvm"): "ssmc.codegen.tvm.ssm2d:ssm2d",
     ("ssm2d", "sequential", "tvm"): "ssmc.codegen.tvm.ssm2d:ssm2d",
@@ -89,6 +93,17 @@ def kernel(family: str, algorithm: str | None, backend: str, strict: bool = Fals
 
 def available(family: str, algorithm: str, backend: str) -> bool:
     return (family, algorithm, backend) in KERNELS
+
+
+def algorithms_with_kernel(family: str, backend: str) -> tuple:
+    """The algorithms of `family` that `backend` has a kernel for (registry order)."""
+    return tuple(alg for (fam, alg, be) in KERNELS if fam == family and be == backend)
+
+
+def backend_of(target) -> str:
+    """The KERNELS backend a target descriptor's code runs on: tvm-llvm -> 'tvm', triton-cuda /
+    triton-hip -> 'triton'."""
+    return "tvm" if target.backend.startswith("tvm") else "triton"
 
 
 def selective_scan_impl(backend: str, requested: str = "auto"):

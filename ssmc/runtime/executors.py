@@ -24,6 +24,9 @@ def _grad_needed(mod, args) -> bool:
 
 # The Triton kernel family (ssmc.codegen.triton.families) of a node family, by prefix.
 TRITON_FAMILY_PREFIX = {"selective_ssm/mamba1": "selective_scan", "selective_ssm/ssd": "ssd"}
+# ... or by name, where the kernel is named for what it computes rather than the algorithm.
+TRITON_FAMILY_NAMED = {("diagonal_ssm", "sequential"): "s4d.recurrent",
+                       ("diagonal_ssm", "fft"): "s4d.vandermonde"}
 
 
 def tvm_config(config: dict | None):
@@ -43,13 +46,16 @@ def triton_config(family: str, algorithm: str, config: dict | None):
     """A schedule dict -> the Triton family's Config dataclass.  The schedule pass spells knobs
     in upper case (BLOCK_D, CHUNK); the Configs in lower case; knobs a family lacks are
     dropped."""
-    if not config or family not in TRITON_FAMILY_PREFIX:
+    name = TRITON_FAMILY_NAMED.get((family, algorithm))
+    if name is None and family in TRITON_FAMILY_PREFIX:
+        name = f"{TRITON_FAMILY_PREFIX[family]}.{algorithm}"
+    if not config or name is None:
         return None
     import dataclasses
 
     from ssmc.codegen.triton.families import get_family
 
-    cls = get_family(f"{TRITON_FAMILY_PREFIX[family]}.{algorithm}").config
+    cls = get_family(name).config
     known = {f.name for f in dataclasses.fields(cls)}
     knobs = {k.lower(): v for k, v in config.items() if k.lower() in known}
     return cls.from_dict(knobs) if knobs else None
@@ -159,12 +165,29 @@ def dense(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
-    """S4D / polar diagonal SSM; with gradients the (differentiable) FFT path runs."""
+    """S4D / polar diagonal SSM.  The torch FFT path (differentiable, traceable) runs with
+    gradients, under torch.compile (the TVM call is opaque to dynamo) and wherever the Triton
+    kernels cannot (see _triton_takes)."""
     u = ins["u"]
-    if _grad_needed(mod, [u]):
-        from ssmc.codegen.composite.diagonal import diagonal_fft as fn
     Abar, Bbar, C = mod.discrete()
+    if backend == "triton" and _triton_takes(mod, u):
+        cfg = triton_config("diagonal_ssm", node.meta.get("algorithm"), config)
+        # the Triton S4D kernels take u channels-first (b, d, L)
+        y = fn(u.transpose(1, 2), Abar, Bbar, C, D=mod.D, conj_pair=mod.conj_pair,
+               **_config_kw(cfg))
+        return y.transpose(1, 2)
+    if backend == "triton" or _grad_needed(mod, [u]) or torch.compiler.is_compiling():
+        from ssmc.codegen.composite.diagonal import diagonal_fft as fn
     return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair)
+
+
+def _triton_takes(mod, u) -> bool:
+    """Whether the Triton S4D kernels can run this call: they have no backward, take fp32/fp16/
+    bf16 on a GPU (or the CPU under TRITON_INTERPRET=1), and are not traceable.  These are the
+    conditions on which the selective-scan nodes leave the direct call for the ssmc:: ops."""
+    from ssmc.runtime.library import node_wants_op
+
+    return not node_wants_op(mod, {"u": u}, "triton", u)
 
 
 def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):

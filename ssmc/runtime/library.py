@@ -157,9 +157,9 @@ def _kernel_backend(family: str, backend: str, device, tensors) -> str:
 
 def _registered(fam: str, backend: str) -> list:
     """The algorithms dispatch.KERNELS has a `backend` kernel for."""
-    from ssmc.runtime.dispatch import KERNELS
+    from ssmc.runtime.dispatch import algorithms_with_kernel
 
-    return [alg for (f, alg, be) in KERNELS if f == fam and be == backend]
+    return list(algorithms_with_kernel(fam, backend))
 
 
 def _load_kernel(family: str, backend: str, algorithm: str):

@@ -104,6 +104,23 @@ def test_explain_choice_changes_with_seqlen(capsys):
     assert chosen[256] != chosen[16384], chosen
 
 
+@pytest.mark.parametrize("L", [64, 16384])
+def test_explain_s4d_on_sm90_names_the_algorithms_without_a_kernel(L, capsys):
+    """The choice is one Triton has a kernel for; the cost table still shows the excluded
+    (cheaper) forms and explain says why they were not taken."""
+    rc, out, err = run(["explain", ZOO / "s4d_complex.yaml", "--target", "sm_90", "--seqlen", L],
+                       capsys)
+    assert rc == 0, err
+    decision = out.split("== decisions ==")[1].split()
+    assert decision[1] in ("sequential", "fft"), decision
+    assert "cheaper but excluded" in out.split("== decisions ==")[1]
+    (excluded,) = [x for x in out.splitlines() if x.strip().startswith("excluded:")]
+    assert "'chunked': 'no triton kernel" in excluded
+    assert "'associative': 'no triton kernel" in excluded
+    table = out.split("cost model (fastest first):")[1]
+    assert "chunked" in table and "associative" in table
+
+
 def test_explain_all_passes(capsys):
     rc, out, err = run(["explain", ZOO / "mamba2.yaml", "--target", "cpu", "--seqlen", "64",
                         "--all-passes"], capsys)

@@ -117,6 +117,34 @@ def test_complex_mamba1_on_triton_never_gets_the_associative_scan(mamba):
     assert "excluded" not in real.meta
 
 
+def test_s4d_on_triton_chooses_an_algorithm_with_a_kernel(s4d_complex):
+    """Triton runs S4D by the recurrence or the FFT path only.  The cost model would take the
+    (cheaper) associative form at L=64 and chunked at L=16384, which would run the eager
+    reference: it chooses among the two with a kernel, the cost table still has all four rows,
+    and `excluded` says why two were not taken."""
+    from ssmc.runtime.dispatch import algorithms_with_kernel
+
+    chosen = {}
+    for L in (64, 16384):
+        node = only_ssm(lower(s4d_complex, "sm_90", seqlen=L))
+        chosen[L] = node.meta["algorithm"]
+        assert chosen[L] in algorithms_with_kernel("diagonal_ssm", "triton"), L
+        assert {c["algorithm"] for c in node.meta["costs"]} == set(node.algorithms())
+        assert set(node.meta["excluded"]) == {"chunked", "associative"}
+        assert all("no triton kernel" in why for why in node.meta["excluded"].values())
+        assert "cheaper but excluded" in node.meta["why"]
+    assert chosen == {64: "sequential", 16384: "fft"}  # issue 4: long L -> FFT convolution
+
+
+def test_family_without_a_kernel_on_the_backend_keeps_the_cost_models_choice():
+    """No Triton kernel runs the dense selective SSM (lcde): every algorithm runs the
+    reference, so none is left out and the cheapest is chosen."""
+    node = [n for _, n in ssm_nodes(lower(spec("lcde"), "sm_90", seqlen=256))
+            if n.OP == "selective_ssm"][0]
+    assert "excluded" not in node.meta
+    assert node.meta["algorithm"] == node.meta["costs"][0]["algorithm"]
+
+
 def test_spec_request_is_kept():
     text = (ZOO / "mamba.yaml").read_text()
     needle = "        variant: mamba1\n"
@@ -303,7 +331,8 @@ class FakeRecords:
 
 def test_record_overrides_cost_model(mamba):
     rec = FakeRecords()
-    node = only_ssm(lower(mamba, "cpu", records=rec))  # the cost model says sequential here
+    # the cost model says chunked here; associative has a Triton kernel too
+    node = only_ssm(lower(mamba, "sm_90", seqlen=1024, records=rec))
     assert node.meta["algorithm"] == "associative"
     assert node.meta["why"] == "tuned record (measured)"
     assert node.meta["config"] == rec.config
@@ -316,6 +345,17 @@ def test_record_for_an_unknown_algorithm_is_ignored(mamba):
     node = only_ssm(lower(mamba, "cpu", records=FakeRecords(algorithm="fft")))
     assert node.meta["algorithm"] == "sequential"
     assert node.meta["config_source"] == "default"
+
+
+def test_record_for_an_algorithm_without_a_kernel_is_ignored(mamba):
+    """The TVM backend runs Mamba-1 by the sequential scan only: a record naming associative
+    (made by another build, or by hand) would have the compiled model run the eager
+    reference."""
+    node = only_ssm(lower(mamba, "cpu", records=FakeRecords(algorithm="associative")))
+    assert node.meta["algorithm"] == "sequential"
+    assert node.meta["why"].startswith("cost model")
+    assert node.meta["config_source"] == "default"
+    assert "no tvm kernel" in node.meta["excluded"]["associative"]
 
 
 def test_spec_request_beats_record():

@@ -4,6 +4,8 @@ enabled the SSM nodes go through the differentiable ssmc:: ops instead of the di
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -217,3 +219,67 @@ def test_compile_dtype_is_the_models_dtype(dtype, tmp_path):
     assert {p.dtype for p in loaded.parameters()} == {dtype}
     with torch.no_grad():
         torch.testing.assert_close(loaded(tokens), out, rtol=0, atol=0)
+
+
+# ---- S4D with the Triton backend (the interpreter runs it on the CPU) --------------------------
+
+needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                       reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
+S4D_INPUT = {"s4d_complex": 1, "s4d": 3}  # d_input of the zoo spec
+
+
+def _s4d_for_sm90(spec: str, bucket: int):
+    """(compiled for sm_90, the reference with its weights), small enough for the interpreter."""
+    from ssmc.ir.spec import load_spec
+
+    graph = load_spec(zoo_dir() / f"{spec}.yaml", dims={"d_model": 8, "d_state": 8})
+    torch.manual_seed(5)
+    model = ssmc.compile(graph, "sm_90", seqlen=bucket).eval()
+    ref = build_reference(model.source_graph).eval()
+    ref.load_state_dict(model.state_dict())
+    return model, ref
+
+
+@needs_interpreter
+@pytest.mark.parametrize("spec", list(S4D_INPUT))
+@pytest.mark.parametrize("bucket, algorithm", [(64, "sequential"), (16384, "fft")])
+def test_s4d_on_triton_runs_the_triton_kernel(spec, bucket, algorithm):
+    """Compiled for sm_90, S4D (complex and real states) runs the Triton recurrence for a
+    short bucket and the Vandermonde kernel + torch.fft for a long one, not the reference."""
+    model, ref = _s4d_for_sm90(spec, bucket)
+    assert model.kernels == {"layers.*.ssm": f"triton:diagonal_ssm/{algorithm}"}
+    calls = _count_kernel_calls(model)
+    x = torch.randn(2, 7, S4D_INPUT[spec])
+    with torch.no_grad():
+        out, want = model(x), ref(x)
+    assert len(calls) == 2  # the Triton kernel ran, once per layer
+    torch.testing.assert_close(out, want, **FP32)
+
+
+@needs_interpreter
+def test_s4d_on_triton_gradients_take_the_torch_fft_path():
+    """The Triton S4D kernels have no backward: with gradients the node runs the
+    differentiable torch FFT path, and the gradients are the reference's."""
+    model, ref = _s4d_for_sm90("s4d_complex", 64)
+    calls = _count_kernel_calls(model)
+    x = torch.randn(2, 7, 1)
+    model(x).pow(2).mean().backward()
+    ref(x).pow(2).mean().backward()
+    assert not calls
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name, p in ref.named_parameters():
+        assert grads[name] is not None, name
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_s4d_on_triton_without_a_gpu_or_the_interpreter_runs_torch(monkeypatch):
+    """A model compiled for a GPU but run on CPU tensors without the interpreter: the Triton
+    kernels cannot run, the node takes the torch FFT path (the same values)."""
+    model, ref = _s4d_for_sm90("s4d_complex", 64)
+    calls = _count_kernel_calls(model)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(2, 7, 1)
+    with torch.no_grad():
+        out, want = model(x), ref(x)
+    assert not calls
+    torch.testing.assert_close(out, want, **FP32)
