@@ -15,6 +15,7 @@ import torch
 
 from ssmc.runtime import checks as chk
 from ssmc.runtime.dispatch import kernel, pick_backend, selective_scan_impl, ssd_impl
+from ssmc.semantics.selective import check_cu_seqlens
 
 BACKENDS = ("auto", "triton", "tvm", "reference")
 
@@ -33,10 +34,14 @@ def _op_backend(family: str, backend: str, like) -> str:
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                      return_last_state=False, backend="auto"):
+                      return_last_state=False, cu_seqlens=None, backend="auto"):
     """Mamba-1 selective scan.  u, delta, z: (b, d, L); A: (d, N) real or complex;
     B, C: (d, N), (b, N, L) or (b, g, N, L); D, delta_bias: (d,).  Returns y (b, d, L)
-    [, last_state (b, d, N)]."""
+    [, last_state (b, d, N)].
+
+    cu_seqlens: (num_seqs + 1,) int offsets of sequences packed in one row (b = 1); the state
+    restarts at each sequence start and last_state is (num_seqs, d, N), one per sequence.
+    Only the Triton kernels and the reference take it (see `_varlen_engine`)."""
     _check_backend(backend)
     chk.tensor("u", u, 3)
     dev = u.device
@@ -62,6 +67,13 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     chk.shape("z", z, (b, d, L), "(b, d, L)")
     chk.tensor("delta_bias", delta_bias, 1, device=dev, optional=True)
     chk.shape("delta_bias", delta_bias, (d,), "(d,)")
+    if cu_seqlens is not None:
+        _check_cu_seqlens(cu_seqlens, b, L, dev)
+        engine = _varlen_engine(backend, u, (u, delta, A, B, C, D, z, delta_bias))
+        impl = selective_scan_impl(engine, backend)
+        return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                    delta_softplus=delta_softplus, return_last_state=return_last_state,
+                    cu_seqlens=cu_seqlens)
     if backend == "reference":
         impl = selective_scan_impl("reference", backend)
         return impl(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
@@ -74,6 +86,40 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
     return library.selective_scan(u, delta, A, Bo, Co, D=D, z=z, delta_bias=delta_bias,
                                   delta_softplus=bool(delta_softplus), layout="bdl",
                                   return_last_state=bool(return_last_state), backend=be)
+
+
+def _check_cu_seqlens(cu_seqlens, b, L, device):
+    chk.tensor("cu_seqlens", cu_seqlens, 1, (torch.int32, torch.int64), device)
+    try:
+        check_cu_seqlens(cu_seqlens, b, L)
+    except ValueError as e:  # the same message, as the ops' error type
+        raise chk.ArgumentError(str(e)) from None
+
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.complex64)
+
+
+def _varlen_engine(backend: str, u, tensors) -> str:
+    """'triton' or 'reference' for a selective scan with cu_seqlens.  Only the Triton kernels
+    and the reference take variable-length batches: TVM and the torch engine behind the ssmc::
+    ops do not, and the Triton kernels have no backward.  So 'auto' runs Triton on a GPU for
+    inference and the reference (differentiable by autograd) otherwise; an explicit backend
+    that cannot is an error naming cu_seqlens, never a run that ignores it."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if backend == "tvm":
+        raise chk.ArgumentError("cu_seqlens: the tvm backend has no variable-length kernel; "
+                                "use backend='auto', 'triton' or 'reference'")
+    if backend == "triton":
+        pick_backend("triton", u)  # CPU tensors need the interpreter
+        if grad:
+            raise chk.ArgumentError("cu_seqlens: the Triton kernels have no backward for "
+                                    "variable-length batches; use backend='reference' or "
+                                    "'auto' for gradients")
+        return "triton"
+    kernel_dtypes = all(t is None or t.dtype in _TRITON_DTYPES for t in tensors)
+    if backend == "auto" and u.device.type == "cuda" and kernel_dtypes and not grad:
+        return "triton"
+    return "reference"
 
 
 def _seq_idx_from_cu(cu_seqlens, L, device):

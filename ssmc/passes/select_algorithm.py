@@ -41,11 +41,9 @@ def family(node) -> str:
 
 def unsupported(node, algorithm: str, target) -> str | None:
     """Why the target's kernels cannot run `algorithm` for this node (None: they can).  The
-    cost model must not pick such an algorithm: the kernel would refuse it at run time."""
-    if (target is not None and target.backend.startswith("triton")
-            and family(node) == "selective_ssm/mamba1" and node.complex
-            and algorithm == "associative"):
-        return "the Triton associative scan takes a real A only"
+    cost model must not pick such an algorithm: the kernel would refuse it at run time.
+    (No such rule at present: the Triton associative scan takes a complex A since it scans
+    (re, im) pairs.)"""
     return None
 
 

@@ -18,15 +18,45 @@ def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
     return M.repeat_interleave(dim // g, dim=1)
 
 
+def check_cu_seqlens(cu_seqlens, batch: int, seqlen: int) -> list:
+    """cu_seqlens (num_seqs + 1,) int offsets of sequences packed in one batch row -> the offsets
+    as a list.  ValueError naming cu_seqlens when they cannot describe that row."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"cu_seqlens: expected a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.dim() != 1:
+        raise ValueError("cu_seqlens: expected a 1-D int32/int64 tensor (num_seqs + 1,), got "
+                         f"{str(cu_seqlens.dtype).replace('torch.', '')} of shape "
+                         f"{tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device.type == "meta":
+        raise ValueError("cu_seqlens: a meta tensor has no offsets to check")
+    if batch != 1:
+        raise ValueError(f"cu_seqlens: needs a packed batch of one row, got batch {batch}")
+    cu = cu_seqlens.tolist()  # one host sync; the offsets decide shapes and launch work
+    if len(cu) < 2 or cu[0] != 0 or cu[-1] != seqlen or any(e < s for s, e in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens: expected non-decreasing offsets from 0 to seqlen "
+                         f"{seqlen}, got {cu}")
+    return cu
+
+
+def _check_per_sequence(initial_state, num_seqs: int) -> None:
+    if initial_state is not None and initial_state.shape[0] != num_seqs:
+        raise ValueError(f"initial_state: with cu_seqlens, one state per sequence "
+                         f"({num_seqs}, d, N), got shape {tuple(initial_state.shape)}")
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        delta_softplus=False, return_last_state=False, initial_state=None,
-                       conj_pair=True):
+                       conj_pair=True, cu_seqlens=None):
     """Mamba-1 selective scan, sequential over L.
 
     u, delta, z: (b, d, L); A: (d, N) real or complex; B, C: (d, N) time-invariant, (b, N, L)
     shared, or (b, g, N, L) grouped; D: (d,); delta_bias: (d,); initial_state: (b, d, N).
     Complex A: y = 2 Re(<C, h>) with conj_pair (mamba-ssm's convention: the state stands for a
     conjugate pair), else Re(<C, h>).
+    cu_seqlens: (num_seqs + 1,) int offsets of sequences packed in one row (b = 1), like
+    mamba-ssm's varlen ops: the state restarts at each sequence start, as if each ran alone.
+    initial_state is then (num_seqs, d, N), one per sequence, and the last state
+    (num_seqs, d, N), each sequence's own (an empty sequence ends with its initial state).
     """
     dtype_in = u.dtype
     u = u.float()
@@ -37,6 +67,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         delta = F.softplus(delta)
     b, d, L = u.shape
     N = A.shape[1]
+    spans = [(0, L)]
+    if cu_seqlens is not None:
+        cu = check_cu_seqlens(cu_seqlens, b, L)
+        spans = list(zip(cu[:-1], cu[1:]))
+        _check_per_sequence(initial_state, len(spans))
     cplx = A.is_complex()
     A = A.to(torch.complex64 if cplx else torch.float32)
     st = torch.complex64 if cplx else torch.float32
@@ -54,27 +89,36 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if C.dim() == 4:
         C = _expand_groups(C, d)
 
-    x = torch.zeros(b, d, N, dtype=deltaA.dtype, device=u.device)
-    if initial_state is not None:
-        x = x + initial_state.to(x.dtype)
-    ys = []
-    for i in range(L):
-        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
-        if C.dim() == 2:
-            y = torch.einsum("bdn,dn->bd", x, C.to(x.dtype))
-        elif C.dim() == 3:
-            y = torch.einsum("bdn,bn->bd", x, C[:, :, i].to(x.dtype))
-        else:
-            y = torch.einsum("bdn,bdn->bd", x, C[:, :, :, i].to(x.dtype))
-        if y.is_complex():
-            y = y.real * (2 if conj_pair else 1)
-        ys.append(y)
+    ys, lasts = [], []
+    for s, (start, end) in enumerate(spans):
+        x = torch.zeros(b, d, N, dtype=deltaA.dtype, device=u.device)
+        if initial_state is not None:  # (b, d, N), or sequence s's own with cu_seqlens
+            x = x + (initial_state if cu_seqlens is None else initial_state[s:s + 1]).to(x.dtype)
+        for i in range(start, end):
+            x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+            ys.append(_readout(x, C, i, conj_pair))
+        lasts.append(x)
     y = torch.stack(ys, dim=2) if ys else u.new_zeros(b, d, 0)
     out = y if D is None else y + u * D.float()[:, None]
     if z is not None:
         out = out * F.silu(z.float())
     out = out.to(dtype_in)
-    return (out, x) if return_last_state else out
+    last = lasts[0] if cu_seqlens is None else torch.cat(lasts)
+    return (out, last) if return_last_state else out
+
+
+def _readout(x, C, i: int, conj_pair: bool):
+    """y_i = <C_i, h_i> for C (d, N), (b, N, L) or (b, d, N, L); the real part (x2 for a
+    conjugate pair) for a complex state."""
+    if C.dim() == 2:
+        y = torch.einsum("bdn,dn->bd", x, C.to(x.dtype))
+    elif C.dim() == 3:
+        y = torch.einsum("bdn,bn->bd", x, C[:, :, i].to(x.dtype))
+    else:
+        y = torch.einsum("bdn,bdn->bd", x, C[:, :, :, i].to(x.dtype))
+    if y.is_complex():
+        y = y.real * (2 if conj_pair else 1)
+    return y
 
 
 def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,

@@ -51,7 +51,7 @@ def test_selective_scan(algorithm, dtype, L, tol):
     check(last, ref_last, tol, dtype)
 
 
-@pytest.mark.parametrize("algorithm", ["sequential", "chunked"])
+@pytest.mark.parametrize("algorithm", ["sequential", "associative", "chunked"])
 def test_selective_scan_complex(algorithm, tol):
     from ssmc.codegen.triton.selective_scan import selective_scan
     from ssmc.semantics.selective import selective_scan_ref
@@ -67,6 +67,34 @@ def test_selective_scan_complex(algorithm, tol):
     ref, ref_last = selective_scan_ref(**kw)
     check(out, ref, tol)
     torch.testing.assert_close(last, ref_last, **tol[torch.complex64])
+
+
+@pytest.mark.parametrize("algorithm", ["sequential", "associative", "chunked"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_selective_scan_varlen(algorithm, dtype, tol):
+    """A packed row (cu_seqlens) of long, one-step and empty sequences, per-sequence initial and
+    final states."""
+    from ssmc.codegen.triton.selective_scan import selective_scan
+    from ssmc.semantics.selective import selective_scan_ref
+
+    lengths = [1, 1000, 0, 3000, 97]
+    d, N, L = 256, 16, sum(lengths)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device=DEV,
+                      dtype=torch.int32)
+    kw = dict(
+        u=torch.randn(1, d, L, device=DEV).to(dtype),
+        delta=(torch.randn(1, d, L, device=DEV) * 0.5 - 1.0).to(dtype),
+        A=-torch.arange(1, N + 1, device=DEV, dtype=torch.float32).repeat(d, 1),
+        B=torch.randn(1, 2, N, L, device=DEV).to(dtype),
+        C=torch.randn(1, 2, N, L, device=DEV).to(dtype),
+        D=torch.randn(d, device=DEV), z=torch.randn(1, d, L, device=DEV).to(dtype),
+        delta_bias=torch.randn(d, device=DEV) * 0.1,
+        initial_state=torch.randn(len(lengths), d, N, device=DEV),
+        delta_softplus=True, return_last_state=True, cu_seqlens=cu)
+    out, last = selective_scan(**kw, algorithm=algorithm)
+    ref, ref_last = selective_scan_ref(**kw)
+    check(out, ref, tol)
+    check(last, ref_last, tol, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + [torch.float16], ids=DTYPE_IDS + ["fp16"])

@@ -93,7 +93,7 @@ def test_half_inputs_fp32_state(algorithm, dtype, tol):
     check(last, ref_last, tol)
 
 
-@pytest.mark.parametrize("algorithm", ["sequential", "chunked"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("layout", ["invariant", "grouped"])
 def test_complex_A_as_real_pairs(algorithm, layout, tol):
     inputs = make_inputs(2, 4, 7, 4, layout=layout, groups=2, complex_A=True, initial=True)
@@ -103,9 +103,11 @@ def test_complex_A_as_real_pairs(algorithm, layout, tol):
     torch.testing.assert_close(last, ref_last, **tol[torch.complex64])
 
 
-def test_complex_A_without_conj_pair(tol):
+@pytest.mark.parametrize("algorithm", ["sequential", "associative"])
+def test_complex_A_without_conj_pair(algorithm, tol):
     inputs = make_inputs(1, 3, 5, 4, layout="invariant", complex_A=True)
-    ours = selective_scan(**inputs, conj_pair=False, config=CONFIGS["sequential"])
+    ours = selective_scan(**inputs, conj_pair=False, algorithm=algorithm,
+                          config=CONFIGS[algorithm])
     check(ours, selective_scan_ref(**inputs, conj_pair=False), tol)
 
 
@@ -133,7 +135,7 @@ def test_lengths_and_dtypes(algorithm, dtype, L, tol):
     torch.testing.assert_close(last, ref_last, **tol[DTYPES[dtype]])
 
 
-@pytest.mark.parametrize("algorithm", ["sequential", "chunked"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("L", LENGTHS)
 def test_complex_A_lengths(algorithm, L, tol):
     inputs = make_inputs(1, 3, L, 4, layout="grouped", groups=3, complex_A=True, initial=True)
@@ -142,10 +144,18 @@ def test_complex_A_lengths(algorithm, L, tol):
     torch.testing.assert_close(last, ref_last, **tol[torch.complex64])
 
 
-def test_associative_rejects_complex_A():
-    inputs = make_inputs(1, 3, 5, 4, complex_A=True)
-    with pytest.raises(ValueError, match="^A: complex"):
-        selective_scan(**inputs, algorithm="associative")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("L", [7, 64])
+def test_associative_complex_A_dtypes(dtype, L, tol):
+    """The complex (a, b) pairs as four real tiles through tl.associative_scan, with fp16/bf16
+    u, delta, z (B, C complex64): across L-blocks of 4 and within one block of 64."""
+    inputs = make_inputs(1, 4, L, 4, layout="grouped", groups=2, dtype=DTYPES[dtype],
+                         complex_A=True, initial=True)
+    config = AssociativeScanConfig(block_d=2, block_l=4 if L == 7 else 64)
+    (out, last), (ref, ref_last) = run_both("associative", inputs, config=config)
+    check(out, ref, tol)
+    assert last.dtype == torch.complex64
+    torch.testing.assert_close(last, ref_last, **tol[DTYPES[dtype]])
 
 
 def test_default_configs_and_no_last_state(tol):

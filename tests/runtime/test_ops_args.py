@@ -123,6 +123,98 @@ def test_selective_scan_auto_on_cpu_matches_the_oracle():
     torch.testing.assert_close(y, selective_scan_ref(**args, delta_softplus=True), **FP32)
 
 
+# ---- selective_scan_fn with cu_seqlens (variable-length batches) ---------------------------------
+PACKED_LENGTHS = [1, 3, 0, 6]  # L = 10: a one-step sequence and an empty one
+
+
+def scan_packed(**over):
+    """One packed row (batch 1) of the sequences PACKED_LENGTHS, B and C shared."""
+    gen = torch.Generator().manual_seed(7)
+    Lp = sum(PACKED_LENGTHS)
+    args = dict(u=torch.randn(1, d, Lp, generator=gen),
+                delta=0.5 * torch.rand(1, d, Lp, generator=gen),
+                A=-torch.rand(d, N, generator=gen) - 0.1, B=torch.randn(1, N, Lp, generator=gen),
+                C=torch.randn(1, N, Lp, generator=gen), D=torch.randn(d, generator=gen),
+                z=torch.randn(1, d, Lp, generator=gen), delta_bias=torch.randn(d, generator=gen))
+    args.update(over)
+    return args
+
+
+def packed_offsets(dtype=torch.int32):
+    return torch.tensor([0, 1, 4, 4, 10], dtype=dtype)
+
+
+def scan_one_by_one(args):
+    ys, lasts, start = [], [], 0
+    for n in PACKED_LENGTHS:
+        piece = {k: v[..., start:start + n] if k in ("u", "delta", "z", "B", "C") else v
+                 for k, v in args.items()}
+        y, last = selective_scan_ref(**piece, delta_softplus=True, return_last_state=True)
+        ys.append(y)
+        lasts.append(last)
+        start += n
+    return torch.cat(ys, dim=2), torch.cat(lasts)
+
+
+SCAN_CU_BAD = [
+    dict(cu_seqlens=torch.tensor([0, 4, 3, 10], dtype=torch.int32)),  # not increasing
+    dict(cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32)),  # does not end at L
+    dict(cu_seqlens=torch.tensor([1, 4, 10], dtype=torch.int32)),  # does not start at 0
+    dict(cu_seqlens=torch.tensor([10], dtype=torch.int32)),  # no sequence
+    dict(cu_seqlens=torch.tensor([0.0, 10.0])),  # wrong dtype
+    dict(cu_seqlens=torch.tensor([[0, 10]], dtype=torch.int32)),  # not 1-D
+    dict(cu_seqlens=torch.tensor([0, 10], dtype=torch.int32, device=META)),  # another device
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
+@pytest.mark.parametrize("over", SCAN_CU_BAD, ids=[str(i) for i in range(len(SCAN_CU_BAD))])
+def test_selective_scan_cu_seqlens_bad(over, backend):
+    _raises_naming("cu_seqlens", selective_scan_fn, **scan_packed(), **over, backend=backend)
+
+
+def test_selective_scan_cu_seqlens_needs_a_packed_row():
+    info = _raises_naming("cu_seqlens", selective_scan_fn, **scan_args(),
+                          cu_seqlens=torch.tensor([0, 2, L]), backend="reference")
+    assert "batch 2" in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto", "triton"])
+def test_selective_scan_cu_seqlens_equals_separate_sequences(backend):
+    """'triton' runs the kernel through the interpreter; 'auto' on CPU tensors runs the
+    reference (TVM has no variable-length kernel)."""
+    args = scan_packed()
+    y, last = selective_scan_fn(**args, delta_softplus=True, return_last_state=True,
+                                cu_seqlens=packed_offsets(), backend=backend)
+    want_y, want_last = scan_one_by_one(args)
+    assert y.shape == (1, d, 10) and last.shape == (len(PACKED_LENGTHS), d, N)
+    torch.testing.assert_close(y, want_y, **FP32)
+    torch.testing.assert_close(last, want_last, **FP32)
+    whole = selective_scan_fn(**args, delta_softplus=True, backend="reference")
+    assert not torch.allclose(whole, want_y, **FP32)  # the state really restarted
+
+
+def test_selective_scan_cu_seqlens_refuses_tvm():
+    """TVM has no variable-length kernel: an explicit tvm backend is an error, not a run that
+    ignores the sequence boundaries."""
+    info = _raises_naming("cu_seqlens", selective_scan_fn, **scan_packed(),
+                          cu_seqlens=packed_offsets(), backend="tvm")
+    assert "tvm" in str(info.value)
+
+
+def test_selective_scan_cu_seqlens_gradients():
+    """The Triton kernels have no backward: 'auto' differentiates through the reference, an
+    explicit 'triton' says so."""
+    args = scan_packed()
+    args["u"].requires_grad_(True)
+    info = _raises_naming("cu_seqlens", selective_scan_fn, **args,
+                          cu_seqlens=packed_offsets(), backend="triton")
+    assert "backward" in str(info.value)
+    y = selective_scan_fn(**args, delta_softplus=True, cu_seqlens=packed_offsets(torch.int64))
+    y.sum().backward()
+    assert args["u"].grad is not None and torch.isfinite(args["u"].grad).all()
+
+
 # ---- mamba_chunk_scan_combined -------------------------------------------------------------------
 sb, sL, h, p, g_, n = 2, 8, 2, 3, 1, 4
 

@@ -17,13 +17,14 @@ ALGORITHMS = {
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None, conj_pair=True,
-                   algorithm="sequential", config=None):
+                   cu_seqlens=None, algorithm="sequential", config=None):
     """The selective scan by the named algorithm (config: that algorithm's Config)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: expected one of {', '.join(ALGORITHMS)}, "
                          f"got {algorithm!r}")
     return ALGORITHMS[algorithm](u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                 return_last_state, initial_state, conj_pair, config=config)
+                                 return_last_state, initial_state, conj_pair,
+                                 cu_seqlens=cu_seqlens, config=config)
 
 
 __all__ = ["ALGORITHMS", "AssociativeScanConfig", "ChunkedScanConfig", "SequentialScanConfig",

@@ -10,6 +10,13 @@ four strides and `channels_per_group`, so that channel c reads group c // channe
   (batch, g, N, L)    grouped: dim // g channels per group
 Complex tensors are legalised to (re, im) pairs (MODELS.md section 5): the kernels get the
 `torch.view_as_real` view, and the imaginary part sits one element after the real part.
+
+Variable-length batches: `cu_seqlens` (num_seqs + 1,) packs sequences into one batch row.  The
+kernels get `seq_idx` (L,) int32, each step's sequence; where it changes a sequence starts, and
+that step is a restart: h_t = exp(dt A) h0_s + dt B u with h0_s the sequence's initial state
+(0 without one).  For the scans that is the step (a, b) = (0, exp(dt A) h0_s + dt B u), so the
+sequential, associative and chunked algorithms all take it the same way.  initial_state and
+the final state are then per sequence: (num_seqs, dim, N).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 import triton
 
 from ssmc.codegen.triton.common import FLOAT_DTYPES, check_flag, check_same_device, check_tensor
+from ssmc.semantics.selective import check_cu_seqlens
 
 REAL_OR_COMPLEX = FLOAT_DTYPES + (torch.complex64,)
 
@@ -57,7 +65,7 @@ class SelectiveScanProblem:
     C: StateSpaceOperand
     D: torch.Tensor | None  # (dim,) fp32
     delta_bias: torch.Tensor | None  # (dim,) fp32
-    initial_state: torch.Tensor | None  # (batch, dim, N[, 2]) fp32, contiguous
+    initial_state: torch.Tensor | None  # (batch or num_seqs, dim, N[, 2]) fp32, contiguous
     delta_softplus: bool
     return_last_state: bool
     conj_pair: bool
@@ -65,6 +73,17 @@ class SelectiveScanProblem:
     dim: int
     seqlen: int
     dstate: int
+    cu_seqlens: list | None = None  # host offsets (num_seqs + 1) of a packed row
+    seq_idx: torch.Tensor | None = None  # (seqlen,) int32: each step's sequence
+
+    @property
+    def varlen(self) -> bool:
+        return self.cu_seqlens is not None
+
+    @property
+    def num_seqs(self) -> int:
+        """Initial and final states' leading dim: sequences (varlen) or batch rows."""
+        return len(self.cu_seqlens) - 1 if self.varlen else self.batch
 
     @property
     def is_complex(self) -> bool:
@@ -88,9 +107,29 @@ class SelectiveScanProblem:
         return torch.empty((self.batch, chunks, self.dim, self.dstate) + pair,
                            dtype=torch.float32, device=self.device)
 
+    def new_last_states(self) -> torch.Tensor:
+        """Where the final states go: (batch, 1, dim, N[, 2]), or with cu_seqlens
+        (num_seqs, 1, dim, N[, 2]) holding each sequence's initial state, which is what an
+        empty sequence (no step for a kernel to write it) ends with."""
+        if not self.varlen:
+            return self.new_states(1)
+        pair = (2,) if self.is_complex else ()
+        states = torch.zeros((self.num_seqs, 1, self.dim, self.dstate) + pair,
+                             dtype=torch.float32, device=self.device)
+        if self.initial_state is not None:
+            states[:, 0] = self.initial_state
+        return states
+
+    def varlen_args(self, seq_h0, seq_h_out) -> dict:
+        """The varlen pointers: seq_idx, per-sequence initial and final states (placeholders
+        when absent, like every optional pointer)."""
+        return {"seq_idx_ptr": self.seq_idx if self.varlen else self.A,
+                "seq_h0_ptr": seq_h0 if seq_h0 is not None else self.A,
+                "seq_h_out_ptr": seq_h_out if seq_h_out is not None else self.A}
+
     def last_state_view(self, states: torch.Tensor) -> torch.Tensor:
-        """(batch, 1, dim, N[, 2]) fp32 -> what the oracle returns: (batch, dim, N) fp32 or
-        complex64."""
+        """(batch or num_seqs, 1, dim, N[, 2]) fp32 -> what the oracle returns:
+        (batch or num_seqs, dim, N) fp32 or complex64."""
         last = states[:, -1]
         return torch.view_as_complex(last) if self.is_complex else last
 
@@ -148,9 +187,22 @@ def _per_channel(name: str, v, dim: int):
     return v.float().contiguous()
 
 
+def _varlen(cu_seqlens, u):
+    """cu_seqlens -> (host offsets, seq_idx (L,) int32 on u's device), or (None, None)."""
+    if cu_seqlens is None:
+        return None, None
+    batch, _, seqlen = u.shape
+    cu = check_cu_seqlens(cu_seqlens, batch, seqlen)
+    if cu_seqlens.device != u.device:
+        raise ValueError(f"cu_seqlens: on {cu_seqlens.device}, but u is on {u.device}")
+    lengths = torch.tensor([e - s for s, e in zip(cu, cu[1:])], device=u.device)
+    seq_idx = torch.repeat_interleave(torch.arange(len(cu) - 1, device=u.device), lengths)
+    return cu, seq_idx.to(torch.int32)
+
+
 def selective_scan_problem(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                            delta_softplus=False, return_last_state=False, initial_state=None,
-                           conj_pair=True) -> SelectiveScanProblem:
+                           conj_pair=True, cu_seqlens=None) -> SelectiveScanProblem:
     """Check mamba-ssm-style arguments (ValueError naming the argument) and normalise them."""
     check_tensor("u", u, dims=(("batch", None), ("dim", None), ("seqlen", None)),
                  dtypes=FLOAT_DTYPES)
@@ -169,10 +221,11 @@ def selective_scan_problem(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     a_complex = A.is_complex()
     Bop = _operand("B", B, batch, dim, seqlen, dstate, a_complex)
     Cop = _operand("C", C, batch, dim, seqlen, dstate, a_complex)
+    cu, seq_idx = _varlen(cu_seqlens, u)
     if initial_state is not None:
+        lead = ("batch", batch) if cu is None else ("num_seqs", len(cu) - 1)
         check_tensor("initial_state", initial_state,
-                     dims=(("batch", batch), ("dim", dim), ("dstate", dstate)),
-                     dtypes=REAL_OR_COMPLEX)
+                     dims=(lead, ("dim", dim), ("dstate", dstate)), dtypes=REAL_OR_COMPLEX)
         state_dtype = torch.complex64 if a_complex else torch.float32
         if initial_state.is_complex() and not a_complex:
             raise ValueError("initial_state: complex initial_state needs a complex A")
@@ -187,7 +240,7 @@ def selective_scan_problem(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         D=_per_channel("D", D, dim), delta_bias=_per_channel("delta_bias", delta_bias, dim),
         initial_state=initial_state, delta_softplus=delta_softplus,
         return_last_state=return_last_state, conj_pair=conj_pair,
-        batch=batch, dim=dim, seqlen=seqlen, dstate=dstate)
+        batch=batch, dim=dim, seqlen=seqlen, dstate=dstate, cu_seqlens=cu, seq_idx=seq_idx)
 
 
 def pick(problem: SelectiveScanProblem, out: torch.Tensor, states: torch.Tensor | None):
