@@ -42,13 +42,20 @@ def tvm_config(config: dict | None):
     return default_config("llvm").replace(**{k: v for k, v in config.items() if k in known})
 
 
+def triton_family(family: str, algorithm: str) -> str | None:
+    """The Triton kernel family (ssmc.codegen.triton.families) that runs a node family's
+    algorithm; None when there is none."""
+    name = TRITON_FAMILY_NAMED.get((family, algorithm))
+    if name is None and family in TRITON_FAMILY_PREFIX:
+        name = f"{TRITON_FAMILY_PREFIX[family]}.{algorithm}"
+    return name
+
+
 def triton_config(family: str, algorithm: str, config: dict | None):
     """A schedule dict -> the Triton family's Config dataclass.  The schedule pass spells knobs
     in upper case (BLOCK_D, CHUNK); the Configs in lower case; knobs a family lacks are
     dropped."""
-    name = TRITON_FAMILY_NAMED.get((family, algorithm))
-    if name is None and family in TRITON_FAMILY_PREFIX:
-        name = f"{TRITON_FAMILY_PREFIX[family]}.{algorithm}"
+    name = triton_family(family, algorithm)
     if not config or name is None:
         return None
     import dataclasses

@@ -69,6 +69,18 @@ def _selective(graph, node):
     return SelectiveSSM(_last(graph, node), **kw)
 
 
+def diagonal_module(node, d_model: int) -> nn.Module:
+    """The reference module of a diagonal_ssm node over d_model channels (also what the tuner
+    draws an S4D node's discrete parameters from)."""
+    from ssmc.semantics.modules_ssm import DiagonalSSM
+
+    return DiagonalSSM(d_model, node.d_state, complex=node.complex,
+                       discretization=node.discretization, init=node.init,
+                       conj_pair=node.conj_pair, learn_dt=node.learn_dt, dt_min=node.dt_min,
+                       dt_max=node.dt_max, D=node.D, parameterization=node.parameterization,
+                       method="recurrence" if node.algorithm == "sequential" else "fft")
+
+
 def _build_op(graph: Graph, node, runner=None) -> nn.Module:
     """One node -> its module (parameters) ; forward(*inputs in port order) -> tensor or tuple."""
     op = node.OP
@@ -120,13 +132,7 @@ def _build_op(graph: Graph, node, runner=None) -> nn.Module:
     if op == "repeat":
         return nn.ModuleList(GraphModule(node.body, runner) for _ in range(node.times))
     if op == "diagonal_ssm":
-        from ssmc.semantics.modules_ssm import DiagonalSSM
-
-        return DiagonalSSM(_last(graph, node, "u"), node.d_state, complex=node.complex,
-                           discretization=node.discretization, init=node.init, conj_pair=node.conj_pair,
-                           learn_dt=node.learn_dt, dt_min=node.dt_min, dt_max=node.dt_max, D=node.D,
-                           parameterization=node.parameterization,
-                           method="recurrence" if node.algorithm == "sequential" else "fft")
+        return diagonal_module(node, _last(graph, node, "u"))
     if op == "selective_ssm":
         return _selective(graph, node)
     if op == "ssm2d":

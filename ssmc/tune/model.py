@@ -22,6 +22,10 @@ import math
 
 from ssmc import costmodel as cm
 
+# Launches of an algorithm outside its Triton plan, which the cost model's work counts too:
+# the torch.fft convolution after the S4D Vandermonde kernel (rfft of u and of K, irfft).
+LIBRARY_LAUNCHES = {("diagonal_ssm", "fft"): 3}
+
 
 def algorithm_work(w, algorithm: str, config: dict) -> cm.Work:
     node = w.node
@@ -32,6 +36,9 @@ def algorithm_work(w, algorithm: str, config: dict) -> cm.Work:
         h = node.heads
         return cm.selective_ssd(w.batch, w.seqlen, h, w.channels // h, node.d_state, algorithm,
                                 chunk=node.chunk_size or config.get("chunk", 64))
+    if w.family == "diagonal_ssm":  # as select_algorithm prices it
+        return cm.diagonal(w.batch, w.seqlen, w.channels, node.d_state, algorithm,
+                           cplx=node.complex)
     raise KeyError(w.family)
 
 
@@ -56,6 +63,7 @@ def estimate_us(w, algorithm: str, config: dict, target, plan, kernels) -> float
     busy = min(o["busy_lanes"] for o in occ)
     waves = max(o["waves"] for o in occ)
     # the work's lanes as the config exposes them: never more than the lanes it keeps busy
+    launches = len(plan.launches) + LIBRARY_LAUNCHES.get((w.family, algorithm), 0)
     shaped = dataclasses.replace(work, lanes=min(work.lanes, busy), depth=work.depth * waves,
-                                 launches=len(plan.launches))
+                                 launches=launches)
     return cm.estimate(shaped, target, algorithm).time_us

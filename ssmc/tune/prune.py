@@ -47,7 +47,9 @@ def gpu_estimate(algorithm: str, config: dict, target, w) -> dict:
     cplx = 2 if getattr(w.node, "complex", False) else 1
     block_d = config.get("block_d") or max(1, threads * 4 // (N * cplx))  # None: ~4 a thread
     smem = 0
-    if w.family == "selective_ssm/ssd":
+    if w.family == "diagonal_ssm":
+        values = _s4d_values(algorithm, config, w.node)
+    elif w.family == "selective_ssm/ssd":
         chunk = config.get("chunk", 64)
         block_m = min(config.get("block_m") or 32, chunk)
         block_p = config.get("block_p", 32)
@@ -61,6 +63,20 @@ def gpu_estimate(algorithm: str, config: dict, target, w) -> dict:
         values = block_d * N * cplx * 2  # the state and the step's (dA, dBu)
     return {"threads": threads, "regs_per_thread": REG_OVERHEAD + values // threads,
             "smem_bytes": smem}
+
+
+def _s4d_values(algorithm: str, config: dict, node) -> int:
+    """fp32 values one program of an S4D kernel keeps live.  The recurrence: Abar, Bbar, C and
+    the state per (channel, stored mode), (re, im) when complex, over its channel block (None:
+    the kernel's own choice).  The Vandermonde kernel: its (block_d, block_l) accumulator and
+    the current mode's magnitude and phase over the tile."""
+    if algorithm == "fft":
+        return config.get("block_d", 16) * config.get("block_l", 64) * 3
+    from ssmc.codegen.triton.common import auto_block_d  # imports triton: only when asked
+
+    per_channel = _next_pow2(node.n_modes) * (2 if node.complex else 1)
+    block_d = config.get("block_d") or auto_block_d(per_channel, config.get("num_warps", 4))
+    return block_d * per_channel * 4
 
 
 def check_gpu(algorithm: str, config: dict, target, w) -> dict:

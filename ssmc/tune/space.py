@@ -36,6 +36,8 @@ SPACE_FILES = {
     ("selective_ssm/mamba1", "chunked", "triton"): "triton_selective_scan_chunked.yaml",
     ("selective_ssm/ssd", "chunked", "triton"): "triton_ssd_chunked.yaml",
     ("selective_ssm/ssd", "sequential", "tvm"): "tvm_ssd.yaml",
+    ("diagonal_ssm", "sequential", "triton"): "triton_s4d_recurrent.yaml",
+    ("diagonal_ssm", "fft", "triton"): "triton_s4d_vandermonde.yaml",
 }
 TYPES = ("int", "float", "str", "bool")
 

@@ -351,8 +351,11 @@ class Objective:
             # Under the interpreter the build runs in a subprocess that only knows the family's
             # own example problem; the kernels are specialised on block sizes and N, not on
             # the problem's extent, so their resource use is the same.
-            kernels = aot.compile_family(fam.name, self.target, dtype=dtype, config=cfg,
-                                         out_dir=out, example=None if interpreting() else example)
+            # compile_families: a family with fp32 parameters only (s4d.vandermonde) builds
+            # in fp32 whatever the activations' dtype
+            kernels = aot.compile_families([fam.name], [self.target], dtype=dtype, config=cfg,
+                                           out_dir=out,
+                                           example=None if interpreting() else example)
         return plan, kernels
 
     def inputs(self) -> dict:

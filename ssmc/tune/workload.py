@@ -80,20 +80,33 @@ def _gen(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
-def mamba1_inputs(w: Workload, layout: str, device="cpu", seed: int = 0) -> dict:
-    """Arguments of a Mamba-1 selective scan of w's shape: layout 'bld' as the TVM executor
-    passes them, 'bdl' as the Triton kernels (mamba-ssm) take them.  device='meta' gives shapes
-    only (what the Triton AOT compile needs)."""
-    node = w.node
-    b, L, d, N, g = w.batch, w.seqlen, w.channels, node.d_state, node.groups
+def _sampler(w: Workload, device, gen):
+    """rand(*shape, dt, scale, offset): normal samples in w's dtype (or dt) on `device`;
+    device='meta' gives shapes only (what the Triton AOT compile needs)."""
     dtype = TORCH_DTYPES.get(w.key.dtype, torch.float32)
-    gen = _gen(seed)
 
     def rand(*shape, dt=dtype, scale=1.0, offset=0.0):
         if device == "meta":
             return torch.empty(shape, dtype=dt, device="meta")
         return (torch.randn(shape, generator=gen) * scale + offset).to(dt).to(device)
 
+    return rand
+
+
+def _placed(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on `device`; on 'meta' only its shape and dtype."""
+    t = t.detach()
+    return torch.empty_like(t, device="meta") if device == "meta" else t.to(device)
+
+
+def mamba1_inputs(w: Workload, layout: str, device="cpu", seed: int = 0) -> dict:
+    """Arguments of a Mamba-1 selective scan of w's shape: layout 'bld' as the TVM executor
+    passes them, 'bdl' as the Triton kernels (mamba-ssm) take them.  device='meta' gives shapes
+    only (what the Triton AOT compile needs)."""
+    node = w.node
+    b, L, d, N, g = w.batch, w.seqlen, w.channels, node.d_state, node.groups
+    gen = _gen(seed)
+    rand = _sampler(w, device, gen)
     seq = (b, L, d) if layout == "bld" else (b, d, L)
     if g == 1:
         bc = (b, L, N) if layout == "bld" else (b, N, L)
@@ -130,14 +143,8 @@ def ssd_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
     node = w.node
     b, L, d, n, g, h = w.batch, w.seqlen, w.channels, node.d_state, node.groups, node.heads
     p = d // h
-    dtype = TORCH_DTYPES.get(w.key.dtype, torch.float32)
     gen = _gen(seed)
-
-    def rand(*shape, dt=dtype, scale=1.0, offset=0.0):
-        if device == "meta":
-            return torch.empty(shape, dtype=dt, device="meta")
-        return (torch.randn(shape, generator=gen) * scale + offset).to(dt).to(device)
-
+    rand = _sampler(w, device, gen)
     kw = dict(x=rand(b, L, h, p), dt=rand(b, L, h, scale=0.5, offset=-2.0),
               A=-torch.rand(h, generator=gen).to(device) - 0.1 if device != "meta" else
               torch.empty(h, device="meta"),
@@ -156,12 +163,33 @@ def ssd_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
     return kw
 
 
+def s4d_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
+    """Arguments of an S4D layer of w's shape as the Triton kernels take them (s4d_recurrent's
+    and s4d_conv's): u channels-first (b, d, L) and the discrete parameters of the node's own
+    reference module (its init and discretization), as executors.diagonal passes them."""
+    from ssmc.semantics.model import diagonal_module
+
+    with torch.random.fork_rng(devices=[]):  # the module draws from the global generator
+        torch.manual_seed(seed)
+        mod = diagonal_module(w.node, w.channels)
+    with torch.no_grad():
+        Abar, Bbar, C = mod.discrete()
+    rand = _sampler(w, device, _gen(seed))
+    kw = dict(u=rand(w.batch, w.channels, w.seqlen), Abar=_placed(Abar, device),
+              Bbar=_placed(Bbar, device), C=_placed(C, device), conj_pair=mod.conj_pair)
+    if mod.D is not None:
+        kw["D"] = _placed(mod.D, device)
+    return kw
+
+
 def kernel_inputs(w: Workload, backend: str, device="cpu", seed: int = 0) -> dict:
     if w.family == "selective_ssm/mamba1":
         return mamba1_inputs(w, "bld" if backend == "tvm" else "bdl", device, seed)
     if w.family == "selective_ssm/ssd":
         return ssd_inputs(w, device, seed)
-    raise SsmcError(f"no tunable kernel for {w.family}")
+    if w.family == "diagonal_ssm" and backend == "triton":  # TVM's S4D is not tuned
+        return s4d_inputs(w, device, seed)
+    raise SsmcError(f"no tunable {backend} kernel for {w.family}")
 
 
 def reference_output(w: Workload, inputs: dict, backend: str):
@@ -169,6 +197,8 @@ def reference_output(w: Workload, inputs: dict, backend: str):
     from ssmc.semantics.selective import selective_scan_ref, ssd_ref
 
     cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if w.family == "diagonal_ssm":
+        return s4d_reference(**cpu)
     if w.family == "selective_ssm/ssd":
         cpu.pop("chunk_size", None)
         return ssd_ref(**cpu)
@@ -183,6 +213,14 @@ def reference_output(w: Workload, inputs: dict, backend: str):
     if backend == "tvm":
         return (out[0].transpose(1, 2), out[1]) if isinstance(out, tuple) else out.transpose(1, 2)
     return out
+
+
+def s4d_reference(u, Abar, Bbar, C, D=None, conj_pair=True):
+    """The S4D oracle on s4d_inputs' arguments: the Vandermonde kernel by powers and the FFT
+    convolution (the same values as the recurrence, without its Python loop over L)."""
+    from ssmc.semantics.diagonal import s4d_fft_conv, s4d_kernel
+
+    return s4d_fft_conv(u, s4d_kernel(Abar, Bbar, C, u.shape[-1], conj_pair), D)
 
 
 def kernel_call(w: Workload, algorithm: str, config: dict, backend: str, inputs: dict):
@@ -219,6 +257,5 @@ def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dic
     if cfg is None:
         from ssmc.codegen.triton.families import get_family
 
-        prefix = executors.TRITON_FAMILY_PREFIX[w.family]
-        cfg = get_family(f"{prefix}.{algorithm}").config()
+        cfg = get_family(executors.triton_family(w.family, algorithm)).config()
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ssmc.codegen.triton.s4d.recurrent import S4dRecurrentConfig, plan_s4d_recurrent
-from ssmc.codegen.triton.s4d.vandermonde import VandermondeConfig, plan_vandermonde
+from ssmc.codegen.triton.s4d.vandermonde import VandermondeConfig, plan_s4d_conv
 from ssmc.codegen.triton.selective_scan.associative import AssociativeScanConfig, \
     plan_associative
 from ssmc.codegen.triton.selective_scan.chunked import ChunkedScanConfig, plan_chunked
@@ -31,7 +31,9 @@ class KernelFamily:
     name: str
     config: type
     space: str  # file name under schedules/spaces/
-    plan: Callable  # (launcher kwargs, config) -> LaunchPlan
+    # (launcher kwargs, config) -> LaunchPlan; the launcher is the kernel function
+    # ssmc.runtime.dispatch runs, so that the tuner can plan from the arguments it calls
+    plan: Callable
     example: Callable  # (dtype, device) -> launcher kwargs of a realistic problem
     dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -76,7 +78,10 @@ def _s4d_recurrent_example(dtype, device="meta"):
 
 
 def _vandermonde_example(dtype, device="meta"):
-    return dict(**_s4d_params(device), L=4096)
+    # s4d_conv's arguments (what dispatch runs): u only gives the kernel's length L
+    b, d, L = 2, 1024, 4096
+    return dict(u=torch.empty(b, d, L, dtype=dtype, device=device), **_s4d_params(device),
+                D=torch.empty(d, dtype=torch.float32, device=device))
 
 
 def _ssm2d_example(dtype, device="meta"):
@@ -121,7 +126,7 @@ FAMILIES = {f.name: f for f in [
     KernelFamily("s4d.recurrent", S4dRecurrentConfig, "triton_s4d_recurrent.yaml",
                  lambda kw, cfg: plan_s4d_recurrent(**kw, config=cfg), _s4d_recurrent_example),
     KernelFamily("s4d.vandermonde", VandermondeConfig, "triton_s4d_vandermonde.yaml",
-                 lambda kw, cfg: plan_vandermonde(**kw, config=cfg), _vandermonde_example,
+                 lambda kw, cfg: plan_s4d_conv(**kw, config=cfg), _vandermonde_example,
                  dtypes=(torch.float32,)),
     KernelFamily("ssm2d.wavefront", Ssm2dWavefrontConfig, "triton_ssm2d_wavefront.yaml",
                  lambda kw, cfg: plan_ssm2d_wavefront(**kw, config=cfg), _ssm2d_example),

@@ -56,6 +56,11 @@ class DiagonalSSM(Op):
             raise ShapeError("d_state", f"must be even with complex and conj_pair (N/2 conjugate pairs), "
                                         f"got {self.d_state}")
 
+    @property
+    def n_modes(self) -> int:
+        """The diagonal states stored: d_state / 2 conjugate pairs with complex conj_pair."""
+        return self.d_state // 2 if self.complex and self.conj_pair else self.d_state
+
     def infer(self, ins):
         return [_seq(ins, "u")]
 

@@ -81,6 +81,15 @@ def plan_vandermonde(Abar, Bbar, C, L: int, conj_pair=True,
     return LaunchPlan([launch], (K,))
 
 
+def plan_s4d_conv(u, Abar, Bbar, C, D=None, conj_pair=True,
+                  config: VandermondeConfig | None = None) -> LaunchPlan:
+    """The Triton launches of `s4d_conv` (its arguments): the Vandermonde kernel for u's
+    length; the FFT convolution after it runs in torch, outside the plan."""
+    check_tensor("u", u, dims=(("batch", None), ("dim", None), ("seqlen", None)),
+                 dtypes=FLOAT_DTYPES)
+    return plan_vandermonde(Abar, Bbar, C, u.shape[-1], conj_pair, config)
+
+
 def s4d_kernel_vandermonde(Abar, Bbar, C, L: int, conj_pair=True,
                            config: VandermondeConfig | None = None) -> torch.Tensor:
     """K (dim, L) fp32 (the oracle `s4d_kernel`'s arguments), computed by the Triton kernel."""
