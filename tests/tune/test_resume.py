@@ -5,6 +5,7 @@ the cost model."""
 import json
 import signal
 import subprocess
+import tempfile
 
 from optuna.trial import TrialState
 
@@ -19,7 +20,10 @@ TRIALS = 6
 def _tune(url, records_dir, *extra):
     cmd = ssmc_cmd("tune", zoo_dir() / "mamba.yaml", "--target", "sm_90", "--trials", TRIALS,
                    "--storage", url, "--heartbeat", 1, "--no-progress", *extra)
-    return subprocess.Popen(cmd, cwd=ROOT, env=ssmc_env(records_dir), stdout=subprocess.PIPE,
+    # A Triton cache of its own, empty: with the builds of earlier tests cached, the trials
+    # take milliseconds and the study can end before the signal this test sends reaches it.
+    env = dict(ssmc_env(records_dir), TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="ssmc-triton-"))
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
