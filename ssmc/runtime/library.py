@@ -385,8 +385,10 @@ def selective_scan_bwd_op(grad_y: Tensor, grad_last: Optional[Tensor], u: Tensor
 
 def selective_scan_backward_torch(grad_y, grad_last, u, delta, A, B, C, D, z, delta_bias,
                                   initial_state, checkpoints, delta_softplus, conj_pair, layout,
-                                  checkpoint_every):
-    """The portable backward: the chunked reverse scan of ssmc.runtime.backward."""
+                                  checkpoint_every, scan_backward=None):
+    """The portable backward: the chunked reverse scan of ssmc.runtime.backward.
+    scan_backward: a kernel with bw.scan_backward's arguments and result that replaces it
+    (everything around the reverse scan, e.g. the step size's derivatives, stays shared)."""
     b, d, L = _dims(u, layout)
     N = A.shape[1]
     p, pre = _mamba1_problem(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
@@ -394,7 +396,7 @@ def selective_scan_backward_torch(grad_y, grad_last, u, delta, A, B, C, D, z, de
     K = checkpoint_every if checkpoint_every > 0 else bw.chunk_length(b, d, N, L)
     ck = checkpoints if checkpoints is not None and checkpoints.numel() else None
     gl = grad_last if grad_last is not None and grad_last.numel() else None
-    g = bw.scan_backward(p, _seq_c(grad_y, layout), gl, ck, K)
+    g = (scan_backward or bw.scan_backward)(p, _seq_c(grad_y, layout), gl, ck, K)
     g_pre = bw.effective_dt_backward(g["dt"], pre, delta_softplus)
     out = [
         _seq_u(g["u"], layout).to(u.dtype),
@@ -408,6 +410,29 @@ def selective_scan_backward_torch(grad_y, grad_last, u, delta, A, B, C, D, z, de
         _empty(u) if initial_state is None else g["h0"].to(initial_state.dtype).contiguous(),
     ]
     return tuple(out)
+
+
+def selective_scan_backward_tvm(**kw):
+    """The TVM CPU backward kernel (ssmc.codegen.tvm.selective_scan_bwd), imported on its first
+    call: importing tvm costs seconds, which importing this module must not.  Registered for
+    ("selective_scan", "cpu") below; declines (NotImplemented) where TVM does not import."""
+    global _tvm_bwd
+    if _tvm_bwd is None:
+        try:
+            from ssmc.codegen.tvm.selective_scan_bwd import selective_scan_backward as fn
+        except ImportError as e:
+            _warn_once(f"ssmc: TVM backward unavailable ({e}); running the torch engine")
+            fn = _decline
+        _tvm_bwd = fn
+    return _tvm_bwd(**kw)
+
+
+def _decline(**_kw):
+    return NotImplemented
+
+
+_tvm_bwd = None
+register_backward("selective_scan", "cpu", selective_scan_backward_tvm)
 
 
 def _like(t):
