@@ -96,6 +96,7 @@ class KernelCache:
     root: Path | None = None
     stats: CacheStats = field(default_factory=CacheStats)
     _loaded: dict = field(default_factory=dict)
+    _memo: dict = field(default_factory=dict)
     _lock: Any = field(default_factory=threading.Lock)
 
     def directory(self) -> Path:
@@ -152,10 +153,35 @@ class KernelCache:
         mod = tvm.runtime.load_module(str(path))
         return Kernel(mod[func_name], mod, path.stem.split("-", 1)[1], path)
 
+    def memoized(self, family: str, func_name: str, sig, config, build: Callable[[], Any],
+                 target=None, sources: tuple[str, ...] | None = None) -> Kernel:
+        """get() for a hot path: keyed first by the hashable (sig, config, target) tuple, so a
+        call that found its kernel before hashes no JSON and builds no Path.  `sig` and
+        `config` are frozen dataclasses with as_dict() or a __dict__."""
+        target = target if target is not None else _host_target()
+        fast_key = (family, sig, config, id(target), self.root, os.environ.get(CACHE_ENV))
+        kernel = self._memo.get(fast_key)
+        if kernel is None:
+            kernel = self.get(family, func_name, _fields(sig), "float32", target,
+                              config.as_dict(), build, sources=sources)
+            self._memo[fast_key] = kernel
+        return kernel
+
     def clear_memory(self) -> None:
         """Forget loaded kernels (the next get() goes to disk): what a new process would see."""
         with self._lock:
             self._loaded.clear()
+            self._memo.clear()
+
+
+def _fields(sig) -> dict:
+    return sig.as_dict() if hasattr(sig, "as_dict") else dict(sig.__dict__)
+
+
+def _host_target():
+    from ssmc.codegen.tvm.target import host_target
+
+    return host_target()
 
 
 def _write_atomic(path: Path, text: str) -> None:

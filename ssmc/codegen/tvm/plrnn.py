@@ -68,16 +68,8 @@ def default_config() -> tirb.PlrnnConfig:
 
 def get_kernel(sig: tirb.PlrnnSignature, config: tirb.PlrnnConfig, target=None,
                cache: KernelCache | None = None):
-    target = target if target is not None else host_target()
     cache = cache if cache is not None else DEFAULT_CACHE
-    fast_key = (sig, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
-    kernel = _kernels.get(fast_key)
-    if kernel is None:
-        kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.as_dict(), "float32", target,
-                           config.as_dict(), lambda: tirb.build_plrnn(sig, config),
-                           sources=SOURCES)
-        _kernels[fast_key] = kernel
-    return kernel
+    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config, lambda: tirb.build_plrnn(sig, config), target, SOURCES)
 
 
 def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",

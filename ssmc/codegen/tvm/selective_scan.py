@@ -11,15 +11,14 @@ inputs are converted to fp32 here (the state is always fp32) and y is cast back.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from ssmc.codegen.tvm import selective_scan_tir as tirb
-from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache, compile_source
+from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache, compile_source
 from ssmc.codegen.tvm.checks import FLOAT_DTYPES, check_tensor, describe, fail
 from ssmc.codegen.tvm.config import Config, default_config, legalize
-from ssmc.codegen.tvm.target import cuda_target, host_target
+from ssmc.codegen.tvm.target import cuda_target
 
 FAMILY = "selective_scan"
 OP = "selective_scan"
@@ -27,7 +26,6 @@ LOG2E = 1.4426950408889634
 # the modules a kernel of this family is built from (its cache key hashes them)
 SOURCES = ("selective_scan_tir.py", "tirmath.py", "config.py", "build.py", "target.py")
 
-_kernels: dict = {}  # (signature, config, target) -> Kernel: skips hashing on the hot path
 
 
 def _fail(name: str, expected: str, got) -> ValueError:
@@ -97,18 +95,8 @@ def _default_config(layout: str) -> Config:
 def get_kernel(sig: tirb.ScanSignature, config: Config, target=None,
                cache: KernelCache | None = None):
     """The compiled kernel for a signature and schedule (memory, disk cache, or a new build)."""
-    target = target if target is not None else host_target()
     cache = cache if cache is not None else DEFAULT_CACHE
-    # everything cache.directory() depends on, without building a Path on every call
-    fast_key = (sig, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
-    kernel = _kernels.get(fast_key)
-    if kernel is None:
-        kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target,
-                           config.as_dict(),
-                           lambda: tirb.build_selective_scan(sig, config, "llvm"),
-                           sources=SOURCES)
-        _kernels[fast_key] = kernel
-    return kernel
+    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config, lambda: tirb.build_selective_scan(sig, config, "llvm"), target, SOURCES)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -16,14 +16,12 @@ anything else the kernel does not cover return NotImplemented (the torch engine 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from ssmc.codegen.tvm import selective_scan_bwd_tir as tirb
-from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache
+from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
 from ssmc.codegen.tvm.config import Config, default_config, legalize
-from ssmc.codegen.tvm.target import host_target
 from ssmc.runtime import backward as bw
 
 FAMILY = "selective_scan_bwd"
@@ -34,7 +32,6 @@ SOURCES = ("selective_scan_bwd_tir.py", "selective_scan_tir.py", "tirmath.py", "
 _F32 = torch.float32
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-_kernels: dict = {}  # (signature, config, target, cache) -> Kernel: skips hashing per call
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,16 +42,8 @@ def default_bwd_config() -> Config:
 def get_kernel(sig: tirb.BwdSignature, config: Config, target=None,
                cache: KernelCache | None = None):
     """The compiled backward kernel (memory, disk cache, or a new build)."""
-    target = target if target is not None else host_target()
     cache = cache if cache is not None else DEFAULT_CACHE
-    fast_key = (sig, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
-    kernel = _kernels.get(fast_key)
-    if kernel is None:
-        kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target,
-                           config.as_dict(), lambda: tirb.build_selective_scan_bwd(sig, config),
-                           sources=SOURCES)
-        _kernels[fast_key] = kernel
-    return kernel
+    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config, lambda: tirb.build_selective_scan_bwd(sig, config), target, SOURCES)
 
 
 def handles(p: bw.ScanProblem) -> bool:

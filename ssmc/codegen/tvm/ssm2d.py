@@ -13,20 +13,17 @@ but a unit last one (the executor passes views into the x_proj / dt_proj outputs
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from ssmc.codegen.tvm import ssm2d_tir as tirb
-from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache
-from ssmc.codegen.tvm.target import host_target
+from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
 
 FAMILY = "ssm2d"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # the modules a kernel is built from (its cache key hashes only these)
 SOURCES = ("ssm2d_tir.py", "tirmath.py", "build.py", "target.py")
-_kernels: dict = {}
 
 
 def _shape(t) -> str:
@@ -66,16 +63,8 @@ def default_config() -> tirb.Ssm2dConfig:
 def get_kernel(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, target=None,
                cache: KernelCache | None = None):
     """The compiled kernel (memory, the disk cache, or a new build)."""
-    target = target if target is not None else host_target()
     cache = cache if cache is not None else DEFAULT_CACHE
-    fast_key = (sig, config, id(target), id(cache), cache.root, os.environ.get(CACHE_ENV))
-    kernel = _kernels.get(fast_key)
-    if kernel is None:
-        kernel = cache.get(FAMILY, tirb.FUNC_NAME, sig.as_dict(), "float32", target,
-                           config.as_dict(), lambda: tirb.build_ssm2d(sig, config),
-                           sources=SOURCES)
-        _kernels[fast_key] = kernel
-    return kernel
+    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config, lambda: tirb.build_ssm2d(sig, config), target, SOURCES)
 
 
 def _bc_form(name, t, b, T, V, d, N) -> int:
