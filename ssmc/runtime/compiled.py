@@ -33,13 +33,35 @@ class _Runner:
     def __call__(self, node, mod, args):
         entry = node.meta.get("run")
         if entry is None:
-            if node.OP == "linear" and self.backend == "tvm" and args[0].dtype is torch.float32 \
-                    and mod.weight.dtype is torch.float32:
-                # the CPU's faster GEMM library for this Linear (runtime/gemm.py)
-                return gemm.linear(args[0], mod.weight, mod.bias)
-            return NotImplemented
+            return _cpu_glue(node, mod, args) if self.backend == "tvm" else NotImplemented
         executor, fn, config = entry
         return executor(node, mod, dict(zip(node.inputs, args)), fn, self.backend, config)
+
+
+def _cpu_glue(node, mod, args):
+    """Glue nodes on the CPU's faster paths (fp32; torch.compile traces the reference): a Linear
+    on oneDNN (runtime/gemm.py), and at inference the causal depthwise conv and the rmsnorm on
+    their TVM kernels (torch's depthwise conv1d took 6.7 ms for b2 c384 L1024 here, the kernel
+    well under 1 ms; the kernels have no backward, so with gradients the reference runs)."""
+    if node.OP not in ("linear", "conv1d", "rmsnorm"):
+        return NotImplemented
+    x = args[0]
+    if x.dtype is not torch.float32 or mod.weight.dtype is not torch.float32 \
+            or torch.compiler.is_compiling():
+        return NotImplemented
+    if node.OP == "linear":
+        return gemm.linear(x, mod.weight, mod.bias)
+    grad = torch.is_grad_enabled() and (x.requires_grad or mod.weight.requires_grad)
+    if grad:
+        return NotImplemented
+    from ssmc.codegen.tvm import decode
+
+    if node.OP == "conv1d" and node.activation in ("silu", "identity"):
+        return decode.causal_conv1d(x, mod.weight, mod.bias,
+                                    "silu" if node.activation == "silu" else None)
+    if node.OP == "rmsnorm":
+        return decode.rmsnorm(x, mod.weight, mod.eps, groups=mod.groups)
+    return NotImplemented
 
 
 class CompiledModel(GraphModule):
