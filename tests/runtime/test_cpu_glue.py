@@ -30,27 +30,31 @@ def test_gradients_and_other_dtypes_take_f_linear():
     torch.testing.assert_close(y, F.linear(x64, w64))
 
 
-def test_compiled_model_linears_match_the_reference():
-    """A CPU-compiled model runs its Linear nodes through gemm.linear; same logits."""
+def _compiled_matches_reference(spec: str, batch: int, seqlen: int):
+    """A CPU-compiled zoo model with its reference's weights, checked against it at inference;
+    (model, tokens)."""
     import ssmc
     from ssmc.paths import zoo_dir
     from ssmc.semantics.model import build_reference
 
-    model = ssmc.compile(zoo_dir() / "mamba.yaml", "cpu", seqlen=128, batch=1).eval()
+    model = ssmc.compile(zoo_dir() / spec, "cpu", seqlen=seqlen, batch=batch).eval()
     ref = build_reference(model.source_graph).eval()
     model.load_state_dict(ref.state_dict())
-    tokens = torch.randint(0, 256, (1, 128))
+    tokens = torch.randint(0, 256, (batch, seqlen))
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), ref(tokens), rtol=6e-4, atol=2e-3)
+    return model, tokens
+
+
+def test_compiled_model_linears_match_the_reference():
+    """A CPU-compiled model runs its Linear nodes through gemm.linear; same logits."""
+    _compiled_matches_reference("mamba.yaml", 1, 128)
 
 
 def test_compiled_mamba2_glue_runs_the_tvm_conv_and_norm(monkeypatch):
     """At inference the conv1d and rmsnorm nodes of a CPU-compiled model run their TVM kernels
     (same logits as the reference); with gradients the reference runs them."""
-    import ssmc
     from ssmc.codegen.tvm import decode
-    from ssmc.paths import zoo_dir
-    from ssmc.semantics.model import build_reference
 
     calls = {"conv": 0, "norm": 0}
     conv, norm = decode.causal_conv1d, decode.rmsnorm
@@ -65,12 +69,7 @@ def test_compiled_mamba2_glue_runs_the_tvm_conv_and_norm(monkeypatch):
 
     monkeypatch.setattr(decode, "causal_conv1d", spy_conv)
     monkeypatch.setattr(decode, "rmsnorm", spy_norm)
-    model = ssmc.compile(zoo_dir() / "mamba2.yaml", "cpu", seqlen=33, batch=2).eval()
-    ref = build_reference(model.source_graph).eval()
-    model.load_state_dict(ref.state_dict())
-    tokens = torch.randint(0, 256, (2, 33))
-    with torch.no_grad():
-        torch.testing.assert_close(model(tokens), ref(tokens), rtol=6e-4, atol=2e-3)
+    model, tokens = _compiled_matches_reference("mamba2.yaml", 2, 33)
     assert calls["conv"] == 2 and calls["norm"] >= 3  # 2 layers: conv each, norms + final
     calls.update(conv=0, norm=0)
     model(tokens).sum().backward()  # gradients: the reference's differentiable glue
