@@ -18,8 +18,9 @@ HRF convolution); SpecLayer compiles any spec text.
 
 The Mamba layers' constructor arguments follow mamba-ssm's (``d_model, d_state, d_conv, expand,
 dt_rank="auto"``, ...); the others take the names of their reference modules in
-ssmc.semantics (``d_state``, ``block_size``, ``chunk``, ``inner``, ``d_latent``, ...).  The step-size bias lives on the scan (``ssm.delta_bias`` / ``ssm.dt_bias``), fused into
-the kernel, rather than on ``dt_proj``.
+ssmc.semantics (``d_state``, ``block_size``, ``chunk``, ``inner``, ``d_latent``, ...).  The
+Mamba step-size bias lives on the scan (``ssm.delta_bias`` / ``ssm.dt_bias``), fused into the
+kernel, rather than on ``dt_proj``.
 """
 
 from __future__ import annotations
