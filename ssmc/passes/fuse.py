@@ -3,7 +3,12 @@
 - selective scans take softplus(delta + bias), the discretisation, the D skip and the silu(z)
   gate into the kernel (recorded in meta['fused']);
 - a `gate` (y * silu(z)) that reads an SSD node's only output becomes that node's z input, so the
-  gate is applied in the kernel's epilogue and the node disappears.
+  gate is applied in the kernel's epilogue and the node disappears;
+- a causal `conv` (convSSM's HRF read-out) that reads a PLRNN `recurrence` node's only output
+  becomes that node's epilogue when the target's kernel computes it (runtime.dispatch.EPILOGUES:
+  the TVM CPU kernel, while the trajectory is still in cache).  The conv node is kept in
+  node.meta['epilogue'] so the model still builds its module under its own name (its kernel keeps
+  its state_dict key) and the reference can run it where the kernel does not.
 """
 
 from __future__ import annotations
@@ -27,10 +32,42 @@ def _absorb_gate(g, node) -> bool:
     return True
 
 
+def _absorb_conv(g, node, backend: str | None) -> bool:
+    if node.OP != "recurrence" or node.cell != "plrnn" or "epilogue" in node.meta or backend is None:
+        return False
+    from ssmc.passes.select_algorithm import family
+    from ssmc.runtime import dispatch  # here, not at the top: the runtime imports torch
+
+    if not dispatch.takes_epilogue(family(node), node.meta.get("algorithm"), backend, "conv"):
+        return False  # e.g. Triton targets: no PLRNN kernel there, the conv stays a node
+    y = node.outputs[0]
+    users = consumers(g, y)
+    if len(users) != 1 or is_graph_output(g, y):
+        return False  # the trajectory itself is needed: the kernel must write it unconvolved
+    conv = users[0]
+    if conv.OP != "conv" or list(conv.inputs.values()) != [y]:
+        return False
+    node.meta["epilogue"] = conv
+    node.meta.setdefault("fused_nodes", []).append(conv.name)
+    remove_node(g, conv, {conv.outputs[0]: y})
+    return True
+
+
 def run(graph, ctx):
+    from ssmc.runtime.dispatch import backend_of
+
+    backend = backend_of(ctx.target) if ctx.target is not None else None
     for g in all_graphs(graph):
         for node in list(g.nodes):
             _absorb_gate(g, node)
+            _absorb_conv(g, node, backend)
+        for node in g.nodes:
+            conv = node.meta.get("epilogue")
+            if conv is not None:
+                node.meta["fused"] = [
+                    f"causal conv '{conv.name}' ({conv.length} taps"
+                    f"{'' if conv.learnable else ', fixed'}) on the trajectory: direct in the "
+                    f"kernel (FFT after it for long kernels or with gradients)"]
         for node in g.nodes:
             if node.OP != "selective_ssm" or node.variant == "dense":
                 continue

@@ -28,14 +28,21 @@ class _Runner:
         if hit is None:
             return "reference"
         node.meta["run"] = (hit[0], hit[1], node.meta.get("config", {}))
-        return f"{self.backend}:{node.meta.get('kernel')}"
+        epi = node.meta.get("epilogue")
+        fused = f" + {epi.OP} '{epi.name}'" if epi is not None else ""
+        return f"{self.backend}:{node.meta.get('kernel')}{fused}"
 
-    def __call__(self, node, mod, args):
+    def __call__(self, node, mod, args, epilogue=None):
         entry = node.meta.get("run")
         if entry is None:
+            if epilogue is not None:
+                return NotImplemented  # the reference runs the node and its epilogue
             return _cpu_glue(node, mod, args) if self.backend == "tvm" else NotImplemented
         executor, fn, config = entry
-        return executor(node, mod, dict(zip(node.inputs, args)), fn, self.backend, config)
+        ins = dict(zip(node.inputs, args))
+        if epilogue is not None:
+            ins["epilogue"] = epilogue
+        return executor(node, mod, ins, fn, self.backend, config)
 
 
 def _cpu_glue(node, mod, args):

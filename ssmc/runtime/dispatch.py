@@ -45,6 +45,11 @@ REFERENCE = {
     "ssm2d": "ssmc.semantics.ssm2d:ssm2d_ref",
     "recurrence": "ssmc.semantics.recurrence:plrnn_ref",
 }
+# Nodes a kernel computes in its epilogue (the fuse pass folds such a node into the SSM node
+# that feeds it; the executor hands the folded node's parameters to the kernel):
+# (family, algorithm, backend) -> the ops it takes.  The PLRNN kernel takes the causal HRF
+# convolution of its trajectory (direct, in the kernel, or by FFT after it, by length).
+EPILOGUES = {("recurrence", "sequential", "tvm"): ("conv",)}
 # The algorithm each backend runs when the caller (an op call) did not pick one.
 DEFAULT_ALGORITHM = {("selective_ssm/mamba1", "triton"): "sequential",
                      ("selective_ssm/mamba1", "tvm"): "sequential",
@@ -93,6 +98,12 @@ def kernel(family: str, algorithm: str | None, backend: str, strict: bool = Fals
 
 def available(family: str, algorithm: str, backend: str) -> bool:
     return (family, algorithm, backend) in KERNELS
+
+
+def takes_epilogue(family: str, algorithm: str | None, backend: str, op: str) -> bool:
+    """Whether the kernel running `family` with `algorithm` on `backend` computes an `op` node
+    that reads its output (EPILOGUES)."""
+    return op in EPILOGUES.get((family, algorithm, backend), ())
 
 
 def algorithms_with_kernel(family: str, backend: str) -> tuple:

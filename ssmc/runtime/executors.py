@@ -211,11 +211,21 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
 
 def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
     """PLRNN latent recurrence; differentiable (the kernel's adjoint recurrence backward).
-    fp64 runs the reference."""
-    s = ins["s"]
-    if s.dtype == torch.float64:
+    With a folded `conv` epilogue (ins['epilogue'], its LongConv module: passes/fuse.py) the
+    kernel also convolves the trajectory with the conv's kernel and the convolved trajectory is
+    the result: directly in the kernel at inference (up to plrnn.FUSE_MAX_TAPS taps), by torch's
+    FFT on the kernel's trajectory when gradients are needed (autograd differentiates it, the
+    conv kernel too when it is learnable).  fp64 and tensors off the CPU run the reference
+    (the node, then its epilogue)."""
+    s, epi = ins["s"], ins.get("epilogue")
+    if s.dtype == torch.float64 or s.device.type != "cpu":
         return NotImplemented
-    return fn(s, mod.A, mod.W, mod.h0, mod.C)
+    if epi is None:
+        return fn(s, mod.A, mod.W, mod.h0, mod.C)
+    if epi.kernel.dtype == torch.float64 or epi.kernel.device.type != "cpu":
+        return NotImplemented
+    _, zc = fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=epi.kernel)
+    return zc
 
 
 EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd, "nested_recursion": nested,

@@ -170,7 +170,10 @@ class GraphModule(nn.Module):
     """Runs a verified graph eagerly, node by node in dependency order.
 
     `runner(node, module, args)` may run a node some other way (a compiled kernel) and returns
-    NotImplemented to leave it to the reference; repeated blocks get the same runner."""
+    NotImplemented to leave it to the reference; repeated blocks get the same runner.  A node
+    with a folded epilogue node (node.meta['epilogue'], see passes/fuse.py) is called as
+    `runner(node, module, args, epilogue=<its module>)` and must return the epilogue's result;
+    the reference runs the node, then the epilogue."""
 
     def __init__(self, graph: Graph, runner=None):
         super().__init__()
@@ -178,10 +181,14 @@ class GraphModule(nn.Module):
         self._runner = runner
         self._order = graph.topo_nodes()
         for node in self._order:
-            if node.name in _RESERVED:
-                raise SpecError(node.loc, f"nodes.{node.name}.name",
-                                f"'{node.name}' is a reserved name in torch.nn.Module; rename the node")
-            self.add_module(node.name, _build_op(graph, node, runner))
+            # a node the passes folded into this one (its epilogue) keeps its own module
+            for n in (node, node.meta.get("epilogue")):
+                if n is None:
+                    continue
+                if n.name in _RESERVED:
+                    raise SpecError(n.loc, f"nodes.{n.name}.name",
+                                    f"'{n.name}' is a reserved name in torch.nn.Module; rename the node")
+                self.add_module(n.name, _build_op(graph, n, runner))
         for node in self._order:
             if node.OP == "linear" and node.tied:
                 src = getattr(self, node.tied, None)
@@ -231,9 +238,17 @@ class GraphModule(nn.Module):
         for node in self._order:
             ins = [env[v] for v in node.inputs.values()]
             mod = getattr(self, node.name)
-            out = NotImplemented if self._runner is None else self._runner(node, mod, ins)
+            epi = node.meta.get("epilogue")
+            if self._runner is None:
+                out = NotImplemented
+            elif epi is None:
+                out = self._runner(node, mod, ins)
+            else:
+                out = self._runner(node, mod, ins, epilogue=getattr(self, epi.name))
             if out is NotImplemented:
                 out = _call(self.graph, node, mod, ins)
+                if epi is not None:  # the kernel did not run: neither did its epilogue
+                    out = _call(self.graph, epi, getattr(self, epi.name), [out])
             outs = list(out) if isinstance(out, (tuple, list)) else [out]
             env.update(zip(node.outputs, outs))
         res = [env[v] for v in self.graph.outputs]
