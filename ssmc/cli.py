@@ -200,7 +200,9 @@ def cmd_explain(args) -> int:
     print("\n== decisions ==")
     for qname, node, _ in out.walk():
         if "algorithm" in node.meta:
-            print(f"  {qname:<26} {node.meta['algorithm']:<12} {node.meta['why']}")
+            fused = node.meta.get("fused_nodes")
+            print(f"  {qname:<26} {node.meta['algorithm']:<12} {node.meta['why']}"
+                  + (f"; fused into it: {', '.join(fused)}" if fused else ""))
     return 0
 
 

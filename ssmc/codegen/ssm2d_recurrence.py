@@ -77,9 +77,16 @@ def emit_tvm(node, graph, fam: str, alg: str, out: Path, write) -> dict:
         from ssmc.codegen.tvm import plrnn_tir as tirb
         from ssmc.codegen.tvm.plrnn import default_config
 
-        sig = tirb.PlrnnSignature(M=node.latent, K_in=_last(graph, node, "s"))
+        from ssmc.codegen.tvm.plrnn import FUSE_MAX_TAPS
+
+        conv = node.meta.get("epilogue")  # a conv folded into the node (passes/fuse.py)
+        taps = conv.length if conv is not None and conv.length <= FUSE_MAX_TAPS else 0
+        sig = tirb.PlrnnSignature(M=node.latent, K_in=_last(graph, node, "s"), K=taps)
         prim, name = tirb.build_plrnn(sig, default_config()), "plrnn"
-        runs = "TVM kernel (input drive, recurrence); the HRF conv node: its own node"
+        runs = "TVM kernel (input drive, recurrence)" + (
+            "; the HRF conv node: its own node" if conv is None else
+            f"; conv '{conv.name}' fused: {taps} taps in the kernel" if taps else
+            f"; conv '{conv.name}' folded: by torch's FFT after the kernel ({conv.length} taps)")
     path = out / f"{name}.tir.py"
     write(path, prim.script() if hasattr(prim, "script") else str(prim))
     return {"files": {name: str(path)}, "signature": sig.as_dict(), "runs": runs}
