@@ -50,7 +50,7 @@ class _State:
         self.kind, self.kernels, self.target = kind, kernels, target
         self.a_key = None
         self.A = self.Ak = None
-        self.calls = {"fast": 0, "fallback": 0}
+        self.calls = {"fast": 0, "fallback": 0, "fused": 0}  # fused: one-call layer steps
         self.raw = None  # the decode step's compiled kernels, resolved at the first step
         self._fp32_key, self._fp32 = None, False
 
@@ -222,8 +222,9 @@ def accelerated_mixers(model) -> dict:
 
 
 def call_counts(model) -> dict:
-    """{module name: {'fast': n, 'fallback': n}}: how often each replaced module (mixers, and
-    on the TVM backend the norms) took ssmc's path."""
+    """{module name: {'fast': n, 'fallback': n, 'fused': n}}: how often each replaced module
+    (mixers, and on the TVM backend the norms) took ssmc's path; 'fused' counts the decode steps
+    a whole layer ran as one kernel (one sequence on the TVM backend)."""
     return {name: dict(m.__dict__[_ATTR].calls) for name, m in model.named_modules()
             if _ATTR in m.__dict__ and m.__dict__[_ATTR].kind != "linear"}
 
@@ -316,6 +317,14 @@ def _block_forward(self, hidden_states, cache_params=None, attention_mask=None, 
     norm = self._modules["norm"]
     if st.raw is None:
         st.raw = _raw_kernels(self, mixer, st)
+    layer = st.raw.get("layer")
+    if layer is not None and b == 1 and hidden_states.is_contiguous():
+        st.calls["fused"] += 1
+        out = torch.empty(1, 1, Dm)
+        args = _m1_layer_args if st.kind == "mamba1" else _m2_layer_args
+        layer(*args(self, mixer, st, hidden_states.view(1, Dm), conv_state, rec_state,
+                    out.view(1, Dm)))
+        return out
     hn = torch.empty(b, Dm)
     st.raw["norm"](hidden_states.view(b, Dm), norm._parameters["weight"], hn)
     step = _m1_decode if st.kind == "mamba1" else _m2_decode
@@ -346,6 +355,7 @@ def _raw_kernels(block, mixer, st) -> dict:
         dtp = mixer._modules["dt_proj"]
         raw["dt_proj"] = dk.gemv_kernel(dk.gemv_signature(dtp.weight))  # bias: in the step
         raw["step"] = dk.step_kernel(stepb.StepSignature(d=info["d_inner"], N=info["d_state"]))
+        raw["layer"] = _m1_layer_kernel(dk, block, mixer, info, vw)
     else:
         mnorm = mixer._modules["norm"]
         raw.update(_gemv_kernels(dk, mixer, ("in_proj", "out_proj")))
@@ -355,7 +365,75 @@ def _raw_kernels(block, mixer, st) -> dict:
         raw["gnorm"] = dk.norm_kernel(normb.NormSignature(
             D=info["d_inner"], eps=float(mnorm.variance_epsilon),
             groups=info["d_inner"] // mnorm.group_size, gated=True, parallel=False, vector_width=vw))
+        raw["layer"] = _m2_layer_kernel(dk, block, mixer, info, vw)
     return raw
+
+
+def _m1_layer_kernel(dk, block, mixer, info, vw):
+    """The one-call kernel of a whole Mamba-1 layer's decode step (decode_layer_tir), or None
+    when a weight it reads directly is not a contiguous tensor (then the step runs kernel by
+    kernel)."""
+    from ssmc.codegen.tvm import decode_layer_tir as layerb
+
+    mods = mixer._modules
+    weights = [block._modules["norm"].weight, mods["conv1d"].weight, mixer.A_log, mixer.D]
+    weights += [p for nm in ("in_proj", "x_proj", "dt_proj", "out_proj")
+                for p in mods[nm].parameters()]
+    if not all(w.is_contiguous() for w in weights) or mods["dt_proj"].bias is None:
+        return None
+    sig = layerb.Mamba1LayerSignature(
+        Dm=block._modules["norm"].weight.shape[0], d=info["d_inner"], N=info["d_state"],
+        R=info["dt_rank"], k=info["d_conv"], eps=float(block._modules["norm"].variance_epsilon),
+        in_bias=mods["in_proj"].bias is not None, conv_bias=mods["conv1d"].bias is not None,
+        x_bias=mods["x_proj"].bias is not None, out_bias=mods["out_proj"].bias is not None,
+        vector_width=vw)
+    return dk.mamba1_layer_kernel(sig)
+
+
+def _m2_layer_kernel(dk, block, mixer, info, vw):
+    """The one-call kernel of a whole Mamba-2 layer's decode step, or None (as above)."""
+    from ssmc.codegen.tvm import decode_layer_tir as layerb
+
+    mods = mixer._modules
+    weights = [block._modules["norm"].weight, mods["conv1d"].weight, mixer.A_log, mixer.D,
+               mixer.dt_bias, mods["norm"].weight]
+    weights += [p for nm in ("in_proj", "out_proj") for p in mods[nm].parameters()]
+    if (not all(w.is_contiguous() for w in weights) or mixer.D.shape != mixer.dt_bias.shape
+            or info["head_dim"] < 2):
+        return None
+    sig = layerb.Mamba2LayerSignature(
+        Dm=block._modules["norm"].weight.shape[0], d=info["d_inner"], N=info["d_state"],
+        head_dim=info["head_dim"], groups=info["n_groups"], k=info["d_conv"],
+        eps=float(block._modules["norm"].variance_epsilon),
+        norm_eps=float(mods["norm"].variance_epsilon),
+        norm_groups=info["d_inner"] // mods["norm"].group_size,
+        in_bias=mods["in_proj"].bias is not None, conv_bias=mods["conv1d"].bias is not None,
+        out_bias=mods["out_proj"].bias is not None, vector_width=vw)
+    return dk.mamba2_layer_kernel(sig)
+
+
+def _m2_layer_args(block, mixer, st, h, conv_state, rec_state, out) -> list:
+    """The fused Mamba-2 layer kernel's arguments in decode_layer_tir.arg_names2 order."""
+    mods, P = mixer._modules, mixer._parameters
+    _, Ak = st.a(P["A_log"])
+    conv, inp, outp = mods["conv1d"]._parameters, mods["in_proj"]._parameters, mods["out_proj"]._parameters
+    b, d, N = 1, mixer.intermediate_size, mixer.ssm_state_size
+    return _args(h, block._modules["norm"]._parameters["weight"], inp["weight"], inp["bias"],
+                 conv["weight"], conv["bias"], conv_state, Ak, P["D"], P["dt_bias"],
+                 rec_state.view(b, d, N), mods["norm"]._parameters["weight"], outp["weight"],
+                 outp["bias"], out)
+
+
+def _m1_layer_args(block, mixer, st, h, conv_state, rec_state, out) -> list:
+    """The fused layer kernel's arguments in decode_layer_tir.arg_names order."""
+    mods, P = mixer._modules, mixer._parameters
+    _, Ak = st.a(P["A_log"])
+    conv, inp, xp = mods["conv1d"]._parameters, mods["in_proj"]._parameters, mods["x_proj"]._parameters
+    dtp, outp = mods["dt_proj"]._parameters, mods["out_proj"]._parameters
+    return _args(h, block._modules["norm"]._parameters["weight"], inp["weight"], inp["bias"],
+                 conv["weight"], conv["bias"], conv_state, xp["weight"], xp["bias"],
+                 dtp["weight"], Ak, P["D"], dtp["bias"], rec_state, outp["weight"], outp["bias"],
+                 out)
 
 
 def _linear(x, lin, gemv=None):
@@ -501,6 +579,8 @@ def _mamba2_forward(self, hidden_states, cache_params=None, attention_mask=None,
     proj = _proj(self.in_proj, _mask(hidden_states, attention_mask))   # (b, L, d + cd + H)
     gate, xBC, dt = proj[..., :d], proj[..., d:d + cd], proj[..., d + cd:]
     if conv_state is not None and rec_state is not None and L == 1 and not recording:
+        # as transformers' recurrent form: its one-token step does not clamp dt by
+        # time_step_limit (only the chunked form does), and neither does this one
         xc = kern.conv_step(xBC[:, 0], conv_state, self.conv1d.weight, self.conv1d.bias)
         xc = xc.to(dtype)
         state = rec_state.view(b, d, N) if rec_state.is_contiguous() else rec_state.reshape(b, d, N)

@@ -244,3 +244,67 @@ def test_deepcopy_of_an_accelerated_model(mamba, ids):
     assert not torch.allclose(_logits(twin, ids), ref, **TOL)
     ssmc.restore(twin)
     ssmc.restore(mamba)
+
+
+def _step_logits(model, prompt, steps):
+    outs = []
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+        cache, tok = out.cache_params, out.logits[:, -1:].argmax(-1)
+        for _ in range(steps):
+            out = model(tok, cache_params=cache, use_cache=True)
+            outs.append(out.logits)
+            tok = out.logits[:, -1:].argmax(-1)
+    return outs
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.parametrize("biases", [False, True])
+def test_one_sequence_decodes_each_layer_in_one_kernel(build, ids, kind, biases):
+    """One sequence: every layer's decode step is one fused TVM kernel (decode_layer_tir); its
+    logits match transformers' step by step, with and without the optional biases."""
+    kw = dict(use_bias=biases, use_conv_bias=biases)
+    model = build(kind, **kw)
+    if biases:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.copy_(0.1 * torch.randn_like(p))
+    prompt = ids[:1, :7]
+    want = _step_logits(model, prompt, 6)
+    ssmc.accelerate(model)
+    got = _step_logits(model, prompt, 6)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+    counts = call_counts(model)
+    mixers = [c for name, c in counts.items() if name.endswith("mixer")]
+    assert mixers and all(c["fused"] == 6 and c["fallback"] == 0 for c in mixers), counts
+
+
+def test_fused_layer_step_equals_the_kernel_by_kernel_step(build, ids):
+    """The fused layer and the separate kernels are the same statements: identical numbers."""
+    from ssmc.hf import accelerated as acc
+
+    model = build("mamba")
+    ssmc.accelerate(model)
+    prompt = ids[:1, :9]
+    fused = _step_logits(model, prompt, 4)
+    for m in model.modules():
+        st = m.__dict__.get(acc._ATTR)
+        if st is not None and isinstance(st.raw, dict):
+            st.raw["layer"] = None
+    split = _step_logits(model, prompt, 4)
+    for f, s in zip(fused, split):
+        assert torch.equal(f, s)
+
+
+def test_mamba2_decode_with_a_dt_limit_matches_transformers(build, ids):
+    """transformers clamps dt by time_step_limit in its chunked form only, not in its one-token
+    step: the accelerated model does the same (prefill clamped, decode steps not)."""
+    model = build("mamba2", time_step_limit=(0.01, 0.05))
+    prompt = ids[:1, :7]
+    want = _step_logits(model, prompt, 3)
+    ssmc.accelerate(model)
+    for g, w in zip(_step_logits(model, prompt, 3), want):
+        torch.testing.assert_close(g, w, **TOL)
+    assert all(c["fused"] == 3 for n, c in call_counts(model).items() if n.endswith("mixer"))

@@ -91,7 +91,7 @@ def build(sig: ConvSignature, config: Config):
                     bufs[nm] = T.arg(nm, T.buffer(shape, F32, strides=sx, align=4))
                 else:
                     bufs[nm] = T.arg(nm, T.buffer(shapes[nm], F32, align=4))
-            _schedule(sig, config, bufs, b, L)
+            emit(sig, config, bufs, b, L)
     return ib.get()
 
 
@@ -132,7 +132,9 @@ def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _CpuLanes, bi, c0, 
             lanes.each(lambda i: save(j, i))
 
 
-def _schedule(sig: ConvSignature, cfg: Config, bufs, b, L):
+def emit(sig: ConvSignature, cfg: Config, bufs, b, L):
+    """The conv's statements in the current PrimFunc over `bufs` (named as arg_names(sig); x may
+    be an index-mapped view)."""
     c = sig.c
     cb = min(cfg.channel_block, c)
     vw = min(cfg.vector_width, cb)

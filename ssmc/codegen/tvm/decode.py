@@ -18,6 +18,7 @@ import os
 import torch
 
 from ssmc.codegen.tvm import causal_conv_tir as convb
+from ssmc.codegen.tvm import decode_layer_tir as layerb
 from ssmc.codegen.tvm import gemv_tir as gemvb
 from ssmc.codegen.tvm import rmsnorm_tir as normb
 from ssmc.codegen.tvm import selective_step_tir as stepb
@@ -41,6 +42,12 @@ SOURCES = {
     "causal_conv1d_window": ("causal_conv_tir.py", "selective_scan_tir.py", "tirmath.py", "config.py"),
     "rmsnorm": ("rmsnorm_tir.py", "tirmath.py"),
     "gemv": ("gemv_tir.py", "tirmath.py"),
+    "mamba2_decode_layer": ("decode_layer_tir.py", "rmsnorm_tir.py", "gemv_tir.py",
+                            "causal_conv_tir.py", "selective_step_tir.py",
+                            "selective_scan_tir.py", "tirmath.py", "config.py"),
+    "mamba1_decode_layer": ("decode_layer_tir.py", "rmsnorm_tir.py", "gemv_tir.py",
+                            "causal_conv_tir.py", "selective_step_tir.py",
+                            "selective_scan_tir.py", "tirmath.py", "config.py"),
 }
 
 
@@ -115,6 +122,18 @@ def gemv(x, weight, bias=None):
     kernel(_compact("x", x).view(K), _compact("weight", weight),
            *([_compact("bias", bias)] if bias is not None else []), out.view(N))
     return out
+
+
+def mamba1_layer_kernel(sig: layerb.Mamba1LayerSignature):
+    """One whole Mamba-1 layer of a one-token decode step (args: layerb.arg_names(sig)): the
+    norm, the projections, the conv and state updates (both states in place) and the
+    residual, in one call."""
+    return _get("mamba1_decode_layer", layerb.FUNC_NAME, sig, layerb.build)
+
+
+def mamba2_layer_kernel(sig: layerb.Mamba2LayerSignature):
+    """The same for a Mamba-2 layer (args: layerb.arg_names2(sig))."""
+    return _get("mamba2_decode_layer", layerb.FUNC_NAME2, sig, layerb.build2)
 
 
 def conv_kernel(sig: convb.ConvSignature):

@@ -44,9 +44,6 @@ def arg_names(sig: GemvSignature) -> list[str]:
 
 def build(sig: GemvSignature):
     K, N = sig.K, sig.N
-    W = max(1, min(sig.vector_width, K))
-    full, tail = K // W, K % W
-    R = max(1, min(sig.rows, N))
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(FUNC_NAME)
@@ -55,32 +52,43 @@ def build(sig: GemvSignature):
             w = T.arg("weight", T.buffer((N, K), F32, align=4))
             bias = T.arg("bias", T.buffer((N,), F32, align=4)) if sig.has_bias else None
             out = T.arg("out", T.buffer((N,), F32, align=4))
-
-            def block(n0, nrows):
-                """Rows n0 .. n0 + nrows - 1 (nrows a Python int: the chains are unrolled)."""
-                acc = T.alloc_buffer((nrows, W), F32, scope="local")
-                for r in range(nrows):
-                    with T.vectorized(0, W) as v:
-                        T.buffer_store(acc, M.f32(0.0), [r, v])
-                with T.serial(0, full) as i:
-                    for r in range(nrows):
-                        with T.vectorized(0, W) as v:
-                            k = i * W + v
-                            T.buffer_store(acc, acc[r, v] + w[n0 + r, k] * x[k], [r, v])
-                for r in range(nrows):
-                    total = _lane_sum([acc[r, v] for v in range(W)])
-                    for t in range(tail):
-                        k = full * W + t
-                        total = total + w[n0 + r, k] * x[k]
-                    if bias is not None:
-                        total = total + bias[n0 + r]
-                    T.buffer_store(out, total, [n0 + r])
-
-            with T.serial(0, N // R) as nb:
-                block(nb * R, R)
-            for n in range((N // R) * R, N):
-                block(n, 1)
+            emit(sig, x, w, bias, lambda n, value: T.buffer_store(out, value, [n]))
     return ib.get()
+
+
+def emit(sig: GemvSignature, x, w, bias, store):
+    """The product's statements in the current PrimFunc: reads x[k], w[n, k], bias[n] (buffers
+    or index-mapped views of them), hands each finished out[n] to `store(n, value)` (an
+    epilogue: a residual add, a store into a slice of a larger buffer)."""
+    K, N = sig.K, sig.N
+    W = max(1, min(sig.vector_width, K))
+    full, tail = K // W, K % W
+    R = max(1, min(sig.rows, N))
+
+    def block(n0, nrows):
+        """Rows n0 .. n0 + nrows - 1 (nrows a Python int: the chains are unrolled)."""
+        acc = T.alloc_buffer((nrows, W), F32, scope="local")
+        for r in range(nrows):
+            with T.vectorized(0, W) as v:
+                T.buffer_store(acc, M.f32(0.0), [r, v])
+        with T.serial(0, full) as i:
+            for r in range(nrows):
+                with T.vectorized(0, W) as v:
+                    k = i * W + v
+                    T.buffer_store(acc, acc[r, v] + w[n0 + r, k] * x[k], [r, v])
+        for r in range(nrows):
+            total = _lane_sum([acc[r, v] for v in range(W)])
+            for t in range(tail):
+                k = full * W + t
+                total = total + w[n0 + r, k] * x[k]
+            if bias is not None:
+                total = total + bias[n0 + r]
+            store(n0 + r, total)
+
+    with T.serial(0, N // R) as nb:
+        block(nb * R, R)
+    for n in range((N // R) * R, N):
+        block(n, 1)
 
 
 def _lane_sum(terms: list):

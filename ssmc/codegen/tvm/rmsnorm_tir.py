@@ -46,16 +46,12 @@ def arg_names(sig: NormSignature) -> list[str]:
 
 def build(sig: NormSignature):
     rows = tir.Var("rows", IDX)
-    D, G = sig.D, sig.groups
-    S = D // G                       # elements per group
-    W = max(1, min(sig.vector_width, S))
-    full, tail = S // W, S % W
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(FUNC_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
             one = tir.IntImm(IDX, 1)
-            d64 = tir.IntImm(IDX, D)
+            d64 = tir.IntImm(IDX, sig.D)
 
             def strided(name):
                 return T.arg(name, T.buffer((rows, d64), F32, strides=[tir.Var(f"{name}_s0", IDX), one],
@@ -63,43 +59,53 @@ def build(sig: NormSignature):
 
             x = strided("x")
             z = strided("z") if sig.gated else None
-            w = T.arg("weight", T.buffer((D,), F32, align=4))
+            w = T.arg("weight", T.buffer((sig.D,), F32, align=4))
             out = T.arg("out", T.buffer((rows, d64), F32, align=4))
-            loop = T.parallel if sig.parallel else T.serial
-            with loop(0, rows) as r:
-                acc = T.alloc_buffer((W,), F32, scope="global")
-                g_in = T.alloc_buffer((D,), F32, scope="global") if sig.gated else None
-                if sig.gated:  # g = x * silu(z), kept for the second pass
-                    with T.serial(0, D // W) as i:
-                        with T.vectorized(0, W) as v:
-                            c = i * W + v
-                            T.buffer_store(g_in, x[r, c] * M.silu(z[r, c]), [c])
-                    for c in range((D // W) * W, D):
-                        T.buffer_store(g_in, x[r, c] * M.silu(z[r, c]), [c])
-
-                def val(c):
-                    return g_in[c] if sig.gated else x[r, c]
-
-                for g in range(G):
-                    base = g * S
-                    with T.vectorized(0, W) as v:
-                        T.buffer_store(acc, M.f32(0.0), [v])
-                    with T.serial(0, full) as i:
-                        with T.vectorized(0, W) as v:
-                            xv = val(base + i * W + v)
-                            T.buffer_store(acc, acc[v] + xv * xv, [v])
-                    total = acc[0]
-                    for v in range(1, W):
-                        total = total + acc[v]
-                    for t in range(tail):
-                        xv = val(base + full * W + t)
-                        total = total + xv * xv
-                    inv = T.Bind(M.f32(1.0) / T.sqrt(total / M.f32(S) + M.f32(sig.eps)))
-                    with T.serial(0, full) as i:
-                        with T.vectorized(0, W) as v:
-                            c = base + i * W + v
-                            T.buffer_store(out, val(c) * inv * w[c], [r, c])
-                    for t in range(tail):
-                        c = base + full * W + t
-                        T.buffer_store(out, val(c) * inv * w[c], [r, c])
+            emit(sig, x, z, w, out, rows)
     return ib.get()
+
+
+def emit(sig: NormSignature, x, z, w, out, rows):
+    """The norm's statements in the current PrimFunc over rows of x, z (read: buffers or
+    index-mapped views) into the buffer out (rows, D)."""
+    D, G = sig.D, sig.groups
+    S = D // G                       # elements per group
+    W = max(1, min(sig.vector_width, S))
+    full, tail = S // W, S % W
+    loop = T.parallel if sig.parallel else T.serial
+    with loop(0, rows) as r:
+        acc = T.alloc_buffer((W,), F32, scope="global")
+        g_in = T.alloc_buffer((D,), F32, scope="global") if sig.gated else None
+        if sig.gated:  # g = x * silu(z), kept for the second pass
+            with T.serial(0, D // W) as i:
+                with T.vectorized(0, W) as v:
+                    c = i * W + v
+                    T.buffer_store(g_in, x[r, c] * M.silu(z[r, c]), [c])
+            for c in range((D // W) * W, D):
+                T.buffer_store(g_in, x[r, c] * M.silu(z[r, c]), [c])
+
+        def val(c):
+            return g_in[c] if sig.gated else x[r, c]
+
+        for g in range(G):
+            base = g * S
+            with T.vectorized(0, W) as v:
+                T.buffer_store(acc, M.f32(0.0), [v])
+            with T.serial(0, full) as i:
+                with T.vectorized(0, W) as v:
+                    xv = val(base + i * W + v)
+                    T.buffer_store(acc, acc[v] + xv * xv, [v])
+            total = acc[0]
+            for v in range(1, W):
+                total = total + acc[v]
+            for t in range(tail):
+                xv = val(base + full * W + t)
+                total = total + xv * xv
+            inv = T.Bind(M.f32(1.0) / T.sqrt(total / M.f32(S) + M.f32(sig.eps)))
+            with T.serial(0, full) as i:
+                with T.vectorized(0, W) as v:
+                    c = base + i * W + v
+                    T.buffer_store(out, val(c) * inv * w[c], [r, c])
+            for t in range(tail):
+                c = base + full * W + t
+                T.buffer_store(out, val(c) * inv * w[c], [r, c])

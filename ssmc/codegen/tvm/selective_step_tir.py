@@ -182,20 +182,25 @@ def build(sig: StepSignature, config: Config):
     each running `_ScanAlgorithm` over its block (a step: one token)."""
     b = tir.Var("b", IDX)
     L = tir.IntImm(IDX, 1) if sig.step else tir.Var("L", IDX)
-    ssig = sig.scan_signature()
-    cfg = config.replace(layout="bld")
-    G = ssig.partition_groups
-    dg = sig.d // G
+    cfg = config
     name = sig.func_name()
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(name)
             T.func_attr({"tirx.noalias": True, "global_symbol": name})
-            raw = _declare(sig, b, L)
-            alg = _StepAlgorithm(ssig, cfg, _algorithm_buffers(sig, raw), b, L)
-            alg.step_out = sig.step
-            _schedule(alg, cfg, b, G, dg, parallel=not sig.step or cfg.threads != 1)
+            emit(sig, cfg, _declare(sig, b, L), b, L)
     return ib.get()
+
+
+def emit(sig: StepSignature, cfg: Config, raw: dict, b, L):
+    """The step's (or per-head scan's) statements in the current PrimFunc, over the buffers
+    `raw` (named as arg_names(sig); reads may go through index-mapped views)."""
+    ssig = sig.scan_signature()
+    cfg = cfg.replace(layout="bld")
+    G = ssig.partition_groups
+    alg = _StepAlgorithm(ssig, cfg, _algorithm_buffers(sig, raw), b, L)
+    alg.step_out = sig.step
+    _schedule(alg, cfg, b, G, sig.d // G, parallel=not sig.step or cfg.threads != 1)
 
 
 def _schedule(alg, cfg: Config, b, G: int, dg: int, parallel: bool):
