@@ -255,10 +255,14 @@ def _original(mixer, hidden_states, cache_params, attention_mask, kwargs):
 
 
 def _mask(x, attention_mask):
-    """transformers' apply_mask_to_padding_states."""
-    if attention_mask is not None:
-        return (x * attention_mask[:, :, None]).to(x.dtype)
-    return x
+    """transformers' apply_mask_to_padding_states.  generate() passes a mask of ones for an
+    unpadded batch: on the CPU that is checked (a pass over b x L flags) instead of multiplying
+    two (b, L, d) tensors by one (the same numbers: x * 1 == x)."""
+    if attention_mask is None:
+        return x
+    if x.device.type == "cpu" and bool(attention_mask.all()):
+        return x
+    return (x * attention_mask[:, :, None]).to(x.dtype)
 
 
 def _caches(mixer, cache_params):
