@@ -15,7 +15,7 @@ import ssmc
 from ssmc.errors import SsmcError
 from ssmc.ir.spec import load_spec
 from ssmc.paths import zoo_dir
-from ssmc.runtime.saveload import MANIFEST, VersionMismatchError, VersionMismatchWarning
+from ssmc.runtime.saveload import KERNELS, MANIFEST, VersionMismatchError, VersionMismatchWarning
 
 DIMS = {"d_model": 32, "n_layers": 2}
 
@@ -138,8 +138,12 @@ def test_save_is_atomic_and_replaces_old_weights(saved, tmp_path):
         with torch.no_grad():
             model.lm_head.weight.sub_(1.0)
     names = sorted(p.name for p in d.iterdir())
-    second = json.loads((d / MANIFEST).read_text())["weights"]
-    assert first != second and names == sorted([MANIFEST, second])  # no temporaries left
+    m = json.loads((d / MANIFEST).read_text())
+    second = m["weights"]
+    # no temporaries left, beside the manifest or among the kernels
+    assert first != second and names == sorted([MANIFEST, second, KERNELS])
+    listed = set(m["kernels"]) | {e["meta"] for e in m["kernels"].values()}
+    assert sorted(p.name for p in (d / KERNELS).iterdir()) == sorted(listed)
 
 
 def test_load_errors_are_clear(saved, tmp_path):

@@ -8,16 +8,23 @@ invalidates old kernels).  Entries are shared libraries exported by TVM (`export
 written atomically: a temporary file in the same directory, then `os.replace`, so concurrent
 processes never see half a file.  The directory is `$SSMC_CACHE_DIR/tvm`, default
 `~/.cache/ssmc/tvm`.
+
+Read-only lookup directories (`KernelCache.add_lookup`: a saved model's kernels/, which
+`ssmc.load` registers) are searched after the cache directory and before compiling; a file there
+is loaded only when its sha256 is the one it was registered with.  `record_kernels()` collects
+the kernels called inside a block (what `CompiledModel.save` copies next to the weights).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +83,23 @@ class CacheStats:
     compiled: int = 0     # built with tvm.compile in this process
     disk_hits: int = 0    # loaded from a .so written earlier (by any process)
     memory_hits: int = 0  # already loaded in this process
+    saved_hits: int = 0   # loaded from a read-only lookup directory (a saved model's kernels/)
+
+
+# Active record_kernels() blocks: each a {file name: Kernel} of the kernels called in it.
+_RECORDERS: list[dict] = []
+
+
+@contextlib.contextmanager
+def record_kernels():
+    """Collect every Kernel called inside the block (from any cache, through any memo):
+    yields a dict {file name (<family>-<key>.so): Kernel}, filled as they run."""
+    used: dict = {}
+    _RECORDERS.append(used)
+    try:
+        yield used
+    finally:
+        _RECORDERS.remove(used)
 
 
 @dataclass
@@ -86,9 +110,18 @@ class Kernel:
     module: Any  # keeps the shared library alive
     key: str
     path: Path | None
+    family: str | None = None
 
     def __call__(self, *args):
+        if _RECORDERS:
+            for used in _RECORDERS:
+                used[self.file_name] = self
         return self.function(*args)
+
+    @property
+    def file_name(self) -> str:
+        """<family>-<key>.so: the name of its file in the cache and in a saved model."""
+        return self.path.name if self.path is not None else f"{self.family}-{self.key}.so"
 
 
 @dataclass
@@ -98,9 +131,54 @@ class KernelCache:
     _loaded: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict)
     _lock: Any = field(default_factory=threading.Lock)
+    # read-only lookup directories: directory -> ({file name: sha256}, warning category)
+    _lookup: dict = field(default_factory=dict)
 
     def directory(self) -> Path:
         return Path(self.root) if self.root is not None else cache_root() / "tvm"
+
+    def add_lookup(self, directory, files: dict, warning: type = UserWarning) -> None:
+        """Let get() load kernels from `directory` (read-only: nothing is written there) before
+        compiling them: files {<family>-<key>.so: sha256}; a file is loaded only when its
+        content has that hash, else it is skipped with a `warning` and the kernel is looked
+        up further or compiled.  Registering a directory again replaces its files."""
+        with self._lock:
+            self._lookup[str(Path(directory).resolve())] = (dict(files), warning)
+
+    def remove_lookup(self, directory) -> None:
+        with self._lock:
+            self._lookup.pop(str(Path(directory).resolve()), None)
+
+    def lookup_dirs(self) -> list[Path]:
+        return [Path(d) for d in self._lookup]
+
+    def _from_lookup(self, name: str, func_name: str, key: str, family: str) -> Kernel | None:
+        for directory, (files, category) in list(self._lookup.items()):
+            sha = files.get(name)
+            if sha is None:
+                continue
+            path = Path(directory) / name
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                warnings.warn(f"ssmc: saved kernel {path} cannot be read ({e}); compiling it "
+                              "again", category, stacklevel=4)
+                continue
+            if hashlib.sha256(data).hexdigest() != sha:
+                warnings.warn(f"ssmc: saved kernel {path} does not match its recorded sha256 "
+                              "(changed or corrupted); not loaded, compiling it again",
+                              category, stacklevel=4)
+                continue
+            try:
+                mod = tvm.runtime.load_module(str(path))
+                kernel = Kernel(mod[func_name], mod, key, path, family)
+            except Exception as e:  # e.g. built for another machine's libraries
+                warnings.warn(f"ssmc: saved kernel {path} does not load here ({e}); compiling "
+                              "it again", category, stacklevel=4)
+                continue
+            self.stats.saved_hits += 1
+            return kernel
+        return None
 
     def get(self, family: str, func_name: str, signature: dict, dtype: str, target,
             config: dict, build: Callable[[], Any],
@@ -119,12 +197,14 @@ class KernelCache:
             if path.is_file():
                 try:
                     mod = tvm.runtime.load_module(str(path))
-                    kernel = Kernel(mod[func_name], mod, key, path)
+                    kernel = Kernel(mod[func_name], mod, key, path, family)
                     self.stats.disk_hits += 1
                 except Exception:  # a corrupt or foreign file: rebuild over it
                     kernel = None
             else:
                 kernel = None
+            if kernel is None and self._lookup:
+                kernel = self._from_lookup(path.name, func_name, key, family)
             if kernel is None:
                 kernel = self._compile_and_store(path, func_name, build, target, signature,
                                                  config, family, sources)
@@ -151,7 +231,7 @@ class KernelCache:
                 os.unlink(tmp)
             raise
         mod = tvm.runtime.load_module(str(path))
-        return Kernel(mod[func_name], mod, path.stem.split("-", 1)[1], path)
+        return Kernel(mod[func_name], mod, path.stem.rsplit("-", 1)[1], path, family)
 
     def memoized(self, family: str, func_name: str, sig, config, build: Callable[[], Any],
                  target=None, sources: tuple[str, ...] | None = None) -> Kernel:
