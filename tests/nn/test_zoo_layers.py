@@ -181,3 +181,23 @@ def test_chimera_runs_other_variate_counts(built):
     x = torch.randn(1, 5, 7, 8)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), ref(x), **FP32)
+
+
+@pytest.mark.parametrize("case", range(len(LAYERS)), ids=IDS)
+def test_save_and_load_with_kernels(built, case, tmp_path):
+    """layer.save / ssmc.load: the same outputs, the layer's TVM kernels saved beside it."""
+    import json
+
+    import ssmc
+    from ssmc.runtime.saveload import MANIFEST
+
+    _, _, tail, _ = LAYERS[case]
+    layer, _ = built[IDS[case]]
+    layer.eval()
+    layer.save(tmp_path / "layer")
+    assert json.loads((tmp_path / "layer" / MANIFEST).read_text())["kernels"]
+    loaded = ssmc.load(tmp_path / "layer").eval()
+    assert loaded.kernels == layer.kernels and loaded.saved_kernels
+    x = _input(tail, 7, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), layer(x), rtol=0, atol=0)
