@@ -30,10 +30,10 @@ def _onednn():
         return None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
-    """F.linear(x, weight, bias), on oneDNN where that is the faster GEMM (see above)."""
+def _onednn_for(x, weight, bias):
+    """The oneDNN op when it is the faster GEMM for these operands, else None."""
     if torch.compiler.is_compiling():  # Inductor picks its own GEMM
-        return F.linear(x, weight, bias)
+        return None
     fn = _onednn()
     if (fn is None or x.device.type != "cpu" or x.dtype is not torch.float32
             or weight.dtype is not torch.float32 or x.dim() < 2
@@ -41,8 +41,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             or (bias is not None and bias.dtype is not torch.float32)
             or (torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, weight, bias)))):
-        return F.linear(x, weight, bias)
-    return fn(x, weight, bias, "none", [], "")
+        return None
+    return fn
 
 
-__all__ = ["linear", "MIN_ROWS"]
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """F.linear(x, weight, bias), on oneDNN where that is the faster GEMM (see above)."""
+    fn = _onednn_for(x, weight, bias)
+    return F.linear(x, weight, bias) if fn is None else fn(x, weight, bias, "none", [], "")
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """F.gelu(F.linear(x, weight, bias)) (exact, erf GELU); on oneDNN the GELU is the GEMM's
+    post-op, applied while the output tile is in registers (no second pass over it)."""
+    fn = _onednn_for(x, weight, bias)
+    if fn is None:
+        return F.gelu(F.linear(x, weight, bias))
+    return fn(x, weight, bias, "gelu", [], "none")
+
+
+__all__ = ["linear", "linear_gelu", "MIN_ROWS"]

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssmc.runtime import gemm
+
 from ssmc.semantics.nested import NEG, GRCWeights, ScorerWeights, _cast, _check, _chunks_of, \
     _lengths
 
@@ -229,6 +231,7 @@ class _Cell:
         self.w = w
         self.w1t, self.w2t = w.w1.t(), w.w2.t()
         self.gelu_, self.epilogue = _elementwise(kind)
+        self.fused_gemms = kind == "tvm"  # the CPU fp32 path
         d4 = w.w1.shape[0]
         self.h = like.new_empty(max(rows, 1), d4)
         self.g = like.new_empty(max(rows, 1), d4)
@@ -239,7 +242,11 @@ class _Cell:
         if P > self.h.shape[0]:
             self.h = self.h.new_empty(P, self.h.shape[1])
             self.g = self.g.new_empty(P, self.g.shape[1])
-        if saved is None:
+        if saved is None and self.fused_gemms:
+            # oneDNN: GELU as the first GEMM's post-op (both GEMMs 1.2x faster than MKL here)
+            h = gemm.linear_gelu(lr, self.w.w1, self.w.b1)
+            g = gemm.linear(h, self.w.w2, self.w.b2)
+        elif saved is None:
             h = torch.addmm(self.w.b1, lr, self.w1t, out=self.h[:P])
             self.gelu_(h)
             g = torch.addmm(self.w.b2, h, self.w2t, out=self.g[:P])
