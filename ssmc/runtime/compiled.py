@@ -95,12 +95,13 @@ class CompiledModel(GraphModule):
             # comes through here with the saved dtype, so its weights load without a cast.
             self.to(getattr(torch, graph.dtype))
 
-    def save(self, directory):
-        """Write the spec, weights, chosen algorithms/configs and stack versions to `directory`
-        (atomically); `ssmc.load(directory)` brings the model back without recompiling."""
+    def save(self, directory, *, kernels: bool = True):
+        """Write the spec, weights, chosen algorithms/configs, stack versions and (unless
+        kernels=False) the compiled CPU kernels to `directory` (atomically); `ssmc.load(directory)`
+        brings the model back without recompiling."""
         from ssmc.runtime.saveload import save
 
-        return save(self, directory)
+        return save(self, directory, kernels=kernels)
 
     def summary(self) -> str:
         lines = [f"{self.graph.name} compiled for {self.target.name}:"]
