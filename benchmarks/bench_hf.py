@@ -61,9 +61,10 @@ def _generate(model, prompt, new: int):
     off instead so that every run makes `new` tokens."""
     import torch
 
-    with torch.no_grad():
-        return model.generate(prompt, max_new_tokens=new, do_sample=False, eos_token_id=None,
-                              pad_token_id=0)
+    with torch.no_grad():  # an explicit mask: else generate() masks every prompt token that
+        # equals the pad id (random prompts contain it)
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                              do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
 def prefill_time(model, ids) -> tuple[float, float]:
