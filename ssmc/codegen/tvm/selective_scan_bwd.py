@@ -9,8 +9,11 @@ bias derivatives) with this module's `scan_backward` in place of the torch engin
 `scan_backward` takes the engine's canonical problem (channels last, fp32) and returns the
 same dict; the kernel (selective_scan_bwd_tir) does the reverse scan with the D skip and the z
 gate, torch only sums the kernel's per-task partials (gA, gD over the batch; grouped gB, gC
-over a group's channel blocks).  Complex A, float64 and
-anything else the kernel does not cover return NotImplemented (the torch engine runs).
+over a group's channel blocks).  A (d, 1) (one A per channel) and a keep mask (state resets)
+are covered too, so the torch engine's SSD problem runs here as well; ssmc.codegen.tvm.ssd_bwd
+is the SSD entry point proper (the kernel's SSD mode, dt and A per head, through `run_kernel`).
+Complex A, float64 and anything else the kernel does not cover return NotImplemented (the
+torch engine runs).
 """
 
 from __future__ import annotations
@@ -47,11 +50,12 @@ def get_kernel(sig: tirb.BwdSignature, config: Config, target=None,
 
 
 def handles(p: bw.ScanProblem) -> bool:
-    """What the kernel covers: real (d, N) A, real B/C, fp32 compute, no state resets."""
+    """What the kernel covers: real A (d, N) or one per channel (d, 1), real B/C, fp32
+    compute (state resets `keep` included)."""
     b, L, d, N = p.shape
     real = not (p.A.is_complex() or p.B.is_complex() or p.C.is_complex())
-    return (real and p.keep is None and p.u.dtype == _F32 and p.u.device.type == "cpu"
-            and tuple(p.A.shape) == (d, N) and b > 0 and L > 0 and d > 0 and N > 0)
+    return (real and p.u.dtype == _F32 and p.u.device.type == "cpu"
+            and tuple(p.A.shape) in ((d, N), (d, 1)) and b > 0 and L > 0 and d > 0 and N > 0)
 
 
 def _groups(M: torch.Tensor) -> int:
@@ -88,57 +92,83 @@ def _reduce_partial(part: torch.Tensor, groups: int, b: int, L: int) -> torch.Te
     return part.view(b, L, groups, nb // groups, N).sum(3)
 
 
-def scan_backward(p: bw.ScanProblem, gout: torch.Tensor, glast: torch.Tensor | None,
-                  checkpoints: torch.Tensor | None, chunk: int, config: Config | None = None,
-                  cache: KernelCache | None = None):
-    """ssmc.runtime.backward.scan_backward on the TVM kernel (same arguments and dict), or
-    NotImplemented for a problem the kernel does not cover."""
-    if not handles(p):
-        return NotImplemented
-    b, L, d, N = p.shape
+def run_kernel(sig: tirb.BwdSignature, *, u, delta, gout, A2, B, C, D=None, z=None, keep=None,
+               h0=None, glast=None, checkpoints=None, chunk: int, config: Config | None = None,
+               cache: KernelCache | None = None) -> dict:
+    """One run of the backward kernel on operands already in its layout (fp32, contiguous;
+    sequences (b, L, d) or with sig.layout 'bdl' (b, d, L); delta (b, L, heads) and A2 (heads,)
+    in SSD mode, else delta like u and A2 = A^T log2(e) (N, d)).  `checkpoints` (b, nc, d, N)
+    with nc = ceil(L / chunk), else None (the kernel recomputes them).  Returns the kernel's
+    output tensors by argument name (partials: see `scan_backward` for their reduction)."""
+    bdl = sig.layout == "bdl"
+    if bdl:
+        b, d, L = u.shape
+    else:
+        b, L, d = u.shape
+    N = sig.N
     chunk = max(1, int(chunk))
     nc = (L + chunk - 1) // chunk
     config = default_bwd_config() if config is None else legalize(config, "llvm")
-    bdl = _channels_major(p.u)
-    sig = tirb.BwdSignature(d=d, N=N, b_groups=_groups(p.B), c_groups=_groups(p.C),
-                            has_D=p.D is not None, has_z=p.z is not None,
-                            layout="bdl" if bdl else "bld")
-    blk = tirb.blocks(sig, config)
-    nb = blk.count
+    nb = tirb.blocks(sig, config).count
     recompute = checkpoints is None or checkpoints.shape[1] != nc
-    zeros_state = p.u.new_zeros(b, d, N)
-
-    def f32(t):
-        return t.to(_F32).contiguous()
+    zeros_state = u.new_zeros(b, d, N)
 
     def partial(groups):
-        return p.u.new_empty((b, N, d) if groups == 0 else (b, L, nb, N))
+        return u.new_empty((b, N, d) if groups == 0 else (b, L, nb, N))
 
     seq = (b, d, L) if bdl else (b, L, d)
     rows = min(chunk, L) + 1
     args = {
-        "u": _seq_arg(p.u, bdl), "delta": _seq_arg(p.dt, bdl), "gout": _seq_arg(gout, bdl),
-        "A2": f32(p.A.t() * LOG2E), "B": _bc_arg(p.B, bdl), "C": _bc_arg(p.C, bdl),
-        "D": None if p.D is None else f32(p.D),
-        "z": None if p.z is None else _seq_arg(p.z, bdl),
-        "h0": zeros_state if p.h0 is None else f32(p.h0),
-        "glast": zeros_state if glast is None else f32(glast),
-        "ckpt": p.u.new_empty(b, nc, d, N) if recompute else f32(checkpoints),
+        "u": u, "delta": delta, "gout": gout, "A2": A2, "B": B, "C": C, "D": D, "z": z,
+        "keep": keep, "h0": zeros_state if h0 is None else h0,
+        "glast": zeros_state if glast is None else glast,
+        "ckpt": u.new_empty(b, nc, d, N) if recompute else checkpoints,
         # one chunk's states; rows beyond L are never used (K = rows - 1 only matters when
         # there are several chunks, and then chunk < L)
-        "hs": p.u.new_empty(b, rows, N, d),
-        "tile": p.u.new_empty(b, nb, rows, len(tirb.TILE_SLOTS), blk.cb) if bdl else None,
+        "hs": u.new_empty(b, rows, N, d),
+        "tile": u.new_empty(b, nb, rows, len(tirb.TILE_SLOTS), tirb.blocks(sig, config).cb)
+        if bdl else None,
         "recompute": int(recompute),
-        "gu": p.u.new_empty(seq), "gdt": p.u.new_empty(seq),
-        "gA": p.u.new_empty(b, N, d), "gB": partial(sig.b_groups), "gC": partial(sig.c_groups),
-        "gh0": p.u.new_empty(b, d, N), "gD": p.u.new_empty(b, d), "gz": p.u.new_empty(seq),
+        "gu": u.new_empty(seq), "gdt": u.new_empty(seq),
+        "gA": u.new_empty((b, d) if sig.heads else (b, N, d)),
+        "gB": partial(sig.b_groups), "gC": partial(sig.c_groups),
+        "gh0": u.new_empty(b, d, N), "gD": u.new_empty(b, d), "gz": u.new_empty(seq),
     }
     get_kernel(sig, config, cache=cache)(*[args[nm] for nm in tirb.arg_names(sig)])
+    return args
+
+
+def scan_backward(p: bw.ScanProblem, gout: torch.Tensor, glast: torch.Tensor | None,
+                  checkpoints: torch.Tensor | None, chunk: int, config: Config | None = None,
+                  cache: KernelCache | None = None):
+    """ssmc.runtime.backward.scan_backward on the TVM kernel (same arguments and dict), or
+    NotImplemented for a problem the kernel does not cover.  A (d, 1) (one A per channel,
+    the torch engine's SSD problem) runs as (d, N) with equal columns."""
+    if not handles(p):
+        return NotImplemented
+    b, L, d, N = p.shape
+    bdl = _channels_major(p.u)
+    sig = tirb.BwdSignature(d=d, N=N, b_groups=_groups(p.B), c_groups=_groups(p.C),
+                            has_D=p.D is not None, has_z=p.z is not None,
+                            layout="bdl" if bdl else "bld", has_keep=p.keep is not None)
+
+    def f32(t):
+        return None if t is None else t.to(_F32).contiguous()
+
+    args = run_kernel(
+        sig, u=_seq_arg(p.u, bdl), delta=_seq_arg(p.dt, bdl), gout=_seq_arg(gout, bdl),
+        A2=f32(p.A.expand(d, N).t() * LOG2E), B=_bc_arg(p.B, bdl), C=_bc_arg(p.C, bdl),
+        D=f32(p.D), z=None if p.z is None else _seq_arg(p.z, bdl), keep=f32(p.keep),
+        h0=f32(p.h0), glast=f32(glast), checkpoints=f32(checkpoints), chunk=chunk,
+        config=config, cache=cache)
 
     def out(name):  # (b, L, d) views of 'bdl' results: the library transposes them back free
         return args[name].transpose(1, 2) if bdl else args[name]
 
-    return {"u": out("gu"), "dt": out("gdt"), "A": args["gA"].sum(0).t(),
+    gA = args["gA"].sum(0).t()
+    if p.A.shape[-1] == 1:
+        gA = gA.sum(-1, keepdim=True)
+    return {"u": out("gu"), "dt": out("gdt"), "A": gA,
             "B": _reduce_partial(args["gB"], sig.b_groups, b, L),
             "C": _reduce_partial(args["gC"], sig.c_groups, b, L),
             "D": args["gD"].sum(0) if sig.has_D else None, "z": out("gz") if sig.has_z else None,
@@ -172,4 +202,4 @@ def _engine(p, gout, glast, checkpoints, chunk):
     return out
 
 
-__all__ = ["scan_backward", "selective_scan_backward", "get_kernel", "handles"]
+__all__ = ["scan_backward", "selective_scan_backward", "get_kernel", "handles", "run_kernel"]

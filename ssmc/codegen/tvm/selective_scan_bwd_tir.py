@@ -29,6 +29,14 @@ slots, block), also caller-allocated: each chunk's u / delta / grad_y / z rows a
 side pays a (b, d, L) <-> (b, L, d) transpose in torch.  (Reading (b, d, L) lanes directly
 would touch one cache line per lane and step, 4 KB apart for L = 1024: the same L1 set.)
 
+Mamba-2 SSD runs on the same kernel (`BwdSignature.heads` > 0, ssmc.codegen.tvm.ssd_bwd): A and
+the effective dt are read per head (no task straddles a head, as in the forward), so the decay
+a_t = exp(dt_t A_h) is one exp per step and channel, not per state, and the log-decay terms
+reduce to sum_n w: gdt_t = A_h sum_n w + u sum_n G B and gA += dt sum_n w per channel.
+A `keep` mask (b, L) multiplies the decay (seq_idx: 0 resets the state before step t); it
+works without heads too.  The checkpoints are the states before any reset: the reset of a
+chunk's first step happens in its recompute, through that step's decay.
+
 Reductions across channels never race: a task owns its channels, so the gradients of A, D and
 time-invariant B/C are accumulated per lane and written as per-batch partials ((b, N, d),
 (b, d)); grouped B/C gradients are summed over the task's lanes every step (`group_sums`) and
@@ -77,11 +85,26 @@ class BwdSignature:
     has_D: bool = False
     has_z: bool = False
     layout: str = "bld"  # of u, delta, z and their gradients (and B/C): 'bld' or 'bdl'
+    # Mamba-2 SSD mode (as the forward's ScanSignature.heads): heads > 0 means A (heads,) and
+    # the effective dt (b, L, heads) are shared by the d // heads channels of a head, so the
+    # decay exp(dt A) is one exp per step and lane instead of one per state; gA comes out per
+    # channel (b, d) (summed over the states), gdt still per channel (b, L, d) (the wrapper
+    # sums a head's channels).  Layout 'bld' only.
+    heads: int = 0
+    # keep (b, L) fp32: the decay of step t is multiplied by keep[b, t] (0 resets the state
+    # before step t: SSD's seq_idx document boundaries; any mask works in either mode)
+    has_keep: bool = False
+
+    def __post_init__(self):
+        if self.heads and self.layout != "bld":
+            raise ValueError("SSD mode (heads > 0) reads (b, L, d) sequences: layout 'bld'")
+        self.scan()  # the forward signature's checks (groups divide d, heads, ...)
 
     def scan(self) -> fw.ScanSignature:
-        """The forward signature with the same operands (for B/C indexing and partitions)."""
+        """The forward signature with the same operands (for B/C indexing and partitions;
+        in SSD mode no task straddles a head)."""
         return fw.ScanSignature(d=self.d, N=self.N, b_groups=self.b_groups,
-                                c_groups=self.c_groups)
+                                c_groups=self.c_groups, heads=self.heads)
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,7 @@ def arg_names(sig: BwdSignature) -> list[str]:
     names = ["u", "delta", "gout", "A2", "B", "C"]
     names += ["D"] if sig.has_D else []
     names += ["z"] if sig.has_z else []
+    names += ["keep"] if sig.has_keep else []
     names += ["h0", "glast", "ckpt", "hs"]
     names += ["tile"] if sig.layout == "bdl" else []
     names += ["recompute", "gu", "gdt", "gA", "gB", "gC", "gh0"]
@@ -139,12 +163,15 @@ def _declare_args(sig: BwdSignature, blk: Blocks, b, L, KP, nc) -> dict:
     def partial(groups):  # gradient partials of B or C
         return (b, N, d) if groups == 0 else (b, L, nb, N)
 
-    shapes = {"u": seq, "delta": seq, "gout": seq, "z": seq, "D": (d,), "gD": (b, d),
-              "gz": seq, "A2": (N, d), "B": bc(sig.b_groups),
+    h = sig.heads
+    shapes = {"u": seq, "delta": (b, L, h) if h else seq, "gout": seq, "z": seq, "D": (d,),
+              "gD": (b, d), "gz": seq, "A2": (h,) if h else (N, d), "keep": (b, L),
+              "B": bc(sig.b_groups),
               "C": bc(sig.c_groups), "h0": (b, d, N), "glast": (b, d, N),
               "ckpt": (b, nc, d, N), "hs": (b, KP, N, d), "gu": seq, "gdt": seq,
               "tile": (b, nb, KP, len(TILE_SLOTS), blk.cb),
-              "gA": (b, N, d), "gB": partial(sig.b_groups), "gC": partial(sig.c_groups),
+              "gA": (b, d) if h else (b, N, d), "gB": partial(sig.b_groups),
+              "gC": partial(sig.c_groups),
               "gh0": (b, d, N)}
     out = {}
     for nm in arg_names(sig):
@@ -169,13 +196,16 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
     # --- per-task buffers ---------------------------------------------------------------
     def alloc(self, lanes) -> dict:
         sig, N = self.bsig, self.N
-        names = ["h", "carry", "gA"]
+        names = ["h", "carry"] + ([] if sig.heads else ["gA"])
         names += ["gB"] if sig.b_groups == 0 else ["tB"]
         names += ["gC"] if sig.c_groups == 0 else ["tC"]
         st = {nm: lanes.alloc((N, lanes.count)) for nm in names}
         W = getattr(lanes, "width", 1)
         st["red"] = lanes.alloc((W, W))  # group_sums' transposing tree
-        for nm in ("dt", "u", "du", "gy", "go", "z", "sig", "acc_dt", "acc_gb", "acc_y", "gD"):
+        lane_bufs = ["dt", "u", "du", "gy", "go", "z", "sig", "acc_dt", "acc_gb", "acc_y", "gD"]
+        # SSD mode: the step's decay and gA per lane; a keep mask without heads: keep[b, t]
+        lane_bufs += ["a", "gAl"] if sig.heads else (["kp"] if sig.has_keep else [])
+        for nm in lane_bufs:
             st[nm] = lanes.alloc((lanes.count,))
         return st
 
@@ -194,6 +224,8 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
         """u / delta / gout / z at step l (chunk-local t) of lane i (channel c)."""
         if self.layout == "bdl":
             return self.bufs["tile"][bi, self.blk, t, TILE_SLOTS.index(name), i]
+        if name == "delta" and self.bsig.heads:  # dt (b, L, heads)
+            return self.bufs[name][bi, l, self.head(c)]
         return self.bufs[name][bi, l, c]
 
     def store(self, name, value, bi, l, t, i, c):
@@ -227,6 +259,12 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
             u = M.bind(self.load("u", bi, l, t, i, c))
             T.buffer_store(st["dt"], dt, [i])
             T.buffer_store(st["du"], dt * u, [i])
+            keep = self.bufs["keep"][bi, l] if self.bsig.has_keep else None
+            if self.bsig.heads:  # one decay per step and lane
+                a = M.exp2(dt * self.bufs["A2"][self.head(c)], self.deg)
+                T.buffer_store(st["a"], a if keep is None else a * keep, [i])
+            elif keep is not None:
+                T.buffer_store(st["kp"], keep, [i])
             if grads:
                 T.buffer_store(st["u"], u, [i])
                 self.gate(st, bi, l, t, c, i)
@@ -249,7 +287,11 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
         T.buffer_store(st["gy"], go * z * sg, [i])
 
     def decay(self, st, n, i, c):
-        return M.exp2(st["dt"][i] * self.bufs["A2"][n, c], self.deg)
+        """a_t of state n, lane i (keep mask applied)."""
+        if self.bsig.heads:
+            return st["a"][i]
+        a = M.exp2(st["dt"][i] * self.bufs["A2"][n, c], self.deg)
+        return a * st["kp"][i] if self.bsig.has_keep else a
 
     def advance(self, lanes, st, bi, l, chan, store=None):
         """h = a h + dt u B for every state (store(n, i, c, h): where a state also goes)."""
@@ -307,15 +349,18 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
         """One state of one channel at step l (chunk-local t): G, its gradients, the carry."""
         sig, hs = self.bsig, self.bufs["hs"]
         dt, gy, du = st["dt"][i], st["gy"][i], st["du"][i]
-        a2 = self.bufs["A2"][n, c]
         a = M.bind(self.decay(st, n, i, c))
         b_n = self.bc("B", "re", bi, l, c, n)
         c_n = self.bc("C", "re", bi, l, c, n)
         h = M.bind(hs[bi, t + 1, n, c])
         G = M.bind(gy * c_n + st["carry"][n, i])
         w = M.bind(G * a * hs[bi, t, n, c])
-        T.buffer_store(st["acc_dt"], st["acc_dt"][i] + w * a2, [i])
-        T.buffer_store(st["gA"], st["gA"][n, i] + w * dt, [n, i])
+        if sig.heads:  # A is the head's scalar: acc_dt holds sum_n w (see step_outputs)
+            T.buffer_store(st["acc_dt"], st["acc_dt"][i] + w, [i])
+        else:
+            a2 = self.bufs["A2"][n, c]
+            T.buffer_store(st["acc_dt"], st["acc_dt"][i] + w * a2, [i])
+            T.buffer_store(st["gA"], st["gA"][n, i] + w * dt, [n, i])
         T.buffer_store(st["acc_gb"], st["acc_gb"][i] + G * b_n, [i])
         if sig.b_groups == 0:
             T.buffer_store(st["gB"], st["gB"][n, i] + G * du, [n, i])
@@ -335,8 +380,14 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
         def body(i):
             c = chan(i)
             gb, u, gy = st["acc_gb"][i], st["u"][i], st["gy"][i]
-            # acc_dt holds sum_n w A2 = sum_n w A log2(e)
-            self.store("gdt", st["acc_dt"][i] * M.f32(LN2) + gb * u, bi, l, t, i, c)
+            if sig.heads:
+                # acc_dt holds sum_n w: gdt gets (sum_n w) A, gA (sum_n w) dt
+                wsum = st["acc_dt"][i]
+                T.buffer_store(st["gAl"], st["gAl"][i] + wsum * st["dt"][i], [i])
+                ln_a = wsum * (self.bufs["A2"][self.head(c)] * M.f32(LN2))
+            else:  # acc_dt holds sum_n w A2 = sum_n w A log2(e)
+                ln_a = st["acc_dt"][i] * M.f32(LN2)
+            self.store("gdt", ln_a + gb * u, bi, l, t, i, c)
             gu = gb * st["dt"][i]
             y = st["acc_y"][i]
             if sig.has_D:
@@ -377,11 +428,14 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
         sig = self.bsig
         if sig.has_D:
             lanes.each(lambda i: T.buffer_store(self.bufs["gD"], st["gD"][i], [bi, chan(i)]))
+        if sig.heads:
+            lanes.each(lambda i: T.buffer_store(self.bufs["gA"], st["gAl"][i], [bi, chan(i)]))
 
         def body(n, i):
             c = chan(i)
             T.buffer_store(self.bufs["gh0"], st["carry"][n, i], [bi, c, n])
-            T.buffer_store(self.bufs["gA"], st["gA"][n, i], [bi, n, c])
+            if not sig.heads:
+                T.buffer_store(self.bufs["gA"], st["gA"][n, i], [bi, n, c])
             if sig.b_groups == 0:
                 T.buffer_store(self.bufs["gB"], st["gB"][n, i], [bi, n, c])
             if sig.c_groups == 0:
@@ -408,6 +462,8 @@ class _BackwardAlgorithm(fw._ScanAlgorithm):
 
         self.states(lanes, init)
         lanes.each(lambda i: T.buffer_store(st["gD"], zero, [i]))
+        if self.bsig.heads:
+            lanes.each(lambda i: T.buffer_store(st["gAl"], zero, [i]))
         with T.serial(tir.IntImm(IDX, 0), self.nc) as cc:
             ci = M.bind(self.nc - tir.IntImm(IDX, 1) - cc)
             s, kc = self.chunk_span(ci)
