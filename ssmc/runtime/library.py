@@ -38,7 +38,9 @@ where ``my_tvm_backward`` takes the op's arguments (see `selective_scan_bwd`'s s
 keyword) and returns the same 9-tuple (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias,
 dinitial_state; an empty tensor for an absent input), or NotImplemented to decline (e.g. a
 shape it does not handle).  A Triton backward that torch.compile should see is a `triton_op`;
-register a Python function that calls it.
+register a Python function that calls it.  Registered here (lazily: importing this module does
+not import tvm): the TVM CPU backward kernels of both families ("selective_scan", "cpu") and
+("ssd", "cpu"), which decline float64 (gradchecks run the torch engine).
 """
 
 from __future__ import annotations
@@ -646,6 +648,26 @@ def ssd_backward_torch(grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initia
         _empty(x) if initial_states is None else
         g["h0"].reshape(b, h, p, n).to(initial_states.dtype).contiguous(),
     )
+
+
+def ssd_backward_tvm(**kw):
+    """The TVM CPU backward of SSD (ssmc.codegen.tvm.ssd_bwd: the Mamba-1 backward kernel in
+    its scalar-A-per-head mode, with a keep mask for seq_idx), imported on its first call like
+    `selective_scan_backward_tvm`.  Registered for ("ssd", "cpu") below; it declines
+    (NotImplemented: the torch engine runs) for float64, so gradchecks use the engine."""
+    global _tvm_ssd_bwd
+    if _tvm_ssd_bwd is None:
+        try:
+            from ssmc.codegen.tvm.ssd_bwd import ssd_backward as fn
+        except ImportError as e:
+            _warn_once(f"ssmc: TVM SSD backward unavailable ({e}); running the torch engine")
+            fn = _decline
+        _tvm_ssd_bwd = fn
+    return _tvm_ssd_bwd(**kw)
+
+
+_tvm_ssd_bwd = None
+register_backward("ssd", "cpu", ssd_backward_tvm)
 
 
 @ssd_bwd_op.register_fake

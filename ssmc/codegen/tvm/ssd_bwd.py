@@ -1,0 +1,135 @@
+"""torch-facing backward of the Mamba-2 SSD scan on the TVM CPU kernel of the Mamba-1 backward.
+
+SSD is the real-A selective scan with channels d = heads * headdim (x (b, L, h, p) is u
+(b, L, d) and the states (b, h, p, n) are (b, d, N), both without a copy), A and dt shared by a
+head's channels, B/C shared by a group's heads and a state reset where seq_idx changes.  The
+Mamba-1 backward kernel (selective_scan_bwd_tir) runs it in its SSD mode (`heads` > 0: dt
+(b, L, h) and A (h,) read per head, one exp per step and channel instead of one per state) with
+a `keep` mask (b, L) for seq_idx; it walks chunks in reverse from the forward's checkpoints,
+recomputes the states, fuses D and the z gate, and writes race-free partials that torch
+reduces to SSD's parameter shapes here:
+
+    dA (h,)      the kernel's per-channel (b, d) sums over the states, summed over b and p
+    ddt (b, L, h) its per-channel (b, L, d) gradient of the effective step, summed over p,
+                 then through clamp / softplus / bias in torch (as the torch engine does)
+    dB, dC       (b, L, blocks, n) partials summed over each group's blocks
+    dD           (b, d) summed over b (and over p for D (h,))
+
+`ssd_backward` is what ssmc.runtime.library registers for ("ssd", "cpu").  It declines
+(NotImplemented: the library then runs the torch engine) for float64 (gradchecks: the kernel
+computes in fp32), for non-CPU tensors and for empty problems.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmc.codegen.tvm import selective_scan_bwd as sb
+from ssmc.codegen.tvm import selective_scan_bwd_tir as tirb
+from ssmc.codegen.tvm.build import KernelCache
+from ssmc.codegen.tvm.config import Config
+from ssmc.runtime import backward as bw
+
+_F32 = torch.float32
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _applies(x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y, **_) -> bool:
+    ts = (x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y)
+    if any(t is not None and (t.device.type != "cpu" or t.dtype not in _KERNEL_DTYPES)
+           for t in ts):
+        return False
+    if x.dim() != 4 or B.dim() != 4 or C.dim() != 4 or x.numel() == 0 or B.shape[-1] == 0:
+        return False
+    h = x.shape[2]
+    return all(M.shape[2] > 0 and h % M.shape[2] == 0 for M in (B, C))
+
+
+def _keep(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(b, L) fp32: 0 where seq_idx changes (the state resets before that step), else 1."""
+    same = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(_F32)
+    return torch.cat([torch.ones_like(same[:, :1]), same], dim=1).contiguous()
+
+
+def ssd_scan_backward(grad_y, grad_final, x, dt_eff, A, B, C, D=None, z=None,
+                      initial_states=None, seq_idx=None, checkpoints=None, chunk: int = 64,
+                      config: Config | None = None, cache: KernelCache | None = None) -> dict:
+    """The reverse scan for the effective step dt_eff (b, L, h) (bias, softplus and clamp
+    already applied): gradients {"x", "dt" (w.r.t. dt_eff), "A", "B", "C", "D", "z", "h0"}
+    in fp32 and SSD's shapes (None for absent inputs).  checkpoints (b, nc, h, p, n), the
+    states at the start of every `chunk` steps before any reset, as ssmc::ssd saves them;
+    None (or a count that does not match) recomputes them in the kernel."""
+    b, L, h, p = x.shape
+    n = B.shape[-1]
+    d = h * p
+
+    def f32(t):
+        return None if t is None else t.to(_F32).contiguous()
+
+    sig = tirb.BwdSignature(d=d, N=n, b_groups=B.shape[2], c_groups=C.shape[2],
+                            has_D=D is not None, has_z=z is not None, layout="bld",
+                            heads=h, has_keep=seq_idx is not None)
+    Dd = None
+    if D is not None:
+        Dd = D.to(_F32).repeat_interleave(p) if D.dim() == 1 else D.reshape(d)
+    ck = None
+    if checkpoints is not None and checkpoints.numel():
+        ck = f32(checkpoints.reshape(b, -1, d, n))
+    args = sb.run_kernel(
+        sig, u=f32(x.reshape(b, L, d)), delta=f32(dt_eff), gout=f32(grad_y.reshape(b, L, d)),
+        A2=f32(A.to(_F32) * sb.LOG2E), B=f32(B), C=f32(C), D=f32(Dd),
+        z=None if z is None else f32(z.reshape(b, L, d)),
+        keep=None if seq_idx is None else _keep(seq_idx),
+        h0=None if initial_states is None else f32(initial_states.reshape(b, d, n)),
+        glast=None if grad_final is None else f32(grad_final.reshape(b, d, n)),
+        checkpoints=ck, chunk=chunk, config=config, cache=cache)
+    gD = None
+    if D is not None:
+        gD = args["gD"].sum(0).view(h, p)
+        gD = gD.sum(-1) if D.dim() == 1 else gD
+    return {
+        "x": args["gu"].view(b, L, h, p),
+        "dt": args["gdt"].view(b, L, h, p).sum(-1),
+        "A": args["gA"].view(b, h, p).sum((0, 2)),
+        "B": sb._reduce_partial(args["gB"], sig.b_groups, b, L),
+        "C": sb._reduce_partial(args["gC"], sig.c_groups, b, L),
+        "D": gD,
+        "z": None if z is None else args["gz"].view(b, L, h, p),
+        "h0": None if initial_states is None else args["gh0"].view(b, h, p, n),
+    }
+
+
+def ssd_backward(grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
+                 checkpoints, dt_softplus, dt_lo, dt_hi, checkpoint_every):
+    """The ("ssd", "cpu") backward: ssmc::ssd_bwd's arguments -> its 9-tuple (dx, ddt, dA, dB,
+    dC, dD, dz, ddt_bias, dinitial_states; empty for an absent input), or NotImplemented."""
+    if not _applies(x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y):
+        return NotImplemented
+    b, L, h, p = x.shape
+    n = B.shape[-1]
+    bias = None if dt_bias is None else dt_bias.to(_F32)
+    dt_eff, pre = bw.effective_dt(dt.to(_F32), bias, dt_softplus, dt_lo, dt_hi)
+    # the same interval as the forward's checkpoints (ssd_backward_torch's rule)
+    K = checkpoint_every if checkpoint_every > 0 else bw.chunk_length(b, h * p, n, L)
+    gf = grad_final if grad_final is not None and grad_final.numel() else None
+    g = ssd_scan_backward(grad_y, gf, x, dt_eff, A, B, C, D, z, initial_states, seq_idx,
+                          checkpoints, K)
+    g_pre = bw.effective_dt_backward(g["dt"], pre, dt_softplus, dt_lo, dt_hi)
+
+    def empty():
+        return x.new_empty((0,))
+
+    return (
+        g["x"].to(x.dtype).contiguous(),
+        g_pre.to(dt.dtype).contiguous(),
+        g["A"].to(A.dtype),
+        g["B"].to(B.dtype).contiguous(),
+        g["C"].to(C.dtype).contiguous(),
+        empty() if D is None else g["D"].to(D.dtype).contiguous(),
+        empty() if z is None else g["z"].to(z.dtype).contiguous(),
+        empty() if dt_bias is None else g_pre.sum((0, 1)).to(dt_bias.dtype),
+        empty() if initial_states is None else g["h0"].to(initial_states.dtype).contiguous(),
+    )
+
+
+__all__ = ["ssd_backward", "ssd_scan_backward"]
