@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from ssmc.codegen.triton.dense.sequential import DenseSequentialConfig, plan_dense_ssm
+from ssmc.codegen.triton.plrnn.sequential import PlrnnSequentialConfig, plan_plrnn
 from ssmc.codegen.triton.s4d.recurrent import S4dRecurrentConfig, plan_s4d_recurrent
 from ssmc.codegen.triton.s4d.vandermonde import VandermondeConfig, plan_s4d_conv
 from ssmc.codegen.triton.selective_scan.associative import AssociativeScanConfig, \
@@ -96,6 +98,27 @@ def _ssm2d_example(dtype, device="meta"):
                 D=torch.empty(d, **f32), bidirectional=True)
 
 
+def _plrnn_example(dtype, device="meta"):
+    """convSSM: 64 trajectories x 1024 steps, 16 latent units, 3 inputs, SPM's HRF of 32 taps
+    convolved in the kernel (the fused form the fuse pass makes; z is then not written)."""
+    b, L, M, k_in, taps = 64, 1024, 16, 3, 32
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(s=torch.empty(b, L, k_in, dtype=dtype, device=device), A=torch.empty(M, **f32),
+                W=torch.empty(M, M, **f32), h0=torch.empty(M, **f32),
+                C=torch.empty(M, k_in, **f32), hrf=torch.empty(M, taps, **f32),
+                return_trajectory=False)
+
+
+def _dense_example(dtype, device="meta"):
+    """The linear CDE (ir/lcde.yaml) at the issue's size: d 32, N 16 in blocks of 4, L 4096."""
+    b, L, d, N, bs = 8, 4096, 32, 16, 4
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(x=torch.empty(b, L, d, dtype=dtype, device=device),
+                A_k=torch.empty(d, N // bs, bs, bs, **f32), W_B=torch.empty(N, d, **f32),
+                W_C=torch.empty(d, N, **f32), D=torch.empty(d, **f32),
+                A_0=torch.empty(N // bs, bs, bs, **f32))
+
+
 # ----------------------------------------------------------------- plans from launcher kwargs
 
 def _selective(plan_fn):
@@ -130,6 +153,10 @@ FAMILIES = {f.name: f for f in [
                  dtypes=(torch.float32,)),
     KernelFamily("ssm2d.wavefront", Ssm2dWavefrontConfig, "triton_ssm2d_wavefront.yaml",
                  lambda kw, cfg: plan_ssm2d_wavefront(**kw, config=cfg), _ssm2d_example),
+    KernelFamily("plrnn.sequential", PlrnnSequentialConfig, "triton_plrnn_sequential.yaml",
+                 lambda kw, cfg: plan_plrnn(**kw, config=cfg), _plrnn_example),
+    KernelFamily("dense.sequential", DenseSequentialConfig, "triton_dense_sequential.yaml",
+                 lambda kw, cfg: plan_dense_ssm(**kw, config=cfg), _dense_example),
 ]}
 
 
