@@ -22,6 +22,8 @@ TRITON_FAMILY = {
     ("diagonal_ssm", "sequential"): "s4d.recurrent",
     ("diagonal_ssm", "fft"): "s4d.vandermonde",
     ("ssm2d", "wavefront"): "ssm2d.wavefront",
+    ("recurrence", "sequential"): "plrnn.sequential",
+    ("selective_ssm/dense", "sequential"): "dense.sequential",
 }
 TORCH_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 

@@ -6,7 +6,8 @@
   gate is applied in the kernel's epilogue and the node disappears;
 - a causal `conv` (convSSM's HRF read-out) that reads a PLRNN `recurrence` node's only output
   becomes that node's epilogue when the target's kernel computes it (runtime.dispatch.EPILOGUES:
-  the TVM CPU kernel, while the trajectory is still in cache).  The conv node is kept in
+  the TVM CPU kernel, while the trajectory is still in cache; the Triton kernel, from a register
+  ring of its last outputs).  The conv node is kept in
   node.meta['epilogue'] so the model still builds its module under its own name (its kernel keeps
   its state_dict key) and the reference can run it where the kernel does not.
 """
@@ -39,7 +40,7 @@ def _absorb_conv(g, node, backend: str | None) -> bool:
     from ssmc.runtime import dispatch  # here, not at the top: the runtime imports torch
 
     if not dispatch.takes_epilogue(family(node), node.meta.get("algorithm"), backend, "conv"):
-        return False  # e.g. Triton targets: no PLRNN kernel there, the conv stays a node
+        return False  # a backend whose PLRNN kernel does not convolve: the conv stays a node
     y = node.outputs[0]
     users = consumers(g, y)
     if len(users) != 1 or is_graph_output(g, y):

@@ -24,6 +24,10 @@ def default_config(fam: str, algorithm: str, target) -> dict:
         if algorithm == "fft":
             return {"BLOCK_D": 16, "BLOCK_L": 64, "num_warps": 4, "num_stages": 1}
         return {"num_warps": 4, "num_stages": 1}
+    if fam in ("recurrence", "selective_ssm/dense"):
+        # the PLRNN / dense scan kernels size their tiles and warps from the problem
+        # (trajectories / blocks per program, registers): only what does not depend on it
+        return {"num_stages": 1}
     cfg = {"BLOCK_D": 32, "num_warps": 4, "num_stages": 2}
     if algorithm == "chunked":
         cfg["CHUNK"] = 64

@@ -37,6 +37,10 @@ KERNELS = {
     ("ssm2d", "sequential", "tvm"): "ssmc.codegen.tvm.ssm2d:ssm2d",
     ("ssm2d", "wavefront", "triton"): "ssmc.codegen.triton.ssm2d.wavefront:ssm2d_wavefront",
     ("recurrence", "sequential", "tvm"): "ssmc.codegen.tvm.plrnn:plrnn",
+    # the Triton sequential kernels of the PLRNN (HRF convolution fused) and of the dense
+    # selective SSM (the scan; its projections are torch GEMMs)
+    ("recurrence", "sequential", "triton"): "ssmc.codegen.triton.plrnn.sequential:plrnn_sequential",
+    ("selective_ssm/dense", "sequential", "triton"): "ssmc.codegen.triton.dense.sequential:dense_ssm_sequential",
 }
 REFERENCE = {
     "selective_ssm/mamba1": "ssmc.semantics.selective:selective_scan_ref",
@@ -47,9 +51,11 @@ REFERENCE = {
 }
 # Nodes a kernel computes in its epilogue (the fuse pass folds such a node into the SSM node
 # that feeds it; the executor hands the folded node's parameters to the kernel):
-# (family, algorithm, backend) -> the ops it takes.  The PLRNN kernel takes the causal HRF
-# convolution of its trajectory (direct, in the kernel, or by FFT after it, by length).
-EPILOGUES = {("recurrence", "sequential", "tvm"): ("conv",)}
+# (family, algorithm, backend) -> the ops it takes.  The PLRNN kernels take the causal HRF
+# convolution of their trajectory (direct, in the kernel -- the Triton one in a register ring
+# of the last outputs -- or by FFT after it, by length).
+EPILOGUES = {("recurrence", "sequential", "tvm"): ("conv",),
+             ("recurrence", "sequential", "triton"): ("conv",)}
 # The algorithm each backend runs when the caller (an op call) did not pick one.
 DEFAULT_ALGORITHM = {("selective_ssm/mamba1", "triton"): "sequential",
                      ("selective_ssm/mamba1", "tvm"): "sequential",

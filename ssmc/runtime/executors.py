@@ -26,7 +26,9 @@ def _grad_needed(mod, args) -> bool:
 TRITON_FAMILY_PREFIX = {"selective_ssm/mamba1": "selective_scan", "selective_ssm/ssd": "ssd"}
 # ... or by name, where the kernel is named for what it computes rather than the algorithm.
 TRITON_FAMILY_NAMED = {("diagonal_ssm", "sequential"): "s4d.recurrent",
-                       ("diagonal_ssm", "fft"): "s4d.vandermonde"}
+                       ("diagonal_ssm", "fft"): "s4d.vandermonde",
+                       ("recurrence", "sequential"): "plrnn.sequential",
+                       ("selective_ssm/dense", "sequential"): "dense.sequential"}
 
 
 def tvm_config(config: dict | None):
@@ -162,12 +164,16 @@ def nested(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def dense(node, mod, ins: dict, fn, backend: str, config: dict):
-    """Dense selective SSM; with gradients the (differentiable) associative torch scan runs."""
+    """Dense selective SSM; with gradients the (differentiable) associative torch scan runs,
+    and so it does wherever the Triton kernel cannot (see _triton_runs)."""
     x = ins["x"]
-    if _grad_needed(mod, [x]):
+    kw = {}
+    if backend == "triton" and _triton_runs(mod, ins, x):
+        kw = _config_kw(triton_config("selective_ssm/dense", node.meta.get("algorithm"), config))
+    elif backend == "triton" or _grad_needed(mod, [x]):
         from ssmc.codegen.composite.dense import dense_ssm_associative as fn
     out = fn(x, mod.A_k, mod.B_proj, mod.C_proj, mod.D, mod.transition, ins.get("initial_state"),
-             node.final_state, A_0=mod.A_0)
+             node.final_state, A_0=mod.A_0, **kw)
     return out
 
 
@@ -186,6 +192,15 @@ def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
     if backend == "triton" or _grad_needed(mod, [u]) or torch.compiler.is_compiling():
         from ssmc.codegen.composite.diagonal import diagonal_fft as fn
     return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair)
+
+
+def _triton_runs(mod, ins: dict, x) -> bool:
+    """Whether a forward-only Triton kernel runs this call: no gradients wanted (parameters or
+    inputs), fp32/fp16/bf16 on a GPU (or the CPU under TRITON_INTERPRET=1), not traced by
+    torch.compile (the ssmc:: ops' conditions, as in _triton_takes)."""
+    from ssmc.runtime.library import node_wants_op
+
+    return not node_wants_op(mod, ins, "triton", x)
 
 
 def _triton_takes(mod, u) -> bool:
@@ -210,7 +225,8 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
-    """PLRNN latent recurrence; differentiable (the kernel's adjoint recurrence backward).
+    """PLRNN latent recurrence.  TVM (CPU): differentiable (the kernel's adjoint recurrence
+    backward).  Triton: forward only (`_recurrence_triton`).
     With a folded `conv` epilogue (ins['epilogue'], its LongConv module: passes/fuse.py) the
     kernel also convolves the trajectory with the conv's kernel and the convolved trajectory is
     the result: directly in the kernel at inference (up to plrnn.FUSE_MAX_TAPS taps), by torch's
@@ -218,6 +234,8 @@ def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
     conv kernel too when it is learnable).  fp64 and tensors off the CPU run the reference
     (the node, then its epilogue)."""
     s, epi = ins["s"], ins.get("epilogue")
+    if backend == "triton":
+        return _recurrence_triton(node, mod, s, epi, fn, config)
     if s.dtype == torch.float64 or s.device.type != "cpu":
         return NotImplemented
     if epi is None:
@@ -226,6 +244,23 @@ def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
         return NotImplemented
     _, zc = fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=epi.kernel)
     return zc
+
+
+def _recurrence_triton(node, mod, s, epi, fn, config):
+    """The Triton PLRNN kernel at inference, with the folded HRF conv in its register ring
+    (only the convolved trajectory is written).  It has no backward: with gradients (of the
+    PLRNN's or a learnable HRF's parameters), under torch.compile, for fp64 or off the GPU the
+    reference runs the node and then its epilogue."""
+    if not _triton_runs(mod, {"s": s}, s):
+        return NotImplemented
+    cfg = _config_kw(triton_config("recurrence", node.meta.get("algorithm"), config))
+    if epi is None:
+        return fn(s, mod.A, mod.W, mod.h0, mod.C, **cfg)
+    k = epi.kernel
+    if k.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.device != s.device \
+            or (torch.is_grad_enabled() and k.requires_grad):
+        return NotImplemented
+    return fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=k, return_trajectory=False, **cfg)
 
 
 EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd, "nested_recursion": nested,

@@ -135,13 +135,29 @@ def test_s4d_on_triton_chooses_an_algorithm_with_a_kernel(s4d_complex):
     assert chosen == {64: "sequential", 16384: "fft"}  # issue 4: long L -> FFT convolution
 
 
-def test_family_without_a_kernel_on_the_backend_keeps_the_cost_models_choice():
-    """No Triton kernel runs the dense selective SSM (lcde): every algorithm runs the
-    reference, so none is left out and the cheapest is chosen."""
+def test_family_without_a_kernel_on_the_backend_keeps_the_cost_models_choice(monkeypatch):
+    """A family no Triton kernel runs (here the dense selective SSM with its Triton kernel
+    taken out of the registry): every algorithm runs the reference, so none is left out and
+    the cheapest is chosen."""
+    from ssmc.runtime import dispatch
+
+    kernels = {k: v for k, v in dispatch.KERNELS.items()
+               if k[0] != "selective_ssm/dense" or k[2] != "triton"}
+    monkeypatch.setattr(dispatch, "KERNELS", kernels)
     node = [n for _, n in ssm_nodes(lower(spec("lcde"), "sm_90", seqlen=256))
             if n.OP == "selective_ssm"][0]
     assert "excluded" not in node.meta
     assert node.meta["algorithm"] == node.meta["costs"][0]["algorithm"]
+
+
+def test_dense_on_a_gpu_target_picks_the_triton_scan():
+    """lcde on sm_90: only the sequential scan has a Triton kernel; the parallel algorithms
+    the cost model prices lower stay in the table, excluded."""
+    node = [n for _, n in ssm_nodes(lower(spec("lcde"), "sm_90", seqlen=256))
+            if n.OP == "selective_ssm"][0]
+    assert node.meta["algorithm"] == "sequential"
+    assert set(node.meta["excluded"]) == {"associative", "chunked"}
+    assert "cheaper but excluded" in node.meta["why"]
 
 
 def test_spec_request_is_kept():

@@ -1,7 +1,7 @@
 """convSSM: the fuse pass folds the HRF `conv` node into the PLRNN `recurrence` node on the CPU
 (the TVM kernel convolves the trajectory in its epilogue); the compiled model still matches the
 reference (values, gradients, state_dict keys), the fold shows in `ssmc explain`, and the conv
-stays a node where the trajectory has another reader or the backend has no such kernel."""
+stays a node where the trajectory has another reader or the backend's kernel does not convolve."""
 
 from __future__ import annotations
 
@@ -85,8 +85,21 @@ def test_no_fold_when_the_trajectory_is_needed(case):
         torch.testing.assert_close(g, w, **TOL)
 
 
-def test_no_fold_on_a_triton_target():
-    """No PLRNN kernel on Triton: the conv stays a node (the reference runs both)."""
+def test_fold_on_a_triton_target():
+    """The Triton PLRNN kernel convolves too (a register ring of its last outputs): the conv
+    folds on sm_90 as on the CPU (tests/codegen/test_triton_plrnn.py runs the result)."""
+    out = _lower(load_spec(SPEC), "sm_90")
+    assert [n.name for n in out.nodes] == ["plrnn", "readout"]
+    assert out.nodes[0].meta["fused_nodes"] == ["hrf"]
+
+
+def test_no_fold_where_the_kernel_does_not_convolve(monkeypatch):
+    """A backend whose PLRNN kernel takes no epilogue: the conv stays a node (the reference
+    runs both)."""
+    from ssmc.runtime import dispatch
+
+    monkeypatch.setattr(dispatch, "EPILOGUES", {k: v for k, v in dispatch.EPILOGUES.items()
+                                                if k[2] != "triton"})
     out = _lower(load_spec(SPEC), "sm_90")
     assert [n.name for n in out.nodes] == ["plrnn", "hrf", "readout"]
 

@@ -3,6 +3,9 @@
   selective_scan/  Mamba-1: sequential, associative, chunked       (oracle: semantics.selective)
   ssd/             Mamba-2 SSD: chunked matmul form                (oracle: semantics.selective)
   s4d/             S4D: recurrent, Vandermonde + FFT convolution   (oracle: semantics.diagonal)
+  ssm2d/           Chimera's 2-D SSM: anti-diagonal wavefront      (oracle: semantics.ssm2d)
+  plrnn/           PLRNN (+ fused HRF conv): sequential            (oracle: semantics.recurrence)
+  dense/           dense / block-diagonal selective SSM: sequential (oracle: semantics.dense)
   families.py      registry: Config, search space, plan, example problem per family
   aot.py           compile a family for a target descriptor without a GPU
 

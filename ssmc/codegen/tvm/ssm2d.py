@@ -8,6 +8,12 @@ G of a per-channel step), and runs the cached kernel for the operands' forms.  f
 inputs are computed in fp32 and the result is cast back.  fp32 x and per-cell operands reach
 the kernel without copies: x contiguous, B/C (b, T, V, N) and dt (b, T, V, d) with any strides
 but a unit last one (the executor passes views into the x_proj / dt_proj outputs).
+
+Differentiable: when an input requires grad (and grad mode is on), the kernel runs inside
+ssm2d_bwd.Ssm2dFunction, whose backward is the adjoint kernel (ssm2d_bwd_tir); the torch
+preparation of the kernel's arguments below is differentiable, so autograd carries the
+kernel's gradients back to the caller's tensors.  fp64 is not supported (the kernels are fp32):
+the reference (semantics.ssm2d) serves fp64 and gradcheck.
 """
 
 from __future__ import annotations
@@ -83,13 +89,14 @@ def _dt_cell(name, t, b, T, V, d) -> bool:
 
 def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=False,
           dt_softplus: bool = False, config: tirb.Ssm2dConfig | None = None,
-          cache: KernelCache | None = None):
+          cache: KernelCache | None = None, bwd_chunk: int | None = None):
     """2-D SSM on the CPU (same arguments and result as ssmc.semantics.ssm2d.ssm2d_ref).
 
     dt_softplus: dt_t / dt_v are pre-activation and the steps are softplus of them (Chimera's
     dt_proj output; applied in the kernel, once per cell and channel).  config: an
     Ssm2dConfig (order 'wavefront' or 'rows', channel block, vector width); None takes the
-    host's default.  Returns y (b, T, V, d) in x's dtype."""
+    host's default (the backward kernel uses the same).  bwd_chunk: rows per recompute chunk
+    of the backward (None: ssm2d_bwd.chunk_rows).  Returns y (b, T, V, d) in x's dtype."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"ssm2d: x must be a 4-D tensor (b, T, V, d); got {_shape(x)}")
     b, T, V, d = (int(s) for s in x.shape)
@@ -147,11 +154,27 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
             args[name] = _f32(args[name])
     if D is not None:
         args["D"] = _f32(D)
-    args["out"] = torch.empty(b, T, V, d, dtype=torch.float32)
-    args["ws"] = torch.empty(tirb.workspace_shape(sig, config, b, V), dtype=torch.float32)
-    get_kernel(sig, config, cache=cache)(*[args[n] for n in tirb.arg_names(sig)])
-    y = args["out"]
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in args.values()):
+        from ssmc.codegen.tvm.ssm2d_bwd import Ssm2dFunction
+        from ssmc.codegen.tvm.ssm2d_bwd_tir import input_names
+
+        y = Ssm2dFunction.apply(sig, config, cache, bwd_chunk,
+                                *[args[n] for n in input_names(sig)])
+    else:
+        y = run_forward(sig, config, args, cache=cache)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
-__all__ = ["ssm2d", "get_kernel", "default_config"]
+def run_forward(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, args: dict,
+                cache: KernelCache | None = None) -> torch.Tensor:
+    """The forward kernel on its inputs `args` (by name, already in its layouts): y fp32."""
+    b, T, V, d = args["x"].shape
+    kargs = dict(args)
+    kargs["out"] = torch.empty(b, T, V, d, dtype=torch.float32)
+    kargs["ws"] = torch.empty(tirb.workspace_shape(sig, config, b, V), dtype=torch.float32)
+    get_kernel(sig, config, cache=cache)(*[kargs[n] for n in tirb.arg_names(sig)])
+    return kargs["out"]
+
+
+__all__ = ["ssm2d", "get_kernel", "default_config", "run_forward"]
