@@ -437,6 +437,27 @@ _tvm_bwd = None
 register_backward("selective_scan", "cpu", selective_scan_backward_tvm)
 
 
+def selective_scan_backward_triton(**kw):
+    """The Triton backward kernel (ssmc.codegen.triton.selective_scan.backward: the reverse
+    scan per channel block, states recomputed from the checkpoints), imported on its first call
+    like `selective_scan_backward_tvm`.  Registered for ("selective_scan", "cuda") below; it
+    declines (NotImplemented: the torch engine runs) for complex A/B/C and float64."""
+    global _triton_bwd
+    if _triton_bwd is None:
+        try:
+            from ssmc.codegen.triton.selective_scan.backward import \
+                selective_scan_backward as fn
+        except ImportError as e:
+            _warn_once(f"ssmc: Triton backward unavailable ({e}); running the torch engine")
+            fn = _decline
+        _triton_bwd = fn
+    return _triton_bwd(**kw)
+
+
+_triton_bwd = None
+register_backward("selective_scan", "cuda", selective_scan_backward_triton)
+
+
 def _like(t):
     return t.new_empty(t.shape)
 
