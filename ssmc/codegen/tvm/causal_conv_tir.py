@@ -9,8 +9,9 @@ The algorithm, per channel, is a sliding window of the last k inputs:
 which is nn.Conv1d's cross-correlation with k - 1 zeros of left padding (mamba's
 causal_conv1d_fn), and, with the window kept in the caller's (b, c, k) buffer, exactly
 transformers' / causal-conv1d's `causal_conv1d_update` (the state holds the last k inputs, the
-oldest first).  Tasks: batch x blocks of `channel_block` channels; inside a task, vector
-statements over the block (as the selective scan).  x's outer strides are symbolic, so the
+oldest first).  Tasks: batch x blocks of `channel_block` channels (config.threads > 0: cut
+into that many parallel tasks of consecutive blocks); inside a task, vector statements over
+the block (as the selective scan).  x's outer strides are symbolic, so the
 x half of in_proj's output (a strided view) is read in place.
 """
 
@@ -157,6 +158,18 @@ def emit(sig: ConvSignature, cfg: Config, bufs, b, L):
                 with T.Else():
                     _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
 
-    loop = T.serial if sig.step and cfg.threads == 1 else T.parallel
-    with loop(0, b * per_batch) as blk:
-        task(blk)
+    total = b * per_batch
+    if sig.step and cfg.threads == 1:  # one token: no thread-pool launch pays for itself
+        with T.serial(0, total) as blk:
+            task(blk)
+    elif cfg.threads <= 0:  # one task per block; TVM's pool shares them out
+        with T.parallel(0, total) as blk:
+            task(blk)
+    else:  # `threads` tasks of consecutive blocks (as the selective scan's)
+        chunk = (total + cfg.threads - 1) // cfg.threads
+        with T.parallel(0, cfg.threads) as t:
+            with T.serial(0, chunk) as n:
+                blk = t * chunk + n
+                with T.If(blk < total):
+                    with T.Then():
+                        task(blk)

@@ -23,7 +23,7 @@ from ssmc.codegen.tvm import gemv_tir as gemvb
 from ssmc.codegen.tvm import rmsnorm_tir as normb
 from ssmc.codegen.tvm import selective_step_tir as stepb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
-from ssmc.codegen.tvm.config import default_config, legalize
+from ssmc.codegen.tvm.config import Config, default_config, legalize
 from ssmc.codegen.tvm.target import host_target
 
 LOG2E = 1.4426950408889634
@@ -52,11 +52,13 @@ SOURCES = {
 
 
 def _get(family: str, func_name: str, sig, build, config=True):
-    key = (family, sig, DEFAULT_CACHE.root, os.environ.get(CACHE_ENV))
+    """config: True = the defaults (_config), False = the builder takes none, or a Config (a
+    tuned one: ssmc.tune's records reach the conv of a compiled model this way)."""
+    key = (family, sig, config, DEFAULT_CACHE.root, os.environ.get(CACHE_ENV))
     kernel = _kernels.get(key)
     if kernel is None:
         step = getattr(sig, "step", False)
-        cfg = _config(step)
+        cfg = legalize(config, "llvm") if isinstance(config, Config) else _config(step)
         kernel = DEFAULT_CACHE.get(family, func_name, dict(sig.__dict__), "float32", host_target(),
                                    cfg.as_dict() if config else {},
                                    (lambda: build(sig, cfg)) if config else (lambda: build(sig)),
@@ -69,22 +71,27 @@ def norm_kernel(sig: normb.NormSignature):
     return _get("rmsnorm", normb.FUNC_NAME, sig, normb.build, config=False)
 
 
-_norms: dict = {}  # (D, eps, groups, gated, parallel) -> kernel
+_norms: dict = {}  # (D, eps, groups, gated, parallel, vector_width or 0) -> kernel
 
 
-def rmsnorm(x, weight, eps: float, z=None, groups: int = 1):
+def rmsnorm(x, weight, eps: float, z=None, groups: int = 1,
+            config: normb.NormConfig | None = None):
     """y = x / sqrt(mean(x^2) + eps) * weight over the last axis (in `groups` slices each
     normalised alone); with z, x * silu(z) is normalised (Mamba-2's gated norm).  fp32; x and
-    z may be strided views whose last axis is contiguous.  Returns a new fp32 tensor."""
+    z may be strided views whose last axis is contiguous.  config: the kernel's schedule (a
+    tuned record's; None = the defaults: the host's lanes, rows in parallel).  Returns a new
+    fp32 tensor."""
     D = x.shape[-1]
     rows = x.numel() // D if D else 0
-    par = rows > 1
-    key = (D, float(eps), groups, z is not None, par)
+    par = rows > 1 and (config is None or config.parallel)
+    vw = config.vector_width if config is not None else 0  # 0: the host's lanes
+    key = (D, float(eps), groups, z is not None, par, vw)
     kernel = _norms.get(key)
     if kernel is None:
+        vw = vw or _config(False).vector_width  # (~10 us: not on every call)
         kernel = norm_kernel(normb.NormSignature(D=D, eps=float(eps), groups=groups,
                                                  gated=z is not None, parallel=par,
-                                                 vector_width=_config(False).vector_width))
+                                                 vector_width=vw))
         _norms[key] = kernel
     out = torch.empty(x.shape, dtype=torch.float32)
     if rows == 0:
@@ -136,9 +143,11 @@ def mamba2_layer_kernel(sig: layerb.Mamba2LayerSignature):
     return _get("mamba2_decode_layer", layerb.FUNC_NAME2, sig, layerb.build2)
 
 
-def conv_kernel(sig: convb.ConvSignature):
-    """The compiled causal-conv kernel for `sig` (args: convb.arg_names(sig))."""
-    return _get("causal_conv1d_window", convb.FUNC_NAME, sig, convb.build)
+def conv_kernel(sig: convb.ConvSignature, config: Config | None = None):
+    """The compiled causal-conv kernel for `sig` (args: convb.arg_names(sig)); config: a tuned
+    Config (channel_block, vector_width, threads, exp_degree), None = the defaults."""
+    return _get("causal_conv1d_window", convb.FUNC_NAME, sig, convb.build,
+                config if config is not None else True)
 
 
 def step_kernel(sig: stepb.StepSignature):
@@ -174,10 +183,12 @@ def _compact(name, t):
 
 
 # ----------------------------------------------------------------------------------- conv1d
-def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", initial_state=None):
+def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", initial_state=None,
+                  config: Config | None = None):
     """Depthwise causal conv over channels-last x (b, L, c): weight (c, k) or (c, 1, k), bias
     (c,), initial_state (b, c, k): the last k inputs before x (the decoder's conv state), read
-    only.  Returns (b, L, c) fp32."""
+    only.  config: the kernel's schedule (a tuned record's; None = the defaults).  Returns
+    (b, L, c) fp32."""
     x = _f32_view("x", x, 3)
     b, L, c = x.shape
     w = _weight(weight, c)
@@ -196,7 +207,7 @@ def causal_conv1d(x, weight, bias=None, activation: str | None = "silu", initial
             raise ValueError(f"initial_state: expected ({b}, {c}, {k}), got {tuple(initial_state.shape)}")
         args.append(_compact("initial_state", initial_state))
     args.append(out)
-    conv_kernel(sig)(*args)
+    conv_kernel(sig, config)(*args)
     return out
 
 

@@ -40,6 +40,23 @@ class NormSignature:
             raise ValueError(f"NormSignature: eps must be > 0, got {self.eps}")
 
 
+@dataclass(frozen=True)
+class NormConfig:
+    """The tunable schedule of a prefill's norm (schedules/spaces/tvm_rmsnorm.yaml): the lanes
+    of the partial sums, and whether rows run in parallel (a one-row call always runs
+    serially).  Both only say how the signature's `vector_width` and `parallel` are set."""
+
+    vector_width: int = 0  # 0 = the host's fp32 lanes
+    parallel: bool = True
+
+    def __post_init__(self):
+        if self.vector_width < 0:
+            raise ValueError(f"NormConfig.vector_width must be >= 0, got {self.vector_width}")
+
+    def as_dict(self) -> dict:
+        return {"vector_width": self.vector_width, "parallel": self.parallel}
+
+
 def arg_names(sig: NormSignature) -> list[str]:
     return ["x"] + (["z"] if sig.gated else []) + ["weight", "out"]
 
