@@ -1,11 +1,31 @@
 """schedule: the kernel knobs (tiles, chunk, warps, stages, channel block, vector width) of each
 SSM node: a tuned record's config when there is one, else the kernel family's defaults for the
-target."""
+target.  The same for the glue nodes a CPU target runs on kernels of their own (the causal
+conv1d and the rmsnorm, runtime.compiled._cpu_glue): their record's config, else {} (the
+kernel's own defaults)."""
 
 from __future__ import annotations
 
 from ssmc.passes.rewrite import all_graphs
 from ssmc.passes.select_algorithm import family
+
+# Glue ops that a TVM CPU target runs on a tunable TVM kernel at inference (fp32, a (b, L, c)
+# input; runtime.compiled._cpu_glue): op -> the kernel's name, which stands where an SSM node's
+# algorithm does (in records, search spaces and `kernel`).
+GLUE_KERNELS = {"conv1d": "window", "rmsnorm": "rowwise"}
+
+
+def glue_kernel(node, graph, target, dtype: str) -> str | None:
+    """The tunable kernel that runs glue node `node` on `target`, None when it has none there."""
+    alg = GLUE_KERNELS.get(node.OP)
+    if alg is None or target is None or getattr(target, "backend", "") != "tvm-llvm" \
+            or dtype != "float32":
+        return None
+    if node.OP == "conv1d" and node.activation not in ("silu", "identity"):
+        return None
+    x = node.inputs.get("x")
+    t = graph.types.get(x) if x is not None else None
+    return alg if t is not None and t.rank == 3 else None
 
 
 def default_config(fam: str, algorithm: str, target) -> dict:
@@ -41,6 +61,7 @@ def run(graph, ctx):
         for node in g.nodes:
             alg = node.meta.get("algorithm")
             if alg is None:
+                _glue(g, node, ctx)
                 continue
             fam = family(node)
             record = ctx.records.lookup(fam, node, g, ctx) if ctx.records is not None else None
@@ -51,3 +72,16 @@ def run(graph, ctx):
                 node.meta["config_source"] = "default"
             node.meta["kernel"] = f"{fam}/{alg}"
     return graph
+
+
+def _glue(g, node, ctx) -> None:
+    alg = glue_kernel(node, g, ctx.target, ctx.dtype)
+    if alg is None:
+        return
+    fam = family(node)
+    record = ctx.records.lookup(fam, node, g, ctx) if ctx.records is not None else None
+    if record and record.get("algorithm") == alg and record.get("config"):
+        node.meta["config"], node.meta["config_source"] = dict(record["config"]), "record"
+    else:
+        node.meta["config"], node.meta["config_source"] = {}, "default"
+    node.meta["kernel"] = f"{fam}/{alg}"

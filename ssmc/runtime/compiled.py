@@ -65,10 +65,21 @@ def _cpu_glue(node, mod, args):
 
     if node.OP == "conv1d" and node.activation in ("silu", "identity"):
         return decode.causal_conv1d(x, mod.weight, mod.bias,
-                                    "silu" if node.activation == "silu" else None)
+                                    "silu" if node.activation == "silu" else None,
+                                    config=_glue_config(node))
     if node.OP == "rmsnorm":
-        return decode.rmsnorm(x, mod.weight, mod.eps, groups=mod.groups)
+        return decode.rmsnorm(x, mod.weight, mod.eps, groups=mod.groups,
+                              config=_glue_config(node))
     return NotImplemented
+
+
+def _glue_config(node):
+    """The kernel config of a glue node (the schedule pass's node.meta['config']: a tuned
+    record's, or {} = the kernel's defaults), made once and kept on the node."""
+    cfg = node.meta.get("glue_run", False)
+    if cfg is False:
+        cfg = node.meta["glue_run"] = executors.tvm_glue_config(node.OP, node.meta.get("config"))
+    return cfg
 
 
 class CompiledModel(GraphModule):

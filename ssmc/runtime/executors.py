@@ -44,6 +44,19 @@ def tvm_config(config: dict | None):
     return default_config("llvm").replace(**{k: v for k, v in config.items() if k in known})
 
 
+def tvm_glue_config(op: str, config: dict | None):
+    """The config dict of a glue node's TVM CPU kernel (the schedule pass's, a record's) -> what
+    ssmc.codegen.tvm.decode takes: conv1d a Config (as tvm_config), rmsnorm a NormConfig; None
+    (= the kernel's defaults) when empty."""
+    if op != "rmsnorm":
+        return tvm_config(config)
+    if not config:
+        return None
+    from ssmc.codegen.tvm.rmsnorm_tir import NormConfig
+
+    return NormConfig(**{k: v for k, v in config.items() if k in ("vector_width", "parallel")})
+
+
 def triton_family(family: str, algorithm: str) -> str | None:
     """The Triton kernel family (ssmc.codegen.triton.families) that runs a node family's
     algorithm; None when there is none."""
@@ -213,9 +226,15 @@ def _triton_takes(mod, u) -> bool:
 
 
 def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
-    """Chimera's 2-D SSM (forward; gradients and fp64 run the reference)."""
+    """Chimera's 2-D SSM.  TVM (CPU): differentiable (ssmc.codegen.tvm.ssm2d_bwd: the adjoint
+    kernel; the operands' torch preparation, x_proj / dt_proj included, is differentiated by
+    autograd).  The reference runs fp64, gradients of the other backends (forward-only
+    kernels) and gradients under torch.compile (the TVM calls are opaque to dynamo)."""
     x = ins["x"]
-    if _grad_needed(mod, [x]) or x.dtype == torch.float64:
+    if x.dtype == torch.float64:
+        return NotImplemented
+    if _grad_needed(mod, [x]) and (backend != "tvm" or x.device.type != "cpu"
+                                   or torch.compiler.is_compiling()):
         return NotImplemented
     from ssmc.codegen.ssm2d_recurrence import ssm2d_config, ssm2d_operands
 
