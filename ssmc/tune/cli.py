@@ -1,5 +1,6 @@
-"""`ssmc tune SPEC --target T`: one Optuna study per SSM node family of the spec at the shape
-bucket; the best config becomes a record the compiler picks up."""
+"""`ssmc tune SPEC --target T`: one Optuna study per kernel family the compiled spec runs on the
+target (its SSM nodes', and on the CPU its conv1d / rmsnorm glue kernels') at the shape bucket;
+the best config becomes a record the compiler picks up."""
 
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ def register(subparsers) -> None:
     from ssmc.cli import _dim_binding, _positive
 
     t = subparsers.add_parser(
-        "tune", help="tune the kernels of a spec's SSM nodes with Optuna; write records",
+        "tune", help="tune the kernels of a spec's nodes with Optuna; write records",
         description="Search each SSM node family's algorithm and kernel knobs for the target at "
-                    "the shape bucket.  Targets on this machine are timed; others are ranked by "
+                    "the shape bucket, and the knobs of the glue kernels (conv1d, rmsnorm) a CPU "
+                    "target runs.  Targets on this machine are timed; others are ranked by "
                     "the cost model (records say 'model').  Studies persist: --resume continues "
                     "one, several workers (--workers, or hosts sharing --storage) share one.")
     t.add_argument("spec", metavar="SPEC")
@@ -52,6 +54,9 @@ def register(subparsers) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue existing studies (workers joining a shared study pass it too)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--family", action="append", metavar="NAME",
+                   help="tune only this node family (e.g. selective_ssm/mamba1, conv1d, "
+                        "rmsnorm); repeat for several (default: every tunable one)")
     t.add_argument("--batch", type=_positive, default=2)
     t.add_argument("--seqlen", type=_positive, default=1024)
     t.add_argument("--dim", type=_dim_binding, action="append", metavar="NAME=VALUE",
@@ -73,13 +78,11 @@ def register(subparsers) -> None:
 
 
 def _tunable(workloads, backend: str):
-    from ssmc.runtime import dispatch
     from ssmc.tune.space import node_space
 
     out, skipped = [], []
     for w in workloads:
-        algs = [a for a in w.candidates if dispatch.available(w.family, a, backend)]
-        space = node_space(w.family, algs, backend)
+        space = node_space(w.family, w.algorithms(backend), backend)
         (out if space is not None else skipped).append((w, space))
     return out, skipped
 
@@ -91,6 +94,8 @@ def _worker_argv(args, index: int, storage: str, prefix: str) -> list:
             "--seqlen", str(args.seqlen), "--repeats", str(args.repeats),
             "--statistic", args.statistic,
             "--heartbeat", str(args.heartbeat), "--resume", "--worker", "--no-progress"]
+    for fam in args.family or []:
+        argv += ["--family", fam]
     if args.timeout:
         argv += ["--timeout", str(args.timeout)]
     for k, v in args.dim or []:
@@ -135,12 +140,19 @@ def cmd_tune(args) -> int:
     mode = "measured" if host_has(target) else "model"
     device = "cuda" if target.is_gpu and mode == "measured" else "cpu"
     backend = "tvm" if target.backend.startswith("tvm") else "triton"
-    todo, skipped = _tunable(workloads(graph, target, bindings), backend)
+    found = workloads(graph, target, bindings)
+    if args.family:
+        unknown = sorted(set(args.family) - {w.family for w in found})
+        if unknown:
+            raise SsmcError(f"--family {unknown[0]}: {args.spec} has no such node family on "
+                            f"{target.name}; it has {', '.join(sorted({w.family for w in found}))}")
+        found = [w for w in found if w.family in args.family]
+    todo, skipped = _tunable(found, backend)
     say = (lambda *a, **k: None) if args.worker else print
     for w, _ in skipped:
         say(f"{w.family}: no tunable {backend} kernel; the compiler's choice stands")
     if not todo:
-        raise SsmcError(f"nothing to tune: no SSM node of {args.spec} has a tunable {backend} "
+        raise SsmcError(f"nothing to tune: no node of {args.spec} has a tunable {backend} "
                         f"kernel for target {target.name}")
     url = args.storage or st.default_storage_url(args.workers)
     storage = st.open_storage(url, workers=args.workers, heartbeat=args.heartbeat)

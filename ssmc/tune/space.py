@@ -27,8 +27,9 @@ from ssmc.errors import SsmcError
 from ssmc.paths import schedules_dir
 
 # (node family, algorithm, backend) -> the space file of the kernel that runs it.  The kernels
-# themselves are listed in ssmc.runtime.dispatch.KERNELS; a kernel without a space file here
-# is run with its defaults and not tuned.
+# themselves are listed in ssmc.runtime.dispatch.KERNELS (the glue ones in
+# ssmc.passes.schedule.GLUE_KERNELS); a kernel without a space file here is run with its
+# defaults and not tuned.
 SPACE_FILES = {
     ("selective_ssm/mamba1", "sequential", "tvm"): "tvm_selective_scan.yaml",
     ("selective_ssm/mamba1", "sequential", "triton"): "triton_selective_scan_sequential.yaml",
@@ -38,6 +39,9 @@ SPACE_FILES = {
     ("selective_ssm/ssd", "sequential", "tvm"): "tvm_ssd.yaml",
     ("diagonal_ssm", "sequential", "triton"): "triton_s4d_recurrent.yaml",
     ("diagonal_ssm", "fft", "triton"): "triton_s4d_vandermonde.yaml",
+    # glue kernels (the 'algorithm' is the kernel's name: ssmc.passes.schedule.GLUE_KERNELS)
+    ("conv1d", "window", "tvm"): "tvm_causal_conv1d.yaml",
+    ("rmsnorm", "rowwise", "tvm"): "tvm_rmsnorm.yaml",
 }
 TYPES = ("int", "float", "str", "bool")
 

@@ -1,5 +1,6 @@
-"""What is tuned: the SSM nodes of a spec at a shape bucket, grouped by record key, and the
-kernel calls a trial times (the same calls the runtime executors make, on synthetic inputs of
+"""What is tuned: the SSM nodes of a spec at a shape bucket, and the glue nodes the target runs
+on tunable kernels of their own (the CPU's causal conv1d and rmsnorm), grouped by record key;
+and the kernel calls a trial times (the same calls the runtime makes, on synthetic inputs of
 the node's shape, so that a tuned config is measured where it will run)."""
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 @dataclass
 class Workload:
-    """One study's subject: a node family at one record key, with a representative node."""
+    """One study's subject: a node family at one record key, with a representative node.  A
+    glue node (conv1d, rmsnorm) has one kernel, named in passes.schedule.GLUE_KERNELS, where an
+    SSM node has algorithms."""
 
     key: RecordKey
     node: object  # the lowered node (attributes and the compiler's default choice in .meta)
@@ -30,7 +33,15 @@ class Workload:
         return self.key.family
 
     @property
+    def glue(self) -> bool:
+        return "algorithm" not in self.node.meta
+
+    @property
     def default_algorithm(self) -> str:
+        if self.glue:
+            from ssmc.passes.schedule import GLUE_KERNELS
+
+            return GLUE_KERNELS[self.node.OP]
         return self.node.meta["algorithm"]
 
     @property
@@ -42,28 +53,49 @@ class Workload:
         """The algorithms the compiler may pick for this node (one when the spec asked)."""
         from ssmc.passes.select_algorithm import candidates
 
+        if self.glue:
+            return (self.default_algorithm,)
         if self.node.algorithm != "auto":
             return (self.node.algorithm,)
         return candidates(self.node)
 
+    def algorithms(self, backend: str) -> list:
+        """The candidates that have a kernel on `backend` (a glue kernel is a TVM one)."""
+        if self.glue:
+            return list(self.candidates) if backend == "tvm" else []
+        from ssmc.runtime import dispatch
+
+        return [a for a in self.candidates if dispatch.available(self.family, a, backend)]
+
     def describe(self) -> str:
+        node = self.node
+        if self.node.OP == "conv1d":
+            what = f"width={node.kernel} {node.activation}"
+        elif self.node.OP == "rmsnorm":
+            what = f"groups={node.groups}"
+        else:
+            what = f"d_state={self.key.d_state}"
         return (f"{self.family} batch={self.batch} seqlen={self.seqlen} channels={self.channels} "
-                f"d_state={self.key.d_state} {self.key.dtype}")
+                f"{what} {self.key.dtype}")
 
 
 def workloads(graph, target, bindings: dict) -> list[Workload]:
     """The SSM nodes of `graph` lowered for `target` without records (so .meta holds the
-    compiler's own default), one Workload per record key."""
+    compiler's own default), then its glue nodes with a tunable kernel there (the schedule pass
+    named it in .meta['kernel']), one Workload per record key."""
     from ssmc.passes import PassContext, run_pipeline
     from ssmc.passes.rewrite import concrete
+    from ssmc.passes.schedule import GLUE_KERNELS
     from ssmc.passes.select_algorithm import family
 
     ctx = PassContext(target=target, bindings=dict(bindings), records=None, dtype=graph.dtype)
     lowered = run_pipeline(graph, ctx)
+    walked = list(lowered.walk())
+    ssm = [(q, n, g) for q, n, g in walked if "algorithm" in n.meta and n.OP != "conv"]
+    glue = [(q, n, g) for q, n, g in walked
+            if n.OP in GLUE_KERNELS and "algorithm" not in n.meta and "kernel" in n.meta]
     found: dict = {}
-    for qname, node, g in lowered.walk():
-        if "algorithm" not in node.meta or node.OP == "conv":
-            continue
+    for qname, node, g in ssm + glue:
         key = key_for_node(family(node), node, g, ctx.bindings, ctx.dtype)
         if key in found:
             found[key].nodes.append(qname)
@@ -182,7 +214,37 @@ def s4d_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
     return kw
 
 
+def glue_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
+    """Arguments of a glue node's kernel of w's shape (ssmc.codegen.tvm.decode's conv1d and
+    rmsnorm): x channels-last (b, L, c) and the node's parameters as its module holds them."""
+    node = w.node
+    gen = _gen(seed)
+    rand = _sampler(w, device, gen)
+    x = rand(w.batch, w.seqlen, w.channels)
+    if node.OP == "conv1d":
+        return dict(x=x, weight=rand(w.channels, 1, node.kernel, dt=torch.float32, scale=0.5),
+                    bias=rand(w.channels, dt=torch.float32, scale=0.1) if node.bias else None,
+                    activation="silu" if node.activation == "silu" else None)
+    return dict(x=x, weight=rand(w.channels, dt=torch.float32, scale=0.1, offset=1.0),
+                eps=float(node.eps), groups=int(node.groups))
+
+
+def glue_reference(w: Workload, inputs: dict):
+    """The oracle's answer for glue_inputs(w): the reference modules' own functions."""
+    from ssmc.semantics import glue
+
+    if w.node.OP == "conv1d":
+        return glue.causal_conv1d(inputs["x"], inputs["weight"], inputs["bias"],
+                                  inputs["activation"])
+    norm = glue.RMSNorm(w.channels, eps=inputs["eps"], groups=inputs["groups"])
+    with torch.no_grad():
+        norm.weight.copy_(inputs["weight"])
+        return norm(inputs["x"])
+
+
 def kernel_inputs(w: Workload, backend: str, device="cpu", seed: int = 0) -> dict:
+    if w.glue and backend == "tvm":
+        return glue_inputs(w, device, seed)
     if w.family == "selective_ssm/mamba1":
         return mamba1_inputs(w, "bld" if backend == "tvm" else "bdl", device, seed)
     if w.family == "selective_ssm/ssd":
@@ -197,6 +259,8 @@ def reference_output(w: Workload, inputs: dict, backend: str):
     from ssmc.semantics.selective import selective_scan_ref, ssd_ref
 
     cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+    if w.glue:
+        return glue_reference(w, cpu)
     if w.family == "diagonal_ssm":
         return s4d_reference(**cpu)
     if w.family == "selective_ssm/ssd":
@@ -228,6 +292,12 @@ def kernel_call(w: Workload, algorithm: str, config: dict, backend: str, inputs:
     exactly as the runtime executors call it."""
     from ssmc.runtime import dispatch, executors
 
+    if w.glue:  # as runtime.compiled._cpu_glue calls them
+        from ssmc.codegen.tvm import decode
+
+        cfg = executors.tvm_glue_config(w.node.OP, config)
+        fn = decode.causal_conv1d if w.node.OP == "conv1d" else decode.rmsnorm
+        return lambda: fn(**inputs, config=cfg)
     fn = dispatch.kernel(w.family, algorithm, backend, strict=True)
     if backend == "tvm":
         cfg = executors.tvm_config(config)
@@ -245,7 +315,14 @@ def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dic
 
     from ssmc.runtime import executors
 
-    if backend == "tvm":
+    if w.glue and w.node.OP == "rmsnorm":
+        from ssmc.codegen.tvm.config import default_config
+
+        cfg = executors.tvm_glue_config("rmsnorm", config)
+        return {"vector_width": (cfg.vector_width if cfg else 0) or
+                default_config("llvm").vector_width,  # what decode.rmsnorm resolves 0 to
+                "parallel": cfg.parallel if cfg else True}
+    if backend == "tvm":  # the conv1d's kernel takes the selective scan's Config
         cfg = executors.tvm_config(config)
         if cfg is None:
             from ssmc.codegen.tvm.config import default_config, default_ssd_config
