@@ -28,7 +28,10 @@ def test_tune_cpu_end_to_end_writes_a_record_the_next_compile_uses(tmp_path, rec
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "default" in out and "tuned" in out and "gain:" in out  # side by side, one run
-    (path,) = (records_dir / "cpu").glob("*.json")
+    # every kernel family the compiled model runs on the CPU: the scan and the glue kernels
+    assert sorted(p.name.split("-")[0] for p in (records_dir / "cpu").glob("*.json")) == [
+        "conv1d", "rmsnorm", "selective_ssm.mamba1"]
+    (path,) = (records_dir / "cpu").glob("selective_ssm*.json")
     rec = json.loads(path.read_text())
     assert rec["source"] == "measured" and rec["algorithm"] == "sequential"
     assert rec["bucket"] == {"batch": 1, "seqlen": 32, "channels": 256, "d_state": 16}
@@ -44,6 +47,11 @@ def test_tune_cpu_end_to_end_writes_a_record_the_next_compile_uses(tmp_path, rec
     ssm = [n for _, n, _ in model.graph.walk() if n.OP == "selective_ssm"]
     assert ssm and all(n.meta["config_source"] == "record" for n in ssm)
     assert all(n.meta["config"] == rec["config"] for n in ssm)
+    (conv_path,) = (records_dir / "cpu").glob("conv1d-*.json")
+    conv = [n for _, n, _ in model.graph.walk() if n.OP == "conv1d"]
+    assert conv and all(n.meta["config_source"] == "record" and
+                        n.meta["config"] == json.loads(conv_path.read_text())["config"]
+                        for n in conv)
     ref = build_reference(model.source_graph).eval()
     model.load_state_dict(ref.state_dict())
     inputs = random_inputs(model.source_graph, {"batch": 1, "seqlen": 20})
@@ -57,7 +65,7 @@ def test_tune_cpu_mamba2_ssd_kernel(tmp_path, records_dir, capsys):
     spec = zoo_dir() / "mamba2.yaml"
     rc = main(["tune", str(spec), "--target", "cpu", "--trials", "3", "--seqlen", "16",
                "--batch", "1", "--repeats", "3", "--storage", f"sqlite:///{tmp_path / 's.db'}",
-               "--no-progress"])
+               "--family", "selective_ssm/ssd", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert "gain:" in capsys.readouterr().out
     (path,) = (records_dir / "cpu").glob("selective_ssm.ssd-*.json")
