@@ -209,7 +209,8 @@ def test_chimera_rows_order_for_the_sequential_algorithm(chimera, tol):
     torch.testing.assert_close(y, r, **tol[torch.float32])
 
 
-def test_chimera_gradients_go_through_the_reference(chimera):
+def test_chimera_gradients(chimera):
+    """Training runs the adjoint kernel (test_tvm_ssm2d_bwd checks its values)."""
     model, _ = chimera
     x = torch.randn(1, 4, 3, 1)
     model(x).sum().backward()
