@@ -225,6 +225,9 @@ def cmd_compile(args) -> int:
         what = []
         for k in e.get("triton", {}).get("kernels", []):
             what.append(f"{k['kernel']}: {k['n_regs']} regs, {k['n_spills']} spill bytes, {k['shared']} B shared")
+        for k in e.get("triton_backward", {}).get("kernels", []):
+            what.append(f"{k['kernel']} (backward): {k['n_regs']} regs, {k['n_spills']} spill "
+                        f"bytes, {k['shared']} B shared")
         for key in ("tvm", "tvm_cuda"):
             what += [f"{k} {v}" for k, v in e.get(key, {}).get("files", {}).items()]
         if "runs" in e:

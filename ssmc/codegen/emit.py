@@ -25,6 +25,9 @@ TRITON_FAMILY = {
     ("recurrence", "sequential"): "plrnn.sequential",
     ("selective_ssm/dense", "sequential"): "dense.sequential",
 }
+# node family -> the Triton family of its backward (training); real A only (complex A runs the
+# torch reverse scan)
+TRITON_BACKWARD = {"selective_ssm/mamba1": "selective_scan.backward"}
 TORCH_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -98,13 +101,18 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
         node_dir = out_dir / qname.replace("*", "all").replace(".", "_")
         if target.is_gpu and (fam, alg) in TRITON_FAMILY:
             tfam = TRITON_FAMILY[(fam, alg)]
-            if tfam not in done:
-                from ssmc.codegen.triton.aot import compile_family
+            bfam = TRITON_BACKWARD.get(fam) if not getattr(node, "complex", False) else None
+            todo = [f for f in (tfam, bfam) if f is not None and f not in done]
+            if todo:
+                from ssmc.codegen.triton.aot import compile_families
 
-                kernels = compile_family(tfam, target, dtype=TORCH_DTYPE.get(dtype, "fp32"),
-                                         out_dir=out_dir / "triton")
-                done[tfam] = [k.as_dict() for k in kernels]
+                kernels = compile_families(todo, [target], dtype=TORCH_DTYPE.get(dtype, "fp32"),
+                                           out_dir=out_dir / "triton")
+                for f in todo:
+                    done[f] = [k.as_dict() for k in kernels if k.family == f]
             entry["triton"] = {"family": tfam, "kernels": done[tfam]}
+            if bfam is not None:
+                entry["triton_backward"] = {"family": bfam, "kernels": done[bfam]}
         elif not target.is_gpu and fam == "selective_ssm/mamba1":
             node_dir.mkdir(parents=True, exist_ok=True)
             entry["tvm"] = _emit_tvm(node, graph, target, node_dir)

@@ -30,6 +30,11 @@ def _check_gpu_manifest(manifest: dict, target: str) -> None:
     assert node["algorithm"] in ("sequential", "associative", "chunked")
     kernels = node["triton"]["kernels"]
     assert kernels, "no kernel compiled"
+    # training's backward kernel is compiled too (real A)
+    assert node["triton_backward"]["family"] == "selective_scan.backward"
+    assert [k["kernel"] for k in node["triton_backward"]["kernels"]] == \
+        ["_selective_scan_bwd_kernel"]
+    kernels = kernels + node["triton_backward"]["kernels"]
     want = {"cubin", "ptx"} if tgt.backend == "triton-cuda" else {"hsaco", "amdgcn"}
     for k in kernels:
         assert want <= set(k["files"]), k["files"]
@@ -45,7 +50,8 @@ def _check_gpu_manifest(manifest: dict, target: str) -> None:
 def test_compile_gpu_target_without_gpu(tmp_path, target, capsys):
     manifest = _compile(target, tmp_path)
     _check_gpu_manifest(manifest, target)
-    assert "manifest" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "manifest" in out and "_selective_scan_bwd_kernel (backward)" in out
 
 
 @pytest.mark.slow

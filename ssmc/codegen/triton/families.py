@@ -18,6 +18,8 @@ from ssmc.codegen.triton.s4d.recurrent import S4dRecurrentConfig, plan_s4d_recur
 from ssmc.codegen.triton.s4d.vandermonde import VandermondeConfig, plan_s4d_conv
 from ssmc.codegen.triton.selective_scan.associative import AssociativeScanConfig, \
     plan_associative
+from ssmc.codegen.triton.selective_scan.backward import SelectiveScanBwdConfig, \
+    backward_problem, plan_backward
 from ssmc.codegen.triton.selective_scan.chunked import ChunkedScanConfig, plan_chunked
 from ssmc.codegen.triton.selective_scan.problem import selective_scan_problem
 from ssmc.codegen.triton.selective_scan.sequential import SequentialScanConfig, \
@@ -53,6 +55,21 @@ def _selective_example(dtype, device="meta"):
                 C=torch.empty(b, N, L, **t), D=torch.empty(d, **f32),
                 z=torch.empty(b, d, L, **t), delta_bias=torch.empty(d, **f32),
                 delta_softplus=True, return_last_state=True)
+
+
+def _selective_bwd_example(dtype, device="meta"):
+    """The backward of `_selective_example`'s problem (ssmc::selective_scan_bwd's arguments),
+    from the forward's checkpoints every 16 steps, as training runs it."""
+    fwd = _selective_example(dtype, device)
+    b, d, L = fwd["u"].shape
+    N, K = fwd["A"].shape[1], 16
+    B = fwd["B"].unsqueeze(1)  # (b, 1, N, L): the op takes (d, N) or grouped B/C
+    return dict(grad_y=torch.empty_like(fwd["u"]),
+                grad_last=torch.empty(b, d, N, dtype=torch.float32, device=device),
+                u=fwd["u"], delta=fwd["delta"], A=fwd["A"], B=B, C=torch.empty_like(B),
+                D=fwd["D"], z=fwd["z"], delta_bias=fwd["delta_bias"], initial_state=None,
+                checkpoints=torch.empty(b, L // K, d, N, dtype=torch.float32, device=device),
+                delta_softplus=True, layout="bdl", checkpoint_every=K)
 
 
 def _ssd_example(dtype, device="meta"):
@@ -144,6 +161,10 @@ FAMILIES = {f.name: f for f in [
     KernelFamily("selective_scan.chunked", ChunkedScanConfig,
                  "triton_selective_scan_chunked.yaml", _selective(plan_chunked),
                  _selective_example),
+    KernelFamily("selective_scan.backward", SelectiveScanBwdConfig,
+                 "triton_selective_scan_backward.yaml",
+                 lambda kw, cfg: plan_backward(backward_problem(**kw), cfg),
+                 _selective_bwd_example),
     KernelFamily("ssd.chunked", SsdChunkedConfig, "triton_ssd_chunked.yaml", _ssd_plan,
                  _ssd_example),
     KernelFamily("s4d.recurrent", S4dRecurrentConfig, "triton_s4d_recurrent.yaml",
