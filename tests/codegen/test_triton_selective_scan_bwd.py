@@ -123,6 +123,7 @@ def grads_out(inp, seed=1):
 LENGTHS = {
     "L1": (1, 0, False),
     "L7-K3": (7, 3, False),        # chunks of 3, 3, 1
+    "L7-K16-ckpt": (7, 16, True),  # one chunk shorter than K
     "L64-K16-ckpt": (64, 16, True),
     "L200-K64": (200, 64, False),  # a ragged last chunk of 8
 }
@@ -187,6 +188,24 @@ def test_declines_complex_and_float64():
     wide = {k: (v.double() if v is not None else None) for k, v in base.items()}
     assert sbw.selective_scan_backward(**dict(kw, grad_y=kw["grad_y"].double()),
                                        **wide) is NotImplemented
+
+
+def test_checkpoints_used_when_they_match():
+    """The forward's checkpoints are taken when there are ceil(L / K) of them (one when K > L);
+    otherwise (or without them) the kernel recomputes them."""
+    inp = make(1, 4, 10, 4)
+    gy, _ = grads_out(inp)
+
+    def problem(ck, K):
+        return sbw.backward_problem(gy, None, inp["u"], inp["delta"], inp["A"], inp["B"],
+                                    inp["C"], None, None, None, None, ck, True, "bdl", K)
+
+    assert problem(torch.zeros(1, 3, 4, 4), 4).checkpoints is not None
+    p = problem(torch.zeros(1, 1, 4, 4), 16)
+    assert p.checkpoints is not None and p.chunk == 10
+    assert problem(torch.zeros(1, 2, 4, 4), 4).checkpoints is None  # a different K
+    assert problem(None, 4).checkpoints is None
+    assert problem(torch.zeros(1, 3, 4, 4), 0).checkpoints is None
 
 
 def test_registered_for_cuda():
