@@ -96,6 +96,7 @@ def _selective_scan_bwd_kernel(
 ):
     pid_d = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * dim * seqlen can pass 2**31
+    zero64 = tl.full((), 0, tl.int64)
 
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -135,11 +136,12 @@ def _selective_scan_bwd_kernel(
         for c in range(0, chunks):
             tl.store(ckpt_ptr + (batch * chunks + c) * dim * dstate + dn, h, mask=mask_dn)
             for t in range(c * chunk_len, tl.minimum(c * chunk_len + chunk_len, seqlen)):
-                off = row + t * stride_seq_time
+                t64 = zero64 + t  # int64 offsets: L * d can pass 2**31
+                off = row + t64 * stride_seq_time
                 _, dt = _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS,
                                  DELTA_SOFTPLUS)
                 u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
-                B = tl.load(B_base + t * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
+                B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
                 h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B
         tl.debug_barrier()
 
@@ -162,24 +164,26 @@ def _selective_scan_bwd_kernel(
         # 1. the chunk's states h_s .. h_{e-1} into the scratch
         h = h_ck
         for t in range(s, e):
-            off = row + t * stride_seq_time
+            t64 = zero64 + t  # int64 offsets: L * d can pass 2**31
+            off = row + t64 * stride_seq_time
             _, dt = _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS,
                              DELTA_SOFTPLUS)
             u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
-            B = tl.load(B_base + t * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
+            B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B
             tl.store(scratch + (t - s) * dstate, h, mask=mask_dn)
         tl.debug_barrier()
         # 2. backwards through the chunk; h is h_t, h_prev h_{t-1}
         for k in range(0, e - s):
             t = e - 1 - k
-            off = row + t * stride_seq_time
+            t64 = zero64 + t
+            off = row + t64 * stride_seq_time
             pre, dt = _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS,
                                DELTA_SOFTPLUS)
             u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
             dout = tl.load(gout_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
-            B = tl.load(B_base + t * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
-            C = tl.load(C_base + t * stride_C_time, mask=mask_dn, other=0.0).to(tl.float32)
+            B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
+            C = tl.load(C_base + t64 * stride_C_time, mask=mask_dn, other=0.0).to(tl.float32)
             i = t - s
             h_prev = tl.load(scratch + tl.maximum(i - 1, 0) * dstate, mask=mask_dn, other=0.0)
             h_prev = tl.where(i == 0, h_ck, h_prev)
@@ -211,12 +215,12 @@ def _selective_scan_bwd_kernel(
             gB_t = G * dtu[:, None]
             gC_t = h * gy[:, None]
             if B_VARIES:
-                tl.store(gB_ptr + part_row + t * dblocks * dstate, tl.sum(gB_t, axis=0),
+                tl.store(gB_ptr + part_row + t64 * dblocks * dstate, tl.sum(gB_t, axis=0),
                          mask=mask_n)
             else:
                 gB_acc += gB_t
             if C_VARIES:
-                tl.store(gC_ptr + part_row + t * dblocks * dstate, tl.sum(gC_t, axis=0),
+                tl.store(gC_ptr + part_row + t64 * dblocks * dstate, tl.sum(gC_t, axis=0),
                          mask=mask_n)
             else:
                 gC_acc += gC_t
