@@ -127,6 +127,29 @@ def test_matches_the_torch_engine(case, cache):
         torch.testing.assert_close(got[name], w, **TOL, msg=name)
 
 
+def test_whole_head_blocks(cache):
+    """headdim 64: the default SSD block (4 vectors) carries a whole head (several interleaved
+    vectors per task), the layout of the benchmark shapes; a small n keeps the build short."""
+    b, L, h, p, n, K = 2, 70, 2, 64, 4, 32
+    gen = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    x, dt, A = r(b, L, h, p), 0.5 * r(b, L, h), -torch.rand(h, generator=gen) - 0.2
+    B, C, D, z, h0 = r(b, L, 1, n), r(b, L, 1, n), r(h), r(b, L, h, p), r(b, h, p, n)
+    si = _seq_idx(b, L)
+    prob, _ = lib._ssd_problem(x, dt, A, B, C, D, z, None, h0, si, True, 0.0, float("inf"))
+    gy, gf = r(b, L, h, p), r(b, h, p, n)
+    ck = bw.scan_forward(prob, K)[2]
+    ref = bw.scan_backward(prob, gy.reshape(b, L, h * p), gf.reshape(b, h * p, n), ck, K)
+    got = sd.ssd_scan_backward(gy, gf, x, prob.dt[..., ::p], A, B, C, D, z, h0, si,
+                               ck.reshape(b, -1, h, p, n), K, cache=cache)
+    want = {"x": ref["u"].reshape(b, L, h, p), "dt": ref["dt"].reshape(b, L, h, p).sum(-1),
+            "A": ref["A"].reshape(h, p).sum(-1), "B": ref["B"], "C": ref["C"],
+            "D": ref["D"].reshape(h, p).sum(-1), "z": ref["z"].reshape(b, L, h, p),
+            "h0": ref["h0"].reshape(b, h, p, n)}
+    for name, w in want.items():
+        torch.testing.assert_close(got[name], w, **TOL, msg=name)
+
+
 def test_generic_kernel_takes_a_keep_mask_and_one_A_per_channel(cache):
     """The Mamba-1 entry point (sb.scan_backward) covers the torch engine's SSD problem too:
     A (d, 1) and a keep mask, without SSD mode (dt per channel, one exp per state)."""
