@@ -16,6 +16,8 @@ from ssmc.tune.records import Records, make_record
 
 
 MIN_GAIN = 0.02  # 2%: below this a side-by-side difference is within run-to-run noise
+RUNNERS_UP = 2  # the next-best distinct trial configs re-measured with the best: on a busy
+# machine the best trial is often a lucky sample, and a steadier config just behind it wins
 
 
 @dataclass
@@ -40,10 +42,11 @@ def kernel_config(objective, alg: str, cfg: dict) -> dict:
     return kernel_knobs(objective.workload, objective.backend, alg, cfg)
 
 
-def candidates(objective, best_alg: str, best_cfg: dict) -> tuple[list, str]:
+def candidates(objective, best_alg: str, best_cfg: dict, runners_up=()) -> tuple[list, str]:
     """The distinct configs to compare, and the label the tuned one goes by: the compiler's
     default (cost model algorithm, schedule pass config), the TVM kernel's own default when
-    that differs, and the tuned one unless it is one of those."""
+    that differs, the tuned one unless it is one of those, then the runners-up ((algorithm,
+    config) of the next-best trials) that are none of those."""
     w = objective.workload
     rows = [Row("default", w.default_algorithm,
                 kernel_config(objective, w.default_algorithm, w.default_config))]
@@ -51,8 +54,10 @@ def candidates(objective, best_alg: str, best_cfg: dict) -> tuple[list, str]:
         rows.append(Row("kernel default", w.default_algorithm,
                         kernel_config(objective, w.default_algorithm, {})))
     tuned = Row("tuned", best_alg, kernel_config(objective, best_alg, best_cfg))
+    others = [Row(f"tuned #{i}", alg, kernel_config(objective, alg, cfg))
+              for i, (alg, cfg) in enumerate(runners_up, start=2)]
     distinct, tuned_label = [], "tuned"
-    for row in rows + [tuned]:
+    for row in rows + [tuned] + others:
         same = [r for r in distinct if (r.algorithm, r.config) == (row.algorithm, row.config)]
         if not same:
             distinct.append(row)
@@ -103,7 +108,8 @@ def finish(study, objective, *, export_dir=None, rounds: int = 30, out=print) ->
     except ValueError:
         out(f"  no trial completed ({study_counts(study)}): no record written")
         return None
-    rows, tuned_label = candidates(objective, best.user_attrs["algorithm"], best.user_attrs["config"])
+    rows, tuned_label = candidates(objective, best.user_attrs["algorithm"],
+                                   best.user_attrs["config"], _runners_up(study, best))
     compare(objective, rows, rounds)
     for row in rows:
         cfg = ", ".join(f"{k}={v}" for k, v in row.config.items())
@@ -148,6 +154,21 @@ def finish(study, objective, *, export_dir=None, rounds: int = 30, out=print) ->
 
         out(f"  exported: {records.write(record, Path(export_dir) / target.name)}")
     return record
+
+
+def _runners_up(study, best, n: int = RUNNERS_UP) -> list:
+    """(algorithm, config) of the next-best completed trials with a config other than the
+    best's, fastest first, n at most (only where timed: a cost model has no luck to undo)."""
+    if best.user_attrs.get("source") != "measured":
+        return []
+    seen = [(best.user_attrs["algorithm"], best.user_attrs["config"])]
+    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.value is not None and "config" in t.user_attrs), key=lambda t: t.value)
+    for t in done:
+        pick = (t.user_attrs["algorithm"], t.user_attrs["config"])
+        if pick not in seen and len(seen) <= n:
+            seen.append(pick)
+    return seen[1:]
 
 
 def _finite(x, digits: int):
