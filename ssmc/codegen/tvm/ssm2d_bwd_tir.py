@@ -35,9 +35,9 @@ of the row before the chunk (its checkpoint), column 0 a zero guard.  For a chun
 the checkpoint, recomputes the chunk's K rows of states (the forward cell, same order), then
 runs the adjoint over them.  With more than one chunk, a first forward sweep writes the
 checkpoints (the states of every K-th row, `ckpt`).  K = T (one chunk) stores every state of
-the task: one forward recompute plus the adjoint, (b, T, V, d, N) x 2 floats of H; the
-wrapper (ssm2d_bwd) picks K = T when that fits its memory budget and about sqrt(T)-row chunks
-otherwise (2 forward recomputes plus the adjoint; H and ckpt then O(sqrt(T) V d N)).  Why
+the task: one forward recompute plus the adjoint, (b, T, V, d, N) x 2 floats of H; chunks of
+about sqrt(T) rows cost a second forward sweep but keep H and ckpt at O(sqrt(T) V d N) (and H
+in cache); the wrapper (ssm2d_bwd.chunk_rows) picks.  Why
 recompute and not states saved by the forward: the forward kernel keeps one diagonal of
 states only, and (b, T, V, d, N) x 2 (x 2 bidirectional) is 1 GB at Chimera's 64 variates x
 1024 steps with d 64, N 16, b 2 -- too much to keep between forward and backward; the
