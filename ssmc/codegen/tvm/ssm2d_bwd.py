@@ -69,8 +69,8 @@ def run_backward(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy:
     # the kernel accumulates into its outputs: one zeroed allocation for all of them (each
     # torch op is a thread-pool round trip, which a loaded machine makes expensive)
     shapes = {g: tirb.grad_shape(sig, config, g, b, T, V) for g in tirb.grad_names(sig)}
-    flat = torch.zeros(sum(math.prod(s) for s in shapes.values()), dtype=f32)
-    for (g, shape), part in zip(shapes.items(), flat.split([math.prod(s) for s in shapes.values()])):
+    sizes = [math.prod(s) for s in shapes.values()]
+    for (g, shape), part in zip(shapes.items(), torch.zeros(sum(sizes), dtype=f32).split(sizes)):
         kargs[g] = part.view(shape)
     get_kernel(sig, config, cache=cache)(*[kargs[n] for n in tirb.arg_names(sig)])
     out = {}

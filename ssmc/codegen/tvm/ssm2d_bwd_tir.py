@@ -227,7 +227,6 @@ class _BwdSweep(fw._Sweep):
         Returns (message to the own state, message to the cross state) of the predecessor."""
         sig, bufs, bi = self.sig, self.bufs, self.bi
         b_n = self.bc(k, t, vp, c, n)
-        Bname = BC_NAMES[k]
         if sig.dt_cell[k]:
             dtn, An, Ainvn, Acn = AXIS_CELL[k]
             A, Ainv, Ac = bufs[An][n, c], bufs[Ainvn][n, c], bufs[Acn][n, c]
@@ -396,8 +395,6 @@ class _BwdSweep(fw._Sweep):
             self.adjoint_chunk(dirn, jj, kc)
 
     def run(self):
-        # the guard column of H (column 0: the states left of v = 0) stays zero
-        bi, task = self.bi, self.task
         self.fill_guard()
         if self.sig.bidirectional:
             with T.serial(0, 2) as dirn:
@@ -406,6 +403,7 @@ class _BwdSweep(fw._Sweep):
             self.direction(tir.IntImm(IDX, 0))
 
     def fill_guard(self):
+        """H's column 0 (the states left of v = 0): zero, never written."""
         H, N = self.bufs["H"], self.sig.N
         with T.serial(0, self.K + 1) as r:
             with T.serial(0, 2) as a:
