@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ssmc.codegen.composite import causal_conv
+
 from ssmc.ir.graph import Graph
 from ssmc.passes import PassContext, run_pipeline
 from ssmc.passes.select_algorithm import family
@@ -49,7 +51,8 @@ def _cpu_glue(node, mod, args):
     """Glue nodes on the CPU's faster paths (fp32; torch.compile traces the reference): a Linear
     on oneDNN (runtime/gemm.py), and at inference the causal depthwise conv and the rmsnorm on
     their TVM kernels (torch's depthwise conv1d took 6.7 ms for b2 c384 L1024 here, the kernel
-    well under 1 ms; the kernels have no backward, so with gradients the reference runs)."""
+    well under 1 ms).  The kernels have no backward: with gradients the conv runs as k shifted
+    multiply-adds (codegen/composite/causal_conv.py) and the rmsnorm as the reference."""
     if node.OP not in ("linear", "conv1d", "rmsnorm"):
         return NotImplemented
     x = args[0]
@@ -60,6 +63,9 @@ def _cpu_glue(node, mod, args):
         return gemm.linear(x, mod.weight, mod.bias)
     grad = torch.is_grad_enabled() and (x.requires_grad or mod.weight.requires_grad)
     if grad:
+        if node.OP == "conv1d" and node.activation in ("silu", "identity") \
+                and mod.weight.shape[-1] <= causal_conv.MAX_TAPS:
+            return causal_conv.causal_conv1d_shifted(x, mod.weight, mod.bias, node.activation)
         return NotImplemented
     from ssmc.codegen.tvm import decode
 
