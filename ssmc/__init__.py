@@ -7,6 +7,13 @@ __version__ = "0.1.0"
 # Triton 3.9 warns unless this is set.  We keep fused multiply-add on (the 3.9 default): the
 # tolerances in tests are set for it, and it is what users' Triton kernels do today.
 _os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+# TVM's CPU thread pool spins after each parallel kernel, taking the cores from torch's
+# OpenMP threads (which spin too) when the two alternate, as every compiled model does
+# (kernels between torch GEMMs and elementwise ops).  Measured on the 2-core host, torch with
+# 2 threads: compiled mamba forward b2 L1024 38 / 28 ms -> 26 / 19 ms (two runs), Mamba-1
+# scan fwd+bwd at b8 L64 8.0 -> 2.4-3.3 ms; an isolated scan kernel pays ~1 ms of wake-up
+# (2.1 -> 2.9 ms at b2 d256 L1024).  Read when the pool starts; a value set by the user wins.
+_os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 from ssmc.errors import SpecError, SsmcError  # noqa: E402
 
