@@ -28,6 +28,14 @@ Checkpoints: the forward's (b, ceil(L / K), d, N) when it saved them, else the k
 recomputes them first with one forward sweep (RECOMPUTE; the same program, so no other launch
 has to run before it).
 
+Mamba-2 SSD runs on the same kernel (ssmc.codegen.triton.ssd.backward), as on the CPU
+(ssmc.codegen.tvm.ssd_bwd): HEADS (BwdProblem.head_dim > 0) reads A (heads,) and the effective
+step (b, L, heads) per channel's head, one exp per step and channel instead of one per state, and
+writes dA per channel (b, d) (summed over the states) and ddelta per channel (b, L, d) fp32 for
+torch to sum over each head; HAS_KEEP multiplies the decay of step t by keep[b, t] (seq_idx: 0
+resets the state before step t; it works without HEADS too).  Checkpoints are the states before
+any reset.
+
 Reductions over channels and batch are per-program partials reduced in torch (deterministic,
 no atomics): dA, dD, dbias and time-invariant dB/dC (d, N) per batch row; time-varying
 (grouped) dB/dC per (step, channel block) (b, L, blocks, N), then summed over each group's
@@ -68,7 +76,8 @@ class SelectiveScanBwdConfig(KernelConfig):
 @triton.jit
 def _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS: tl.constexpr,
              DELTA_SOFTPLUS: tl.constexpr):
-    """(pre, dt): delta (+ bias), and the effective step."""
+    """(pre, dt): delta (+ bias), and the effective step; `off` the channels' offsets of the
+    step into delta (u's in Mamba-1, the channels' heads' in SSD mode)."""
     pre = tl.load(delta_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
         pre = pre + delta_bias
@@ -79,20 +88,35 @@ def _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS: tl.constexpr,
 
 
 @triton.jit
+def _decay(dt, A2, keep_ptr, keep_off, HEADS: tl.constexpr, HAS_KEEP: tl.constexpr):
+    """a_t, to multiply (BLOCK_D, BLOCK_N) states: exp(dt A) per channel and state, or in SSD
+    mode (A one scalar per channel's head) one exp per channel, (BLOCK_D, 1); times keep[b, t]
+    (0: the state resets before step t) with a keep mask."""
+    if HEADS:
+        a = tl.exp2(dt * A2)[:, None]
+    else:
+        a = tl.exp2(dt[:, None] * A2)
+    if HAS_KEEP:
+        a = a * tl.load(keep_ptr + keep_off)
+    return a
+
+
+@triton.jit
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, z_ptr, gout_ptr,
     A_ptr, B_ptr, C_ptr, D_ptr, delta_bias_ptr,
-    h0_ptr, glast_ptr, ckpt_ptr, scratch_ptr,
+    h0_ptr, glast_ptr, ckpt_ptr, scratch_ptr, keep_ptr,
     gu_ptr, gdelta_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, gh0_ptr,
     dim, seqlen, dstate, chunk_len, chunks, dblocks,
     stride_seq_batch, stride_seq_dim, stride_seq_time,
-    stride_A_dim, stride_A_state,
+    stride_A_dim, stride_A_state, head_dim, stride_dt_batch, stride_dt_time,
     B_channels_per_group, stride_B_batch, stride_B_group, stride_B_state, stride_B_time,
     C_channels_per_group, stride_C_batch, stride_C_group, stride_C_state, stride_C_time,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DELTA_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_GLAST: tl.constexpr,
     RECOMPUTE: tl.constexpr, B_VARIES: tl.constexpr, C_VARIES: tl.constexpr,
+    HEADS: tl.constexpr, HAS_KEEP: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)  # int64: batch * dim * seqlen can pass 2**31
@@ -106,12 +130,19 @@ def _selective_scan_bwd_kernel(
 
     # Padded states get A = 0, B = C = 0 and padded channels u = dout = 0: their state and
     # adjoint stay 0, so they add nothing to the sums over channels or states below.
-    A = tl.load(A_ptr + offs_d[:, None] * stride_A_dim + offs_n[None, :] * stride_A_state,
-                mask=mask_dn, other=0.0)
+    if HEADS:  # SSD: A (heads,), dt (b, L, heads): one per channel's head
+        offs_h = offs_d // head_dim
+        A = tl.load(A_ptr + offs_h * stride_A_dim, mask=mask_d, other=0.0)
+        dt_row = batch * stride_dt_batch + offs_h
+    else:
+        offs_h = offs_d
+        A = tl.load(A_ptr + offs_d[:, None] * stride_A_dim + offs_n[None, :] * stride_A_state,
+                    mask=mask_dn, other=0.0)
+        dt_row = batch * stride_seq_batch + offs_d.to(tl.int64) * stride_seq_dim
     A2 = A * LOG2E
     delta_bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_DELTA_BIAS:
-        delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0)
+        delta_bias = tl.load(delta_bias_ptr + offs_h, mask=mask_d, other=0.0)
     D = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
@@ -138,17 +169,21 @@ def _selective_scan_bwd_kernel(
             for t in range(c * chunk_len, tl.minimum(c * chunk_len + chunk_len, seqlen)):
                 t64 = zero64 + t  # int64 offsets: L * d can pass 2**31
                 off = row + t64 * stride_seq_time
-                _, dt = _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS,
-                                 DELTA_SOFTPLUS)
+                _, dt = _step_dt(delta_ptr, dt_row + t64 * stride_dt_time, mask_d, delta_bias,
+                                 HAS_DELTA_BIAS, DELTA_SOFTPLUS)
                 u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
                 B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
-                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B
+                a = _decay(dt, A2, keep_ptr, batch * seqlen + t64, HEADS, HAS_KEEP)
+                h = a * h + (dt * u)[:, None] * B
         tl.debug_barrier()
 
     g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the adjoint carry
     if HAS_GLAST:
         g = tl.load(glast_ptr + state_offs, mask=mask_dn, other=0.0)
-    gA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    if HEADS:
+        gA = tl.zeros((BLOCK_D,), dtype=tl.float32)  # per channel: A is the head's scalar
+    else:
+        gA = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     gB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # time-invariant B, C
     gC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     gD = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -166,11 +201,12 @@ def _selective_scan_bwd_kernel(
         for t in range(s, e):
             t64 = zero64 + t  # int64 offsets: L * d can pass 2**31
             off = row + t64 * stride_seq_time
-            _, dt = _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS,
-                             DELTA_SOFTPLUS)
+            _, dt = _step_dt(delta_ptr, dt_row + t64 * stride_dt_time, mask_d, delta_bias,
+                             HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
             B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * B
+            a = _decay(dt, A2, keep_ptr, batch * seqlen + t64, HEADS, HAS_KEEP)
+            h = a * h + (dt * u)[:, None] * B
             tl.store(scratch + (t - s) * dstate, h, mask=mask_dn)
         tl.debug_barrier()
         # 2. backwards through the chunk; h is h_t, h_prev h_{t-1}
@@ -178,8 +214,8 @@ def _selective_scan_bwd_kernel(
             t = e - 1 - k
             t64 = zero64 + t
             off = row + t64 * stride_seq_time
-            pre, dt = _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS,
-                               DELTA_SOFTPLUS)
+            pre, dt = _step_dt(delta_ptr, dt_row + t64 * stride_dt_time, mask_d, delta_bias,
+                               HAS_DELTA_BIAS, DELTA_SOFTPLUS)
             u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
             dout = tl.load(gout_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
             B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
@@ -197,11 +233,16 @@ def _selective_scan_bwd_kernel(
                 gz = dout * y * sig * (1.0 + zv * (1.0 - sig))
                 tl.store(gz_ptr + off, gz.to(gz_ptr.dtype.element_ty), mask=mask_d)
             G = g + C * gy[:, None]
-            dA = tl.exp2(dt[:, None] * A2)
+            dA = _decay(dt, A2, keep_ptr, batch * seqlen + t64, HEADS, HAS_KEEP)
             w = G * dA * h_prev  # the gradient reaching log a_t = dt A
             g_dtu = tl.sum(G * B, axis=1)
-            g_dt = g_dtu * u + tl.sum(w * A, axis=1)
-            gA += w * dt[:, None]
+            if HEADS:
+                w_sum = tl.sum(w, axis=1)
+                g_dt = g_dtu * u + w_sum * A
+                gA += w_sum * dt
+            else:
+                g_dt = g_dtu * u + tl.sum(w * A, axis=1)
+                gA += w * dt[:, None]
             dtu = dt * u
             gu = g_dtu * dt
             if HAS_D:
@@ -228,7 +269,10 @@ def _selective_scan_bwd_kernel(
             h = h_prev
         tl.debug_barrier()  # the next chunk overwrites the scratch
 
-    tl.store(gA_ptr + state_offs, gA, mask=mask_dn)
+    if HEADS:
+        tl.store(gA_ptr + batch * dim + offs_d, gA, mask=mask_d)
+    else:
+        tl.store(gA_ptr + state_offs, gA, mask=mask_dn)
     if not B_VARIES:
         tl.store(gB_ptr + state_offs, gB_acc, mask=mask_dn)
     if not C_VARIES:
@@ -268,6 +312,10 @@ class BwdProblem:
     dim: int
     seqlen: int
     dstate: int
+    # SSD mode (ssmc.codegen.triton.ssd.backward): channels per head, > 0 when A (heads,) and
+    # delta (b, L, heads) are one per head of head_dim channels (layout 'bld')
+    head_dim: int = 0
+    keep: Tensor | None = None  # (b, L) fp32: the decay of step t times keep[b, t]
 
     @property
     def chunks(self) -> int:
@@ -357,6 +405,14 @@ def plan_backward(p: BwdProblem, config: SelectiveScanBwdConfig | None = None):
     scratch = torch.empty((b, d, p.chunk, N), **f32)
     placeholder = p.A
     sb, sd, st = p.seq_strides()
+    if p.head_dim:  # SSD: delta (b, L, heads), A (heads,); per-channel ddt and dA partials
+        out["gdelta"] = torch.empty(p.u.shape, **f32)
+        out["gA"] = torch.empty((b, d), **f32)
+        dt_strides = (p.delta.stride(0), p.delta.stride(1))
+        A_strides = (p.A.stride(0), 0)
+    else:
+        dt_strides = (sb, st)
+        A_strides = (p.A.stride(0), p.A.stride(1))
     args = {
         "u_ptr": p.u, "delta_ptr": p.delta, "z_ptr": p.z if p.z is not None else p.u,
         "gout_ptr": p.grad_y, "A_ptr": p.A, "B_ptr": p.B.data, "C_ptr": p.C.data,
@@ -365,6 +421,7 @@ def plan_backward(p: BwdProblem, config: SelectiveScanBwdConfig | None = None):
         "h0_ptr": p.h0 if p.h0 is not None else placeholder,
         "glast_ptr": p.glast if p.glast is not None else placeholder,
         "ckpt_ptr": ckpt, "scratch_ptr": scratch,
+        "keep_ptr": p.keep if p.keep is not None else placeholder,
         "gu_ptr": out["gu"], "gdelta_ptr": out["gdelta"],
         "gz_ptr": out["gz"] if out["gz"] is not None else out["gu"],
         "gA_ptr": out["gA"], "gB_ptr": out["gB"], "gC_ptr": out["gC"],
@@ -373,7 +430,9 @@ def plan_backward(p: BwdProblem, config: SelectiveScanBwdConfig | None = None):
         "gh0_ptr": out["gh0"] if out["gh0"] is not None else placeholder,
         "dim": d, "seqlen": L, "dstate": N, "chunk_len": p.chunk, "chunks": p.chunks,
         "dblocks": nb, "stride_seq_batch": sb, "stride_seq_dim": sd, "stride_seq_time": st,
-        "stride_A_dim": p.A.stride(0), "stride_A_state": p.A.stride(1),
+        "stride_A_dim": A_strides[0], "stride_A_state": A_strides[1],
+        "head_dim": max(p.head_dim, 1), "stride_dt_batch": dt_strides[0],
+        "stride_dt_time": dt_strides[1],
     }
     args.update(p.B.kernel_args("B"))
     args.update(p.C.kernel_args("C"))
@@ -383,6 +442,7 @@ def plan_backward(p: BwdProblem, config: SelectiveScanBwdConfig | None = None):
         "HAS_DELTA_BIAS": p.delta_bias is not None, "HAS_H0": p.h0 is not None,
         "HAS_GLAST": p.glast is not None, "RECOMPUTE": recompute,
         "B_VARIES": b_varies, "C_VARIES": c_varies,
+        "HEADS": p.head_dim > 0, "HAS_KEEP": p.keep is not None,
     }
     launch = KernelLaunch(_selective_scan_bwd_kernel, (nb, b), args, constexprs,
                           config.num_warps, config.num_stages)
