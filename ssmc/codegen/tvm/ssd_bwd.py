@@ -7,7 +7,8 @@ Mamba-1 backward kernel (selective_scan_bwd_tir) runs it in its SSD mode (`heads
 (b, L, h) and A (h,) read per head, one exp per step and channel instead of one per state) with
 a `keep` mask (b, L) for seq_idx; it walks chunks in reverse from the forward's checkpoints,
 recomputes the states, fuses D and the z gate, and writes race-free partials that torch
-reduces to SSD's parameter shapes here:
+reduces to SSD's parameter shapes (ssmc.codegen.ssd_bwd_common, shared with the Triton
+backward):
 
     dA (h,)      the kernel's per-channel (b, d) sums over the states, summed over b and p
     ddt (b, L, h) its per-channel (b, L, d) gradient of the effective step, summed over p,
@@ -26,14 +27,13 @@ import functools
 
 import torch
 
+from ssmc.codegen import ssd_bwd_common as common
 from ssmc.codegen.tvm import selective_scan_bwd as sb
 from ssmc.codegen.tvm import selective_scan_bwd_tir as tirb
 from ssmc.codegen.tvm.build import KernelCache
 from ssmc.codegen.tvm.config import Config, default_ssd_config, legalize
-from ssmc.runtime import backward as bw
 
 _F32 = torch.float32
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,19 +47,9 @@ def default_ssd_bwd_config() -> Config:
 
 def _applies(x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y, **_) -> bool:
     ts = (x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y)
-    if any(t is not None and (t.device.type != "cpu" or t.dtype not in _KERNEL_DTYPES)
-           for t in ts):
+    if any(t is not None and t.device.type != "cpu" for t in ts):
         return False
-    if x.dim() != 4 or B.dim() != 4 or C.dim() != 4 or x.numel() == 0 or B.shape[-1] == 0:
-        return False
-    h = x.shape[2]
-    return all(M.shape[2] > 0 and h % M.shape[2] == 0 for M in (B, C))
-
-
-def _keep(seq_idx: torch.Tensor) -> torch.Tensor:
-    """(b, L) fp32: 0 where seq_idx changes (the state resets before that step), else 1."""
-    same = (seq_idx[:, 1:] == seq_idx[:, :-1]).to(_F32)
-    return torch.cat([torch.ones_like(same[:, :1]), same], dim=1).contiguous()
+    return common.applies(x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y)
 
 
 def ssd_scan_backward(grad_y, grad_final, x, dt_eff, A, B, C, D=None, z=None,
@@ -80,9 +70,7 @@ def ssd_scan_backward(grad_y, grad_final, x, dt_eff, A, B, C, D=None, z=None,
     sig = tirb.BwdSignature(d=d, N=n, b_groups=B.shape[2], c_groups=C.shape[2],
                             has_D=D is not None, has_z=z is not None, layout="bld",
                             heads=h, has_keep=seq_idx is not None)
-    Dd = None
-    if D is not None:
-        Dd = D.to(_F32).repeat_interleave(p) if D.dim() == 1 else D.reshape(d)
+    Dd = common.channel_D(D, p)
     ck = None
     if checkpoints is not None and checkpoints.numel():
         ck = f32(checkpoints.reshape(b, -1, d, n))
@@ -90,25 +78,17 @@ def ssd_scan_backward(grad_y, grad_final, x, dt_eff, A, B, C, D=None, z=None,
         sig, u=f32(x.reshape(b, L, d)), delta=f32(dt_eff), gout=f32(grad_y.reshape(b, L, d)),
         A2=f32(A.to(_F32) * sb.LOG2E), B=f32(B), C=f32(C), D=f32(Dd),
         z=None if z is None else f32(z.reshape(b, L, d)),
-        keep=None if seq_idx is None else _keep(seq_idx),
+        keep=None if seq_idx is None else common.keep_mask(seq_idx),
         h0=None if initial_states is None else f32(initial_states.reshape(b, d, n)),
         glast=None if grad_final is None else f32(grad_final.reshape(b, d, n)),
         checkpoints=ck, chunk=chunk,
         config=default_ssd_bwd_config() if config is None else config, cache=cache)
-    gD = None
-    if D is not None:
-        gD = args["gD"].sum(0).view(h, p)
-        gD = gD.sum(-1) if D.dim() == 1 else gD
-    return {
-        "x": args["gu"].view(b, L, h, p),
-        "dt": args["gdt"].view(b, L, h, p).sum(-1),
-        "A": args["gA"].view(b, h, p).sum((0, 2)),
-        "B": sb._reduce_partial(args["gB"], sig.b_groups, b, L),
-        "C": sb._reduce_partial(args["gC"], sig.c_groups, b, L),
-        "D": gD,
-        "z": None if z is None else args["gz"].view(b, L, h, p),
-        "h0": None if initial_states is None else args["gh0"].view(b, h, p, n),
-    }
+    return common.reduce_channels(
+        (b, L, h, p, n), gu=args["gu"], gdt=args["gdt"], gA=args["gA"],
+        gB=sb._reduce_partial(args["gB"], sig.b_groups, b, L),
+        gC=sb._reduce_partial(args["gC"], sig.c_groups, b, L),
+        gD=args["gD"] if D is not None else None, gz=args["gz"] if z is not None else None,
+        gh0=args["gh0"] if initial_states is not None else None, D=D)
 
 
 def ssd_backward(grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx,
@@ -117,31 +97,10 @@ def ssd_backward(grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initial_stat
     dC, dD, dz, ddt_bias, dinitial_states; empty for an absent input), or NotImplemented."""
     if not _applies(x, dt, A, B, C, D, z, dt_bias, initial_states, grad_y):
         return NotImplemented
-    b, L, h, p = x.shape
-    n = B.shape[-1]
-    bias = None if dt_bias is None else dt_bias.to(_F32)
-    dt_eff, pre = bw.effective_dt(dt.to(_F32), bias, dt_softplus, dt_lo, dt_hi)
-    # the same interval as the forward's checkpoints (ssd_backward_torch's rule)
-    K = checkpoint_every if checkpoint_every > 0 else bw.chunk_length(b, h * p, n, L)
-    gf = grad_final if grad_final is not None and grad_final.numel() else None
-    g = ssd_scan_backward(grad_y, gf, x, dt_eff, A, B, C, D, z, initial_states, seq_idx,
-                          checkpoints, K)
-    g_pre = bw.effective_dt_backward(g["dt"], pre, dt_softplus, dt_lo, dt_hi)
-
-    def empty():
-        return x.new_empty((0,))
-
-    return (
-        g["x"].to(x.dtype).contiguous(),
-        g_pre.to(dt.dtype).contiguous(),
-        g["A"].to(A.dtype),
-        g["B"].to(B.dtype).contiguous(),
-        g["C"].to(C.dtype).contiguous(),
-        empty() if D is None else g["D"].to(D.dtype).contiguous(),
-        empty() if z is None else g["z"].to(z.dtype).contiguous(),
-        empty() if dt_bias is None else g_pre.sum((0, 1)).to(dt_bias.dtype),
-        empty() if initial_states is None else g["h0"].to(initial_states.dtype).contiguous(),
-    )
+    # the module's ssd_scan_backward, looked up at the call (tests count its runs)
+    return common.run_backward(ssd_scan_backward, grad_y, grad_final, x, dt, A, B, C, D, z,
+                               dt_bias, initial_states, seq_idx, checkpoints, dt_softplus,
+                               dt_lo, dt_hi, checkpoint_every)
 
 
 __all__ = ["ssd_backward", "ssd_scan_backward"]
