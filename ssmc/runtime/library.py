@@ -691,6 +691,26 @@ _tvm_ssd_bwd = None
 register_backward("ssd", "cpu", ssd_backward_tvm)
 
 
+def ssd_backward_triton(**kw):
+    """The Triton backward of SSD (ssmc.codegen.triton.ssd.backward: the Mamba-1 backward
+    kernel in its SSD mode, with a keep mask for seq_idx), imported on its first call like
+    `selective_scan_backward_triton`.  Registered for ("ssd", "cuda") below; it declines
+    (NotImplemented: the torch engine runs) for float64."""
+    global _triton_ssd_bwd
+    if _triton_ssd_bwd is None:
+        try:
+            from ssmc.codegen.triton.ssd.backward import ssd_backward as fn
+        except ImportError as e:
+            _warn_once(f"ssmc: Triton SSD backward unavailable ({e}); running the torch engine")
+            fn = _decline
+        _triton_ssd_bwd = fn
+    return _triton_ssd_bwd(**kw)
+
+
+_triton_ssd_bwd = None
+register_backward("ssd", "cuda", ssd_backward_triton)
+
+
 @ssd_bwd_op.register_fake
 def _(grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, checkpoints,
       dt_softplus, dt_lo, dt_hi, checkpoint_every):
