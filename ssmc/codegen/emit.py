@@ -26,8 +26,9 @@ TRITON_FAMILY = {
     ("selective_ssm/dense", "sequential"): "dense.sequential",
 }
 # node family -> the Triton family of its backward (training); real A only (complex A runs the
-# torch reverse scan)
-TRITON_BACKWARD = {"selective_ssm/mamba1": "selective_scan.backward"}
+# torch reverse scan).  SSD's is the Mamba-1 backward kernel in its SSD mode.
+TRITON_BACKWARD = {"selective_ssm/mamba1": "selective_scan.backward",
+                   "selective_ssm/ssd": "ssd.backward"}
 TORCH_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 

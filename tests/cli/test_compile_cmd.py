@@ -93,3 +93,18 @@ def test_compile_issue10_models_for_sm90_lists_their_triton_kernel(tmp_path, cap
     (k,) = node["triton"]["kernels"]
     assert k["kernel"] == kernel and k["n_spills"] == 0 and k["fits"]
     assert Path(k["files"]["cubin"]).stat().st_size > 0
+
+
+def test_compile_mamba2_for_sm90_lists_the_ssd_backward(tmp_path, capsys):
+    """Mamba-2: the chunked SSD forward's kernels and training's backward (the Mamba-1 backward
+    kernel in its SSD mode, family ssd.backward), compiled ahead of time without spills."""
+    assert main(["compile", str(zoo_dir() / "mamba2.yaml"), "--target", "sm_90",
+                 "-o", str(tmp_path)]) == 0
+    assert "_selective_scan_bwd_kernel (backward)" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "manifest.json").read_text(), parse_constant=_not_json)
+    (node,) = manifest["nodes"]
+    assert node["triton"]["family"] == "ssd.chunked"
+    assert node["triton_backward"]["family"] == "ssd.backward"
+    (k,) = node["triton_backward"]["kernels"]
+    assert k["kernel"] == "_selective_scan_bwd_kernel" and k["n_spills"] == 0 and k["fits"]
+    assert Path(k["files"]["cubin"]).stat().st_size > 0

@@ -24,6 +24,8 @@ from ssmc.codegen.triton.selective_scan.chunked import ChunkedScanConfig, plan_c
 from ssmc.codegen.triton.selective_scan.problem import selective_scan_problem
 from ssmc.codegen.triton.selective_scan.sequential import SequentialScanConfig, \
     plan_sequential
+from ssmc.codegen.triton.ssd.backward import SsdBwdConfig, plan_ssd_backward, \
+    ssd_backward_problem
 from ssmc.codegen.triton.ssd.chunked import SsdChunkedConfig, plan_ssd_chunked
 from ssmc.codegen.triton.ssm2d.wavefront import Ssm2dWavefrontConfig, plan_ssm2d_wavefront
 from ssmc.codegen.triton.ssd.problem import ssd_problem
@@ -81,6 +83,20 @@ def _ssd_example(dtype, device="meta"):
                 C=torch.empty(b, L, g, n, **t), D=torch.empty(h, **f32),
                 z=torch.empty(b, L, h, p, **t), dt_bias=torch.empty(h, **f32),
                 dt_softplus=True, return_final_states=True)
+
+
+def _ssd_bwd_example(dtype, device="meta"):
+    """The backward of `_ssd_example`'s problem as the Triton SSD backward's kernel gets it
+    (ssmc.codegen.triton.ssd.backward.ssd_scan_backward: the effective step (b, L, h) fp32),
+    from the forward's checkpoints every 64 steps."""
+    fwd = _ssd_example(dtype, device)
+    b, L, h, p = fwd["x"].shape
+    n, K = fwd["B"].shape[-1], 64
+    f32 = dict(dtype=torch.float32, device=device)
+    return dict(grad_y=torch.empty_like(fwd["x"]), grad_final=torch.empty(b, h, p, n, **f32),
+                x=fwd["x"], dt_eff=torch.empty(b, L, h, **f32), A=fwd["A"], B=fwd["B"],
+                C=fwd["C"], D=fwd["D"], z=fwd["z"], initial_states=None, seq_idx=None,
+                checkpoints=torch.empty(b, L // K, h, p, n, **f32), chunk=K)
 
 
 def _s4d_params(device):
@@ -167,6 +183,9 @@ FAMILIES = {f.name: f for f in [
                  _selective_bwd_example),
     KernelFamily("ssd.chunked", SsdChunkedConfig, "triton_ssd_chunked.yaml", _ssd_plan,
                  _ssd_example),
+    KernelFamily("ssd.backward", SsdBwdConfig, "triton_ssd_backward.yaml",
+                 lambda kw, cfg: plan_ssd_backward(ssd_backward_problem(**kw), cfg),
+                 _ssd_bwd_example),
     KernelFamily("s4d.recurrent", S4dRecurrentConfig, "triton_s4d_recurrent.yaml",
                  lambda kw, cfg: plan_s4d_recurrent(**kw, config=cfg), _s4d_recurrent_example),
     KernelFamily("s4d.vandermonde", VandermondeConfig, "triton_s4d_vandermonde.yaml",
