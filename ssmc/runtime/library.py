@@ -40,7 +40,8 @@ dinitial_state; an empty tensor for an absent input), or NotImplemented to decli
 shape it does not handle).  A Triton backward that torch.compile should see is a `triton_op`;
 register a Python function that calls it.  Registered here (lazily: importing this module does
 not import tvm): the TVM CPU backward kernels of both families ("selective_scan", "cpu") and
-("ssd", "cpu"), which decline float64 (gradchecks run the torch engine).
+("ssd", "cpu"), and the Triton ones ("selective_scan", "cuda") and ("ssd", "cuda"), which decline
+float64 (gradchecks run the torch engine).
 """
 
 from __future__ import annotations
