@@ -82,7 +82,7 @@ def convssm_subject():
 
     return {
         "eager (reference model)": lambda: ref(s),
-        "ssmc compiled model (TVM recurrence, torch FFT conv)": lambda: model(s),
+        "ssmc compiled model (TVM recurrence, HRF conv folded in)": lambda: model(s),
         "ssmc TVM recurrence + fused HRF conv, torch read-out": fused,
     }
 
@@ -127,7 +127,7 @@ def test_chimera(benchmark, chimera, name):
 
 
 @pytest.mark.parametrize("name", ["eager (reference model)",
-                                  "ssmc compiled model (TVM recurrence, torch FFT conv)",
+                                  "ssmc compiled model (TVM recurrence, HRF conv folded in)",
                                   "ssmc TVM recurrence + fused HRF conv, torch read-out"])
 def test_convssm(benchmark, convssm, name):
     benchmark.group = f"convssm b{CONVSSM['b']} L{CONVSSM['L']} M16 HRF32"
