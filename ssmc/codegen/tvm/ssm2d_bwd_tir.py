@@ -495,37 +495,7 @@ def build_ssm2d_bwd(sig: Ssm2dSignature, cfg: Ssm2dConfig):
             T.func_name(FUNC_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
             bufs = _declare_args(sig, cfg, b, T_, V_, KP, nc)
-            total = b * bl.per_batch
             K = KP - tir.IntImm(IDX, 1)
-
-            def task(k):
-                bi = M.bind(k // bl.per_batch)
-                j = M.bind(k % bl.per_batch)
-                c0 = M.bind(j * bl.cb)
-
-                def run(lanes, width):
-                    _BwdSweep(sig, cfg, bufs, T_, V_, bi, c0, j, lanes, width, K, nc).run()
-
-                if not bl.rem:
-                    run(bl.cb, bl.vw)
-                elif not bl.full:
-                    run(bl.rem, bl.rem)
-                else:
-                    with T.If(j < bl.full):
-                        with T.Then():
-                            run(bl.cb, bl.vw)
-                        with T.Else():
-                            run(bl.rem, bl.rem)
-
-            if cfg.threads <= 0:
-                with T.parallel(0, total) as k:
-                    task(k)
-            else:
-                chunk = (total + cfg.threads - 1) // cfg.threads
-                with T.parallel(0, cfg.threads) as p:
-                    with T.serial(0, chunk) as q:
-                        k = p * chunk + q
-                        with T.If(k < total):
-                            with T.Then():
-                                task(k)
+            fw.emit_tasks(bl, b, cfg, lambda bi, c0, j, lanes, width:
+                          _BwdSweep(sig, cfg, bufs, T_, V_, bi, c0, j, lanes, width, K, nc).run())
     return ib.get()

@@ -331,6 +331,41 @@ def _declare_args(sig: Ssm2dSignature, cfg: Ssm2dConfig, b, T_, V_) -> dict:
     return {nm: T.arg(nm, buf(shapes[nm], nm in strided)) for nm in arg_names(sig)}
 
 
+def emit_tasks(bl, b, cfg, sweep) -> None:
+    """The CPU task loop shared by the forward and the backward kernels: batch rows x channel
+    blocks (full blocks of bl.cb channels in bl.vw-wide vectors, then the remainder), in
+    parallel, or in cfg.threads contiguous ranges; `sweep(bi, c0, j, lanes, width)` emits one
+    task's statements."""
+    total = b * bl.per_batch
+
+    def task(k):
+        bi = M.bind(k // bl.per_batch)
+        j = M.bind(k % bl.per_batch)
+        c0 = M.bind(j * bl.cb)
+        if not bl.rem:
+            sweep(bi, c0, j, bl.cb, bl.vw)
+        elif not bl.full:
+            sweep(bi, c0, j, bl.rem, bl.rem)
+        else:
+            with T.If(j < bl.full):
+                with T.Then():
+                    sweep(bi, c0, j, bl.cb, bl.vw)
+                with T.Else():
+                    sweep(bi, c0, j, bl.rem, bl.rem)
+
+    if cfg.threads <= 0:
+        with T.parallel(0, total) as k:
+            task(k)
+    else:
+        chunk = (total + cfg.threads - 1) // cfg.threads
+        with T.parallel(0, cfg.threads) as p:
+            with T.serial(0, chunk) as q:
+                k = p * chunk + q
+                with T.If(k < total):
+                    with T.Then():
+                        task(k)
+
+
 def build_ssm2d(sig: Ssm2dSignature, cfg: Ssm2dConfig):
     """The PrimFunc `ssm2d` (CPU) for one signature and schedule."""
     b, T_, V_ = tir.Var("b", IDX), tir.Var("T", IDX), tir.Var("V", IDX)
@@ -340,36 +375,6 @@ def build_ssm2d(sig: Ssm2dSignature, cfg: Ssm2dConfig):
             T.func_name(FUNC_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
             bufs = _declare_args(sig, cfg, b, T_, V_)
-            total = b * bl.per_batch
-
-            def task(k):
-                bi = M.bind(k // bl.per_batch)
-                j = M.bind(k % bl.per_batch)
-                c0 = M.bind(j * bl.cb)
-
-                def run(lanes, width):
-                    _Sweep(sig, cfg, bufs, T_, V_, bi, c0, j, lanes, width).run()
-
-                if not bl.rem:
-                    run(bl.cb, bl.vw)
-                elif not bl.full:
-                    run(bl.rem, bl.rem)
-                else:
-                    with T.If(j < bl.full):
-                        with T.Then():
-                            run(bl.cb, bl.vw)
-                        with T.Else():
-                            run(bl.rem, bl.rem)
-
-            if cfg.threads <= 0:
-                with T.parallel(0, total) as k:
-                    task(k)
-            else:
-                chunk = (total + cfg.threads - 1) // cfg.threads
-                with T.parallel(0, cfg.threads) as p:
-                    with T.serial(0, chunk) as q:
-                        k = p * chunk + q
-                        with T.If(k < total):
-                            with T.Then():
-                                task(k)
+            emit_tasks(bl, b, cfg, lambda bi, c0, j, lanes, width:
+                       _Sweep(sig, cfg, bufs, T_, V_, bi, c0, j, lanes, width).run())
     return ib.get()
