@@ -29,7 +29,8 @@ from ssmc.codegen.tvm import ssm2d_tir as fw
 from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
 
 FAMILY = "ssm2d_bwd"
-SOURCES = ("ssm2d_bwd_tir.py", "ssm2d_tir.py", "tirmath.py", "build.py", "target.py")
+SOURCES = ("ssm2d_bwd_tir.py", "ssm2d_tir.py", "selective_scan_bwd_tir.py", "tirmath.py", "build.py",
+           "target.py")
 # bytes of recomputed states (H) one task keeps before the grid is cut into chunks
 TASK_CACHE = 1 << 20
 

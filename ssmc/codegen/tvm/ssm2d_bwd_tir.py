@@ -58,6 +58,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ssmc.codegen.tvm import ssm2d_tir as fw
+from ssmc.codegen.tvm.selective_scan_bwd_tir import _ramp, _transpose_sum, _tree_sum  # lane sums
 from ssmc.codegen.tvm import tirmath as M
 from ssmc.codegen.tvm.ssm2d_tir import (BC_FULL, BC_NAMES, BC_PARAM, BC_SHARED, F32, IDX,
                                         LOCAL_SCOPE, Ssm2dConfig, Ssm2dSignature, blocks)
@@ -410,41 +411,6 @@ class _BwdSweep(fw._Sweep):
                 with T.serial(0, N) as n:
                     self.each(lambda i: T.buffer_store(
                         H, M.f32(0.0), [self.bi, self.task, r, 0, a, n, i]))
-
-
-# ----------------------------------------------------------------------------- lane sums
-def _ramp(base: int, lanes: int):
-    return tir.Ramp(tir.IntImm("int32", base), tir.IntImm("int32", 1), lanes)
-
-
-def _hadd(a, b, W: int):
-    """Pairwise sums of adjacent lanes of a, then of b: (a0+a1, a2+a3, ..., b0+b1, ...)."""
-    even = [tir.IntImm("int32", 2 * k) for k in range(W)]
-    odd = [tir.IntImm("int32", 2 * k + 1) for k in range(W)]
-    return tir.Shuffle([a, b], even) + tir.Shuffle([a, b], odd)
-
-
-def _transpose_sum(tmp, red, n0: int, count: int, W: int, store):
-    """store(v) with v[j] = sum_i tmp[n0 + j, i] (W states, count lanes): rows of W lanes
-    added vertically, then log2(W) levels of `_hadd` leave row j's total in lane j (the
-    (W, W) buffer `red` becomes registers).  As selective_scan_bwd_tir's."""
-    for j in range(W):
-        row = _tree_sum([tmp[n0 + j, _ramp(k * W, W)] for k in range(count // W)])
-        T.buffer_store(red, row, [j, _ramp(0, W)])
-    m = W
-    while m > 1:
-        for k in range(m // 2):
-            T.buffer_store(red, _hadd(red[2 * k, _ramp(0, W)], red[2 * k + 1, _ramp(0, W)], W),
-                           [k, _ramp(0, W)])
-        m //= 2
-    store(red[0, _ramp(0, W)])
-
-
-def _tree_sum(terms):
-    while len(terms) > 1:
-        pairs = [terms[k] + terms[k + 1] for k in range(0, len(terms) - 1, 2)]
-        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
-    return terms[0]
 
 
 # ----------------------------------------------------------------------------- the PrimFunc
