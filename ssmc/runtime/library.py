@@ -46,6 +46,7 @@ float64 (gradchecks run the torch engine).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -415,47 +416,38 @@ def selective_scan_backward_torch(grad_y, grad_last, u, delta, A, B, C, D, z, de
     return tuple(out)
 
 
-def selective_scan_backward_tvm(**kw):
-    """The TVM CPU backward kernel (ssmc.codegen.tvm.selective_scan_bwd), imported on its first
-    call: importing tvm costs seconds, which importing this module must not.  Registered for
-    ("selective_scan", "cpu") below; declines (NotImplemented) where TVM does not import."""
-    global _tvm_bwd
-    if _tvm_bwd is None:
-        try:
-            from ssmc.codegen.tvm.selective_scan_bwd import selective_scan_backward as fn
-        except ImportError as e:
-            _warn_once(f"ssmc: TVM backward unavailable ({e}); running the torch engine")
-            fn = _decline
-        _tvm_bwd = fn
-    return _tvm_bwd(**kw)
+class _LazyBackward:
+    """A registered backward whose module is imported on its first call: importing tvm (or a
+    Triton kernel module) costs seconds, which importing this module must not.  Where the
+    module does not import it declines (NotImplemented: the torch engine runs), once warned."""
+
+    def __init__(self, module: str, attr: str, what: str, doc: str):
+        self.module, self.attr, self.what, self.fn = module, attr, what, None
+        self.__doc__ = doc
+
+    def __call__(self, **kw):
+        if self.fn is None:
+            try:
+                self.fn = getattr(importlib.import_module(self.module), self.attr)
+            except ImportError as e:
+                _warn_once(f"ssmc: {self.what} unavailable ({e}); running the torch engine")
+                self.fn = _decline
+        return self.fn(**kw)
 
 
 def _decline(**_kw):
     return NotImplemented
 
 
-_tvm_bwd = None
+selective_scan_backward_tvm = _LazyBackward(
+    "ssmc.codegen.tvm.selective_scan_bwd", "selective_scan_backward", "TVM backward",
+    "The TVM CPU backward kernel (ssmc.codegen.tvm.selective_scan_bwd).")
 register_backward("selective_scan", "cpu", selective_scan_backward_tvm)
-
-
-def selective_scan_backward_triton(**kw):
-    """The Triton backward kernel (ssmc.codegen.triton.selective_scan.backward: the reverse
-    scan per channel block, states recomputed from the checkpoints), imported on its first call
-    like `selective_scan_backward_tvm`.  Registered for ("selective_scan", "cuda") below; it
-    declines (NotImplemented: the torch engine runs) for complex A/B/C and float64."""
-    global _triton_bwd
-    if _triton_bwd is None:
-        try:
-            from ssmc.codegen.triton.selective_scan.backward import \
-                selective_scan_backward as fn
-        except ImportError as e:
-            _warn_once(f"ssmc: Triton backward unavailable ({e}); running the torch engine")
-            fn = _decline
-        _triton_bwd = fn
-    return _triton_bwd(**kw)
-
-
-_triton_bwd = None
+selective_scan_backward_triton = _LazyBackward(
+    "ssmc.codegen.triton.selective_scan.backward", "selective_scan_backward", "Triton backward",
+    "The Triton backward kernel (ssmc.codegen.triton.selective_scan.backward: the reverse scan "
+    "per channel block, states recomputed from the checkpoints); declines complex A/B/C and "
+    "float64.")
 register_backward("selective_scan", "cuda", selective_scan_backward_triton)
 
 
@@ -672,43 +664,16 @@ def ssd_backward_torch(grad_y, grad_final, x, dt, A, B, C, D, z, dt_bias, initia
     )
 
 
-def ssd_backward_tvm(**kw):
-    """The TVM CPU backward of SSD (ssmc.codegen.tvm.ssd_bwd: the Mamba-1 backward kernel in
-    its scalar-A-per-head mode, with a keep mask for seq_idx), imported on its first call like
-    `selective_scan_backward_tvm`.  Registered for ("ssd", "cpu") below; it declines
-    (NotImplemented: the torch engine runs) for float64, so gradchecks use the engine."""
-    global _tvm_ssd_bwd
-    if _tvm_ssd_bwd is None:
-        try:
-            from ssmc.codegen.tvm.ssd_bwd import ssd_backward as fn
-        except ImportError as e:
-            _warn_once(f"ssmc: TVM SSD backward unavailable ({e}); running the torch engine")
-            fn = _decline
-        _tvm_ssd_bwd = fn
-    return _tvm_ssd_bwd(**kw)
-
-
-_tvm_ssd_bwd = None
+ssd_backward_tvm = _LazyBackward(
+    "ssmc.codegen.tvm.ssd_bwd", "ssd_backward", "TVM SSD backward",
+    "The TVM CPU backward of SSD (ssmc.codegen.tvm.ssd_bwd: the Mamba-1 backward kernel in its "
+    "scalar-A-per-head mode, with a keep mask for seq_idx); declines float64, so gradchecks use "
+    "the engine.")
 register_backward("ssd", "cpu", ssd_backward_tvm)
-
-
-def ssd_backward_triton(**kw):
-    """The Triton backward of SSD (ssmc.codegen.triton.ssd.backward: the Mamba-1 backward
-    kernel in its SSD mode, with a keep mask for seq_idx), imported on its first call like
-    `selective_scan_backward_triton`.  Registered for ("ssd", "cuda") below; it declines
-    (NotImplemented: the torch engine runs) for float64."""
-    global _triton_ssd_bwd
-    if _triton_ssd_bwd is None:
-        try:
-            from ssmc.codegen.triton.ssd.backward import ssd_backward as fn
-        except ImportError as e:
-            _warn_once(f"ssmc: Triton SSD backward unavailable ({e}); running the torch engine")
-            fn = _decline
-        _triton_ssd_bwd = fn
-    return _triton_ssd_bwd(**kw)
-
-
-_triton_ssd_bwd = None
+ssd_backward_triton = _LazyBackward(
+    "ssmc.codegen.triton.ssd.backward", "ssd_backward", "Triton SSD backward",
+    "The Triton backward of SSD (ssmc.codegen.triton.ssd.backward: the Mamba-1 backward kernel "
+    "in its SSD mode, with a keep mask for seq_idx); declines float64.")
 register_backward("ssd", "cuda", ssd_backward_triton)
 
 
