@@ -118,16 +118,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def node_plan(model) -> dict:
-    """Per SSM node of the lowered graph: the algorithm and config that run it."""
+    """Per SSM node of the lowered graph: the algorithm and config that run it; per glue node
+    with a tuned kernel (passes.schedule.GLUE_KERNELS: the CPU's conv1d, rmsnorm) its kernel
+    name as the algorithm, and its config."""
     plan = {}
     for qname, node, g in model.graph.walk():
         meta = node.meta
-        if "algorithm" not in meta:
+        if "algorithm" in meta:
+            alg, kernel = meta["algorithm"], model.kernels.get(qname, "reference")
+        elif "kernel" in meta:  # a glue node
+            alg, kernel = meta["kernel"].rsplit("/", 1)[-1], f"tvm:{meta['kernel']}"
+        else:
             continue
         plan[f"{g.name}/{node.name}"] = {
-            "qname": qname, "algorithm": meta["algorithm"], "config": meta.get("config") or {},
+            "qname": qname, "algorithm": alg, "config": meta.get("config") or {},
             "config_source": meta.get("config_source"), "why": meta.get("why"),
-            "kernel": model.kernels.get(qname, "reference"),
+            "kernel": kernel,
         }
     return plan
 

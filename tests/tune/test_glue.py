@@ -246,3 +246,23 @@ def test_the_final_comparison_remeasures_the_runners_up():
     model = study.trials[0]
     model.user_attrs["source"] = "model"  # a cost model's ranking has no luck to undo
     assert _runners_up(study, model) == []
+
+
+def test_a_saved_model_keeps_its_glue_configs(records_dir, tmp_path):
+    """ssmc.load runs the glue kernels with the configs the model was saved with (the manifest's
+    plan), not the defaults: same bits."""
+    recs = Records(load_target("cpu"))
+    recs.write(_glue_record("conv1d", 256, CONV.as_dict()))
+    recs.write(_glue_record("rmsnorm", 128, NORM))
+    model = ssmc.compile(MAMBA, "cpu", seqlen=16, batch=1).eval()
+    model.save(tmp_path / "m")
+    for p in (records_dir / "cpu").glob("*.json"):
+        p.unlink()  # the load must not need the records
+    loaded = ssmc.load(tmp_path / "m").eval()
+    glue = {q: n for q, n, _ in loaded.graph.walk() if n.OP in ("conv1d", "rmsnorm")}
+    assert glue["layers.*.conv1d"].meta["config"] == CONV.as_dict()
+    assert glue["norm_f"].meta["config"] == NORM
+    assert all(n.meta["config_source"] == "record" for n in glue.values())
+    tokens = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens), rtol=0, atol=0)
