@@ -88,6 +88,21 @@ def _step_dt(delta_ptr, off, mask_d, delta_bias, HAS_DELTA_BIAS: tl.constexpr,
 
 
 @triton.jit
+def _state_step(h, t64, row, dt_row, stride_seq_time, stride_dt_time, stride_B_time, delta_ptr,
+                u_ptr, B_base, keep_ptr, mask_d, mask_dn, delta_bias, A2, keep_row,
+                HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+                HEADS: tl.constexpr, HAS_KEEP: tl.constexpr):
+    """h_t = a_t h_{t-1} + dt_t u_t B_t: the forward recurrence both recomputations run (the
+    checkpoints, then each chunk's states); t64 is int64 (L * d can pass 2**31)."""
+    _, dt = _step_dt(delta_ptr, dt_row + t64 * stride_dt_time, mask_d, delta_bias,
+                     HAS_DELTA_BIAS, DELTA_SOFTPLUS)
+    u = tl.load(u_ptr + row + t64 * stride_seq_time, mask=mask_d, other=0.0).to(tl.float32)
+    B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
+    a = _decay(dt, A2, keep_ptr, keep_row + t64, HEADS, HAS_KEEP)
+    return a * h + (dt * u)[:, None] * B
+
+
+@triton.jit
 def _decay(dt, A2, keep_ptr, keep_off, HEADS: tl.constexpr, HAS_KEEP: tl.constexpr):
     """a_t, to multiply (BLOCK_D, BLOCK_N) states: exp(dt A) per channel and state, or in SSD
     mode (A one scalar per channel's head) one exp per channel, (BLOCK_D, 1); times keep[b, t]
@@ -167,14 +182,10 @@ def _selective_scan_bwd_kernel(
         for c in range(0, chunks):
             tl.store(ckpt_ptr + (batch * chunks + c) * dim * dstate + dn, h, mask=mask_dn)
             for t in range(c * chunk_len, tl.minimum(c * chunk_len + chunk_len, seqlen)):
-                t64 = zero64 + t  # int64 offsets: L * d can pass 2**31
-                off = row + t64 * stride_seq_time
-                _, dt = _step_dt(delta_ptr, dt_row + t64 * stride_dt_time, mask_d, delta_bias,
-                                 HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-                u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
-                B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
-                a = _decay(dt, A2, keep_ptr, batch * seqlen + t64, HEADS, HAS_KEEP)
-                h = a * h + (dt * u)[:, None] * B
+                h = _state_step(h, zero64 + t, row, dt_row, stride_seq_time, stride_dt_time,
+                                stride_B_time, delta_ptr, u_ptr, B_base, keep_ptr, mask_d,
+                                mask_dn, delta_bias, A2, batch * seqlen, HAS_DELTA_BIAS,
+                                DELTA_SOFTPLUS, HEADS, HAS_KEEP)
         tl.debug_barrier()
 
     g = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the adjoint carry
@@ -199,14 +210,10 @@ def _selective_scan_bwd_kernel(
         # 1. the chunk's states h_s .. h_{e-1} into the scratch
         h = h_ck
         for t in range(s, e):
-            t64 = zero64 + t  # int64 offsets: L * d can pass 2**31
-            off = row + t64 * stride_seq_time
-            _, dt = _step_dt(delta_ptr, dt_row + t64 * stride_dt_time, mask_d, delta_bias,
-                             HAS_DELTA_BIAS, DELTA_SOFTPLUS)
-            u = tl.load(u_ptr + off, mask=mask_d, other=0.0).to(tl.float32)
-            B = tl.load(B_base + t64 * stride_B_time, mask=mask_dn, other=0.0).to(tl.float32)
-            a = _decay(dt, A2, keep_ptr, batch * seqlen + t64, HEADS, HAS_KEEP)
-            h = a * h + (dt * u)[:, None] * B
+            h = _state_step(h, zero64 + t, row, dt_row, stride_seq_time, stride_dt_time,
+                            stride_B_time, delta_ptr, u_ptr, B_base, keep_ptr, mask_d, mask_dn,
+                            delta_bias, A2, batch * seqlen, HAS_DELTA_BIAS, DELTA_SOFTPLUS,
+                            HEADS, HAS_KEEP)
             tl.store(scratch + (t - s) * dstate, h, mask=mask_dn)
         tl.debug_barrier()
         # 2. backwards through the chunk; h is h_t, h_prev h_{t-1}
