@@ -168,13 +168,38 @@ def test_a_kernel_changed_after_load_is_not_loaded(saved, tmp_path):
     family = name.rsplit("-", 1)[0]
     key = name.rsplit("-", 1)[1][:-3]
     cache = KernelCache(root=tmp_path / "empty")
-    cache._lookup = dict(DEFAULT_CACHE._lookup)  # the registration ssmc.load made
-    assert str((copy / KERNELS).resolve()) in cache._lookup
+    mine = str((copy / KERNELS).resolve())
+    assert mine in DEFAULT_CACHE._lookup  # the registration ssmc.load made
+    # only this copy's registration: other tests' saved models hold the same file name intact
+    cache._lookup = {mine: DEFAULT_CACHE._lookup[mine]}
     with pytest.warns(SavedKernelWarning, match="does not match its recorded sha256"):
         got = cache._from_lookup(name, family, key, family)
     assert got is None and cache.stats.saved_hits == 0
     DEFAULT_CACHE.remove_lookup(copy / KERNELS)
     assert str((copy / KERNELS).resolve()) not in DEFAULT_CACHE._lookup
+
+
+def test_a_deleted_saved_model_is_forgotten_quietly(saved, tmp_path):
+    """Deleting a loaded model's directory is not an error: the cache drops its registration
+    on the next lookup, without a warning, and builds the kernel as usual."""
+    import warnings
+
+    from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
+
+    _, tokens, out, d = saved
+    copy = tmp_path / "gone"
+    shutil.copytree(d, copy)
+    loaded = ssmc.load(copy).eval()
+    name = loaded.saved_kernels[0]
+    mine = str((copy / KERNELS).resolve())
+    cache = KernelCache(root=tmp_path / "empty")
+    cache._lookup = {mine: DEFAULT_CACHE._lookup[mine]}
+    shutil.rmtree(copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = cache._from_lookup(name, "f", name.rsplit("-", 1)[1][:-3], "f")
+    assert got is None and mine not in cache._lookup
+    DEFAULT_CACHE.remove_lookup(copy / KERNELS)
 
 
 def test_version_mismatch_does_not_use_the_saved_kernels(saved, tmp_path):

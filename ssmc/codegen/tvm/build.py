@@ -157,6 +157,9 @@ class KernelCache:
             sha = files.get(name)
             if sha is None:
                 continue
+            if not os.path.isdir(directory):  # the saved model was deleted: forget it quietly
+                self._lookup.pop(directory, None)
+                continue
             path = Path(directory) / name
             try:
                 data = path.read_bytes()
