@@ -87,8 +87,10 @@ def start_prologue(mod, ins: dict) -> dict:
     """START (MODELS.md section 10) in front of the Mamba-1 kernel, in training mode: saliency,
     top-k and perturbation of semantics.start.start_perturb on the same (b, d, L) / (b, [g,] N, L)
     views the reference module makes, with its generator, so that the draws are the reference's
-    draw for draw; the perturbed delta, B, C go back to channels-last.  An unfused prologue (one
-    extra pass over delta, B, C); fusing it into the scan kernel's loads is still to do."""
+    draw for draw; the perturbed delta, B, C go back to channels-last (views both ways).  It
+    reads delta, B, C once for the saliency and rewrites only the k selected tokens (see
+    semantics.start: what fusing into the kernel's loads would save), so every scan backend and
+    backward runs unchanged behind it."""
     from ssmc.semantics.start import start_perturb
 
     b, L, _ = ins["x"].shape

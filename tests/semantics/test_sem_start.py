@@ -120,3 +120,30 @@ def test_module_noise_uses_its_generator():
     y1 = m(*ins)
     m.start_generator = torch.Generator().manual_seed(1)
     torch.testing.assert_close(m(*ins), y1)
+
+
+@pytest.mark.parametrize("mode", ["noise", "drop"])
+def test_draws_do_not_depend_on_the_layout(mode):
+    """The compiled models pass views of channels-last tensors; the reference contiguous
+    (b, d, L) ones: the same generator gives the same perturbed values."""
+    delta, B, C = inputs(grouped=True)
+    last = [delta.transpose(1, 2).contiguous().transpose(1, 2),
+            B.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1),
+            C.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)]
+    a = start_perturb(delta, B, C, 3, mode=mode, generator=torch.Generator().manual_seed(3))
+    c = start_perturb(*last, 3, mode=mode, generator=torch.Generator().manual_seed(3))
+    for x, y, v in zip(a, c, last):
+        assert torch.equal(x, y)
+        assert y.stride() == v.stride()  # the perturbed copy keeps the caller's layout
+
+
+def test_gradients_flow_through_the_perturbation():
+    delta, B, C = (t.requires_grad_() for t in inputs())
+    g = torch.Generator().manual_seed(0)
+    d2, B2, C2 = start_perturb(delta, B, C, 2, sigma=0.5, generator=g)
+    (d2.sum() + B2.sum() + C2.sum()).backward()
+    mask = start_mask(start_saliency(delta, B, C), 2)
+    for v, v2 in ((delta, d2), (B, B2), (C, C2)):  # d v2 / d v = the factor: 1 off the tokens
+        m = mask[:, None].expand_as(v)
+        torch.testing.assert_close(v.grad[~m], torch.ones_like(v.grad[~m]))
+        torch.testing.assert_close(v.grad[m], (v2 / v).detach()[m])
