@@ -1,0 +1,153 @@
+"""torch-facing S4D Vandermonde kernel and its transpose on the TVM CPU kernels (builders:
+vandermonde_tir.py).
+
+`vandermonde_fwd(Abar, Bbar, C, L, conj_pair)` -> K (d, L) = scale Re sum_n C_n Bbar_n Abar_n^l
+(semantics.diagonal.s4d_kernel's meaning); `vandermonde_bwd(Abar, gK)` -> (V0, V1) (d, n), the
+transposed Vandermonde sums V0_n = sum_l g_l Abar_n^l, V1_n = sum_l l g_l Abar_n^(l-1), from which
+ssmc.runtime.vandermonde forms the parameter gradients.  Complex parameters (any of the three)
+give a complex state, else real (S4D-Real).  Computed in float32, or float64 when an argument
+is 64-bit; the chunk-start powers in float64 on the host (see vandermonde_tir's docstring).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmc.codegen.tvm import vandermonde_tir as tirb
+from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
+from ssmc.codegen.tvm.target import host_vector_lanes_f32
+from ssmc.semantics.diagonal import as_work, work_dtype
+
+FAMILY = "s4d_vandermonde"
+SOURCES = ("vandermonde_tir.py", "grc_tir.py", "tirmath.py", "build.py", "target.py")
+CHUNK = 64  # T: the products' rounding accumulates over T steps; 64 keeps it ~1e-6 in fp32
+
+
+class _NoConfig:  # KernelCache.memoized wants a config object; these kernels have no knobs
+    def as_dict(self):
+        return {}
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return isinstance(other, _NoConfig)
+
+
+_NO_CONFIG = _NoConfig()
+
+
+def get_kernel(sig: tirb.VandermondeSignature, backward: bool, cache: KernelCache | None = None):
+    cache = cache if cache is not None else DEFAULT_CACHE
+    if backward:
+        return cache.memoized(FAMILY + "_bwd", tirb.BWD_NAME, sig, _NO_CONFIG,
+                              lambda: tirb.build_vandermonde_bwd(sig), sources=SOURCES)
+    return cache.memoized(FAMILY, tirb.FWD_NAME, sig, _NO_CONFIG,
+                          lambda: tirb.build_vandermonde_fwd(sig), sources=SOURCES)
+
+
+def _check(Abar, others):
+    if not isinstance(Abar, torch.Tensor) or Abar.dim() != 2:
+        raise ValueError(f"Abar must be a (d, n) tensor, got "
+                         f"{tuple(Abar.shape) if isinstance(Abar, torch.Tensor) else Abar!r}")
+    if Abar.device.type != "cpu":
+        raise ValueError(f"the TVM Vandermonde kernels run on the CPU, got {Abar.device}")
+    for name, t in others:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(Abar.shape):
+            raise ValueError(f"{name} must have Abar's shape {tuple(Abar.shape)}, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
+
+
+def chunk_powers(Abar: torch.Tensor, e: torch.Tensor):
+    """Abar^e (d, n, len(e)) in float64 for a float64 vector of integers e: (re, im) for a
+    complex Abar (polar form: no rounding accumulates along e), (value, None) for a real one."""
+    if Abar.is_complex():
+        A = Abar.to(torch.complex128)
+        # Abar == 0: log|0| = -inf; the floor keeps 0^0 = 1 (not nan) and 0^e = 0
+        logr = torch.log(A.abs()).clamp(min=-1e30)[..., None]
+        theta = torch.angle(A)[..., None]
+        mag = torch.exp(logr * e)
+        return mag * torch.cos(theta * e), mag * torch.sin(theta * e)
+    return torch.pow(Abar.to(torch.float64)[..., None], e), None
+
+
+def _mnd(t, dtype):  # (d, n, M) -> (M, n, d) contiguous: channels last, as the kernels read
+    return t.permute(2, 1, 0).to(dtype).contiguous()
+
+
+def _nd(t, dtype):  # (d, n) -> (n, d)
+    return t.t().to(dtype).contiguous()
+
+
+def _sig(Abar, cplx, real, chunk):
+    d, n = Abar.shape
+    return tirb.VandermondeSignature(d=int(d), n=int(n), complex_state=cplx, chunk=int(chunk),
+                                     dtype="float64" if real == torch.float64 else "float32",
+                                     lanes=host_vector_lanes_f32())
+
+
+def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = CHUNK):
+    """K (d, L), real: float32, float64 for 64-bit parameters."""
+    _check(Abar, (("Bbar", Bbar), ("C", C)))
+    if not isinstance(L, int) or L < 0:
+        raise ValueError(f"L must be an int >= 0, got {L!r}")
+    Abar, Bbar, C = as_work(Abar, Bbar, C)
+    real = work_dtype(Abar, Bbar, C)
+    cplx = any(t.is_complex() for t in (Abar, Bbar, C))
+    d, _ = Abar.shape
+    if L == 0:
+        return torch.zeros(d, 0, dtype=real)
+    M = -(-L // chunk)
+    e = torch.arange(M, dtype=torch.float64) * chunk
+    qr, qi = chunk_powers(Abar, e)
+    if cplx:
+        W = C.to(torch.complex128) * Bbar.to(torch.complex128)
+        W = (2.0 if conj_pair else 1.0) * W[..., None]
+        xr, xi = W.real * qr - W.imag * qi, W.real * qi + W.imag * qr
+        A = Abar.to(torch.complex128)
+        args = [_mnd(xr, real), _mnd(xi, real), _nd(A.real, real), _nd(A.imag, real)]
+    else:
+        W = (C.to(torch.float64) * Bbar.to(torch.float64))[..., None]
+        args = [_mnd(W * qr, real), _nd(Abar, real)]
+    out = torch.empty(M, chunk, d, dtype=real)
+    get_kernel(_sig(Abar, cplx, real, chunk), backward=False)(*args, out)
+    return out.reshape(M * chunk, d)[:L].t().contiguous()
+
+
+def vandermonde_bwd(Abar, gK, chunk: int = CHUNK):
+    """(V0, V1), each (d, n): sum_l g_l Abar^l and sum_l l g_l Abar^(l-1) for gK (d, L) real;
+    complex for a complex Abar; in Abar's work precision (float32 / float64)."""
+    _check(Abar, ())
+    d, n = Abar.shape
+    if not isinstance(gK, torch.Tensor) or gK.dim() != 2 or gK.shape[0] != d or gK.is_complex():
+        raise ValueError(f"gK must be a real (d={d}, L) tensor")
+    (Abar,) = as_work(Abar)
+    real = torch.float64 if Abar.dtype in (torch.float64, torch.complex128) else torch.float32
+    cplx = Abar.is_complex()
+    L = gK.shape[1]
+    if L == 0:
+        z = torch.zeros(d, n, dtype=Abar.dtype)
+        return z, z.clone()
+    M = -(-L // chunk)
+    # channels last and zero-padded to M T + 1 rows: the kernel reads g_(l+1) unguarded
+    g = gK.new_zeros(M * chunk + 1, d, dtype=real)
+    g[:L] = gK.t()
+    e = torch.arange(M, dtype=torch.float64) * chunk
+    qr, qi = chunk_powers(Abar, e)
+    part = torch.empty(M, n, d, dtype=real)
+    if cplx:
+        A = Abar.to(torch.complex128)
+        ins = [_mnd(qr, real), _mnd(qi, real), _nd(A.real, real), _nd(A.imag, real)]
+        outs = [torch.empty_like(part) for _ in range(4)]
+    else:
+        ins = [_mnd(qr, real), _nd(Abar, real)]
+        outs = [torch.empty_like(part) for _ in range(2)]
+    get_kernel(_sig(Abar, cplx, real, chunk), backward=True)(*ins, g, *outs)
+    # the per-chunk partials summed in float64, then (n, d) -> (d, n)
+    sums = [o.to(torch.float64).sum(0).t() for o in outs]
+    if cplx:
+        V0, V1 = torch.complex(sums[0], sums[1]), torch.complex(sums[2], sums[3])
+    else:
+        V0, V1 = sums
+    return V0.to(Abar.dtype), V1.to(Abar.dtype)
+
