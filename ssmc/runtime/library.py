@@ -715,15 +715,8 @@ _TRITON_OPS: dict = {}
 
 
 def _launch(launch):
-    """Run one KernelLaunch so that torch.compile sees it (wrap_triton); the interpreter's
-    kernels are not JITFunctions and run as they are."""
-    kernel = launch.kernel
-    if not _interpreting():
-        from torch.library import wrap_triton
-
-        kernel = wrap_triton(kernel)
-    kernel[launch.grid](**launch.args, **launch.constexprs, num_warps=launch.num_warps,
-                        num_stages=launch.num_stages)
+    """Run one KernelLaunch so that torch.compile sees it (wrap_triton)."""
+    launch.run(traceable=True)
 
 
 def _triton_scan_chunk(u, delta, A, B, C, D, z, delta_bias, h0, softplus, conj_pair, algorithm,

@@ -13,6 +13,9 @@ The directory holds:
                       bucket, shortened (inference, then a forward + backward when it has
                       trainable parameters, on random inputs, weights and gradients
                       untouched) and records every kernel called (build.record_kernels).
+  triton/             on a GPU, the compiled Triton kernels the model launched, one directory
+                      per Triton compile hash (Triton's cache files), listed with their
+                      sha256s; `load` puts them back into Triton's cache (saved_triton).
 
 Writes are atomic: the weights go to a temporary file that is renamed into place, then the
 manifest (which names the weights file and its hash) is written the same way; a reader sees the
@@ -34,11 +37,13 @@ kernels are not used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -166,29 +171,27 @@ def warmup_bindings(model) -> dict:
     return b
 
 
-def used_kernels(model) -> dict:
-    """The compiled TVM kernels `model` calls, {file name: build.Kernel}: it runs on random
-    inputs of its shape bucket (shortened: warmup_bindings) inside build.record_kernels(), in
-    eval mode, once without gradients (the inference kernels) and, when a parameter is
-    trainable, once forward + backward (the training kernels).  The modes of its modules and
-    the gradients of its parameters are put back after.  {} for a model that runs no TVM
-    kernels here."""
+def used_kernels(model) -> tuple[dict, list]:
+    """The compiled kernels `model` calls: ({file name: build.Kernel} of the TVM ones, [triton
+    CompiledKernel]).  It runs on random inputs of its shape bucket (shortened:
+    warmup_bindings) inside build.record_kernels() / common.record_launches(), in eval mode,
+    once without gradients (the inference kernels) and, when a parameter is trainable, once
+    forward + backward (the training kernels).  The modes of its modules and the gradients of
+    its parameters are put back after.  ({}, []) for a model that runs no compiled kernels."""
     from ssmc.runtime.dispatch import backend_of
 
-    if getattr(model, "target", None) is None or backend_of(model.target) != "tvm":
-        return {}
+    backend = backend_of(model.target) if getattr(model, "target", None) is not None else None
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
-    if device.type != "cpu":
-        return {}
-    from ssmc.codegen.tvm.build import record_kernels
+    if (backend, device.type) not in (("tvm", "cpu"), ("triton", "cuda")):
+        return {}, []
     from ssmc.semantics.inputs import random_inputs
 
     inputs = random_inputs(model.graph, warmup_bindings(model), seed=0, device=device)
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in params]
     try:
-        with record_kernels() as used:
+        with _recording(backend) as (used, launched):
             model.eval()
             with torch.no_grad():
                 model(**inputs)
@@ -205,19 +208,38 @@ def used_kernels(model) -> dict:
             m.training = mode
         for p, g in grads:
             p.grad = g
-    return dict(used)
+    from ssmc.runtime.saved_triton import compiled_kernels
+
+    return dict(used), compiled_kernels(launched)
 
 
-def _save_kernels(model, d: Path) -> dict:
-    """Copy the kernels `model` runs into d/kernels/ (atomically, each file); their manifest
-    entries {file name: {family, key, sha256, bytes[, meta, meta_sha256]}}."""
+@contextlib.contextmanager
+def _recording(backend: str):
+    """(TVM kernels called, Triton JIT functions launched) inside the block; only the
+    backend's own recorder runs (importing the other could be slow or absent)."""
+    if backend == "tvm":
+        from ssmc.codegen.tvm.build import record_kernels
+
+        with record_kernels() as used:
+            yield used, set()
+    else:
+        from ssmc.codegen.triton.common import record_launches
+
+        with record_launches() as launched:
+            yield {}, launched
+
+
+def _save_kernels(model, d: Path) -> tuple[dict, dict]:
+    """Copy the kernels `model` runs into d/kernels/ (TVM) and d/triton/ (Triton), atomically,
+    each file; their manifest entries: ({file name: {family, key, sha256, bytes[, meta,
+    meta_sha256]}}, {hash: saved_triton's entry})."""
     try:
-        used = used_kernels(model)
+        used, triton_kernels = used_kernels(model)
     except Exception as e:  # the model cannot run at its bucket here: save what there is
         warnings.warn(f"save: running {model.source_graph.name} at its shape bucket to find its "
                       f"kernels failed ({type(e).__name__}: {e}); saved without kernels (loading "
                       "compiles them)", SavedKernelWarning, stacklevel=3)
-        return {}
+        return {}, {}
     entries = {}
     kdir = d / KERNELS
     for name, kernel in sorted(used.items()):
@@ -240,7 +262,9 @@ def _save_kernels(model, d: Path) -> dict:
             entry["meta"], entry["meta_sha256"] = meta.name, _sha(mdata)
             _write_if_changed(kdir / meta.name, mdata, entry["meta_sha256"])
         entries[name] = entry
-    return entries
+    from ssmc.runtime.saved_triton import save_triton
+
+    return entries, save_triton(triton_kernels, d, _write_if_changed)
 
 
 def _write_if_changed(path: Path, data: bytes, sha: str) -> None:
@@ -296,7 +320,8 @@ def save(model, directory, *, kernels: bool = True) -> Path:
         "weights_sha256": sha,
     }
     _write_atomic(d / weights, blob)
-    manifest["kernels"] = _save_kernels(model, d) if kernels else {}
+    manifest["kernels"], manifest["triton_kernels"] = \
+        _save_kernels(model, d) if kernels else ({}, {})
     _write_atomic(d / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True,
                                            default=str).encode())
     for old in d.glob("weights-*.pt"):
@@ -306,7 +331,21 @@ def save(model, directory, *, kernels: bool = True) -> Path:
             except OSError:
                 pass
     _remove_stale_kernels(d, manifest["kernels"])
+    _remove_stale_triton(d, manifest["triton_kernels"])
     return d
+
+
+def _remove_stale_triton(d: Path, entries: dict) -> None:
+    from ssmc.runtime.saved_triton import TRITON
+
+    tdir = d / TRITON
+    if not tdir.is_dir():
+        return
+    for sub in tdir.iterdir():
+        if sub.is_dir() and sub.name not in entries:
+            shutil.rmtree(sub, ignore_errors=True)
+    if not entries:
+        shutil.rmtree(tdir, ignore_errors=True)
 
 
 class _SavedPlan:
@@ -441,4 +480,11 @@ def load(directory, target=None, *, device=None, on_mismatch: str = "rebuild"):
     model.version_mismatch = diffs
     # the saved kernel files the build cache may load (none on a version mismatch)
     model.saved_kernels = register_kernels(d, kernels) if kernels and not diffs else []
+    saved_triton = manifest.get("triton_kernels") or {}
+    model.saved_triton_kernels = []
+    if saved_triton and not diffs:
+        from ssmc.runtime.saved_triton import install_triton
+
+        installed, present = install_triton(d, saved_triton, SavedKernelWarning)
+        model.saved_triton_kernels = sorted(installed + present)
     return model

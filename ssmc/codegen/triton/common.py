@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -151,9 +153,35 @@ class KernelLaunch:
         fn = getattr(self.kernel, "fn", self.kernel)
         return fn.__name__
 
-    def run(self):
-        self.kernel[self.grid](**self.args, **self.constexprs,
-                               num_warps=self.num_warps, num_stages=self.num_stages)
+    def run(self, traceable: bool = False):
+        """Launch it.  traceable: through torch.library.wrap_triton, so that torch.compile
+        sees the kernel inside a triton_op (the interpreter's kernels are not JITFunctions and
+        run as they are)."""
+        for seen in _RECORDERS:
+            seen.add(self.kernel)
+        kernel = self.kernel
+        if traceable and not interpreting():
+            from torch.library import wrap_triton
+
+            kernel = wrap_triton(kernel)
+        kernel[self.grid](**self.args, **self.constexprs,
+                          num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+# Active record_launches() blocks: each a set of the JIT functions launched in it.
+_RECORDERS: list[set] = []
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collect the Triton JIT functions launched inside the block (what CompiledModel.save
+    keeps the compiled kernels of: ssmc.runtime.saved_triton)."""
+    seen: set = set()
+    _RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDERS.remove(seen)
 
 
 @dataclass

@@ -485,16 +485,9 @@ def finish(p: BwdProblem, out: dict, A, B, C, D, z, delta_bias, initial_state) -
 
 
 def _run(plan: LaunchPlan) -> None:
-    """Launch through wrap_triton (torch.compile sees the kernel); the interpreter's kernels
-    are not JITFunctions and run as they are."""
+    """Launch through wrap_triton (torch.compile sees the kernel)."""
     for launch in plan.launches:
-        kernel = launch.kernel
-        if not interpreting():
-            from torch.library import wrap_triton
-
-            kernel = wrap_triton(kernel)
-        kernel[launch.grid](**launch.args, **launch.constexprs, num_warps=launch.num_warps,
-                            num_stages=launch.num_stages)
+        launch.run(traceable=True)
 
 
 def _config(config: str) -> SelectiveScanBwdConfig | None:
