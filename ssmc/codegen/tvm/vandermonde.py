@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ssmc.codegen.composite.vandermonde import chunk_powers
 from ssmc.codegen.tvm import vandermonde_tir as tirb
 from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
 from ssmc.codegen.tvm.target import host_vector_lanes_f32
@@ -56,19 +57,6 @@ def _check(Abar, others):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(Abar.shape):
             raise ValueError(f"{name} must have Abar's shape {tuple(Abar.shape)}, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
-
-
-def chunk_powers(Abar: torch.Tensor, e: torch.Tensor):
-    """Abar^e (d, n, len(e)) in float64 for a float64 vector of integers e: (re, im) for a
-    complex Abar (polar form: no rounding accumulates along e), (value, None) for a real one."""
-    if Abar.is_complex():
-        A = Abar.to(torch.complex128)
-        # Abar == 0: log|0| = -inf; the floor keeps 0^0 = 1 (not nan) and 0^e = 0
-        logr = torch.log(A.abs()).clamp(min=-1e30)[..., None]
-        theta = torch.angle(A)[..., None]
-        mag = torch.exp(logr * e)
-        return mag * torch.cos(theta * e), mag * torch.sin(theta * e)
-    return torch.pow(Abar.to(torch.float64)[..., None], e), None
 
 
 def _mnd(t, dtype):  # (d, n, M) -> (M, n, d) contiguous: channels last, as the kernels read
