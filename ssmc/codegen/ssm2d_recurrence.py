@@ -4,6 +4,7 @@ a schedule dict -> the kernel's config, and the TIR `ssmc compile` writes for th
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -29,6 +30,17 @@ def ssm2d_operands(mod, x: torch.Tensor) -> tuple:
     proj = torch.addmm(bias, xf.reshape(-1, d), w.t()).view(*xf.shape[:-1], 4 * N + 2 * d)
     B1, B2, C1, C2, dt_t, dt_v = proj.split([N, N, N, N, d, d], dim=-1)
     return (xf, A1, mod.A2, mod.A3, A4, B1, B2, C1, C2, dt_t, dt_v), True
+
+
+def recompute_rows(T: int, row_bytes: int, budget: int) -> int:
+    """Rows per recompute chunk of a 2-D SSM backward (the reverse wavefront over states
+    recomputed from row checkpoints: ssmc.codegen.tvm.ssm2d_bwd_tir's docstring).  T (one
+    chunk, no checkpoint sweep) when T + 1 rows of `row_bytes` fit `budget`, else
+    max(ceil(sqrt(T)), the rows that fit): about sqrt(T) rows of states plus sqrt(T)
+    checkpoints, for one extra forward sweep."""
+    if (T + 1) * row_bytes <= budget:
+        return max(T, 1)
+    return min(T, max(math.isqrt(T - 1) + 1, budget // row_bytes - 1))
 
 
 def ssm2d_config(backend: str, algorithm: str | None, config: dict | None):
