@@ -53,7 +53,8 @@ def dense_scan(u, *, x=None, A_k=None, A0=None, A=None, initial_state=None):
 
     u: (b, L, N) inputs; either x (b, L, K), A_k (K, nb, bs, bs) and A0 (nb, bs, bs) (the
     transition A0 + sum_k x^k A_k, built per step in the kernel) or A (b, L, nb, bs, bs);
-    initial_state: (b, N).  Returns h (b, L, N) fp32.
+    initial_state: (b, N).  Returns h (b, L, N) fp32; differentiable (every input) when one
+    of them requires grad.
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"u must be a (b, L, N) tensor, got "
@@ -67,13 +68,12 @@ def dense_scan(u, *, x=None, A_k=None, A0=None, A=None, initial_state=None):
             raise ValueError("A must be a (b, L, nb, bs, bs) tensor")
         nb, bs = A.shape[2], A.shape[3]
         _need("A", A, (b, L, nb, bs, bs))
-        K = 1
     else:
         if A_k is None or x is None or A0 is None:
             raise ValueError("x, A_k and A0 are all needed when A is not given")
         if not isinstance(A_k, torch.Tensor) or A_k.dim() != 4:
             raise ValueError("A_k must be a (K, nb, bs, bs) tensor")
-        K, nb, bs = A_k.shape[0], A_k.shape[1], A_k.shape[2]
+        K, nb, bs = A_k.shape[:3]
         _need("A_k", A_k, (K, nb, bs, bs))
         _need("x", x, (b, L, K))
         _need("A0", A0, (nb, bs, bs))
@@ -82,18 +82,37 @@ def dense_scan(u, *, x=None, A_k=None, A0=None, A=None, initial_state=None):
     _need("u", u, (b, L, N))
     if initial_state is not None:
         _need("initial_state", initial_state, (b, N))
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in (u, x, A_k, A0, A, initial_state)):
+        # differentiable: this kernel forward, the adjoint kernel (dense_scan_bwd) backward
+        from ssmc.codegen.tvm.dense_scan_bwd import DenseScanFunction
+
+        return DenseScanFunction.apply(u, x, A_k, A0, A, initial_state)
+    return forward(u, x, A_k, A0, A, initial_state)
+
+
+def signature(u, x, A_k, A, initial_state) -> tirb.DenseSignature:
+    """The kernel signature of checked arguments (the backward kernel's too)."""
+    given = A is not None
+    K, nb, bs = (1, A.shape[2], A.shape[3]) if given else A_k.shape[:3]
+    return tirb.DenseSignature(K=int(K), nb=int(nb), bs=int(bs), given=given,
+                               has_h0=initial_state is not None, lanes=host_vector_lanes_f32())
+
+
+def forward(u, x, A_k, A0, A, initial_state):
+    """The forward kernel on checked arguments: h (b, L, N) fp32."""
+    b, L, N = u.shape
     out = torch.empty(b, L, N, dtype=torch.float32)
     if b == 0 or L == 0:
         return out
-    sig = tirb.DenseSignature(K=int(K), nb=int(nb), bs=int(bs), given=given,
-                              has_h0=initial_state is not None, lanes=host_vector_lanes_f32())
+    sig = signature(u, x, A_k, A, initial_state)
     args = {"u": _f32(u), "out": out}
-    if given:
-        args["At"] = _f32(A.transpose(-1, -2)).reshape(b, L, nb, bs * bs)
+    if sig.given:
+        args["At"] = _f32(A.transpose(-1, -2)).reshape(b, L, sig.nb, sig.bs * sig.bs)
     else:
         args["x"] = _f32(x)
-        args["AkT"] = _f32(A_k.transpose(-1, -2)).reshape(K, nb, bs * bs)
-        args["A0T"] = _f32(A0.transpose(-1, -2)).reshape(nb, bs * bs)
+        args["AkT"] = _f32(A_k.transpose(-1, -2)).reshape(sig.K, sig.nb, sig.bs * sig.bs)
+        args["A0T"] = _f32(A0.transpose(-1, -2)).reshape(sig.nb, sig.bs * sig.bs)
     if initial_state is not None:
         args["h0"] = _f32(initial_state)
     get_kernel(sig)(*[args[nm] for nm in tirb.arg_names(sig)])

@@ -57,6 +57,48 @@ def arg_names(sig: DenseSignature) -> list[str]:
     return names
 
 
+def buf(shape):
+    return T.buffer(shape, F32, align=4)  # torch views may start anywhere
+
+
+def rows(width: int, vec: int, fn):
+    """fn(i) for i < width as vector statements of `vec` lanes (vec divides width)."""
+    with T.serial(0, width // vec) as c:
+        with T.vectorized(0, vec) as v:
+            fn(c * vec + v)
+
+
+def emit_build(mt, A0, Ak, x_at, n, K: int, bb: int, vm: int):
+    """mt <- A0[n] + sum_k x_at(k) Ak[k, n] over the bb entries of block n, as vector FMAs
+    along the entries (any entry order: the forward passes the blocks transposed, the
+    backward as they are).  K in groups of KG terms per expression: one load / store of the
+    block per group instead of per k."""
+    rows(bb, vm, lambda e: T.buffer_store(mt, A0[n, e], [e]))
+
+    def group(k0, size):
+        def add(e):
+            acc = mt[e]
+            for kk in range(size):
+                acc = acc + x_at(k0 + kk) * Ak[k0 + kk, n, e]
+            T.buffer_store(mt, acc, [e])
+        rows(bb, vm, add)
+
+    if K // KG:
+        with T.serial(0, K // KG) as g:
+            group(g * KG, KG)
+    if K % KG:
+        group(K // KG * KG, K % KG)
+
+
+def emit_matvec(dst, vec, m_at, bs: int, vh: int, off=0):
+    """dst[off + i] += sum_j m_at(j * bs + i) * vec[off + j]: bs vector FMAs along i, vec[j]
+    broadcast.  With m_at a transposed block this is M vec (the forward), with the block as it
+    is M^T vec (the adjoint)."""
+    with T.unroll(0, bs) as j:
+        rows(bs, vh, lambda i: T.buffer_store(
+            dst, dst[off + i] + m_at(j * bs + i) * vec[off + j], [off + i]))
+
+
 def build_dense_scan(sig: DenseSignature):
     b = tir.Var("b", IDX)
     L = tir.Var("L", IDX)
@@ -65,9 +107,6 @@ def build_dense_scan(sig: DenseSignature):
     bb = bs * bs
     vm = vector_width(bb, sig.lanes)  # lanes for building the block
     vh = vector_width(bs, sig.lanes)  # lanes for the mat-vec
-
-    def buf(shape):
-        return T.buffer(shape, F32, align=4)
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -90,40 +129,16 @@ def build_dense_scan(sig: DenseSignature):
                         def m_at(e):
                             return a["At"][bi, t, n, e]
                     else:
-                        with T.serial(0, bb // vm) as c:
-                            with T.vectorized(0, vm) as v:
-                                T.buffer_store(mt, a["A0T"][n, c * vm + v], [c * vm + v])
-                        # K in groups of KG terms per expression: one load / store of the
-                        # block per group instead of per k
-                        def group(k0, size):
-                            with T.serial(0, bb // vm) as c:
-                                with T.vectorized(0, vm) as v:
-                                    e = c * vm + v
-                                    acc = mt[e]
-                                    for kk in range(size):
-                                        k = k0 + kk
-                                        acc = acc + a["x"][bi, t, k] * a["AkT"][k, n, e]
-                                    T.buffer_store(mt, acc, [e])
-
-                        if K // KG:
-                            with T.serial(0, K // KG) as g:
-                                group(g * KG, KG)
-                        if K % KG:
-                            group(K // KG * KG, K % KG)
+                        emit_build(mt, a["A0T"], a["AkT"], lambda k: a["x"][bi, t, k], n, K,
+                                   bb, vm)
 
                         def m_at(e):
                             return mt[e]
-                    with T.serial(0, bs // vh) as c:
-                        with T.vectorized(0, vh) as v:
-                            T.buffer_store(hn, a["u"][bi, t, n * bs + c * vh + v], [c * vh + v])
-                    with T.unroll(0, bs) as j:
-                        with T.serial(0, bs // vh) as c:
-                            with T.vectorized(0, vh) as v:
-                                i = c * vh + v
-                                T.buffer_store(hn, hn[i] + m_at(j * bs + i) * h[j], [i])
-                    with T.serial(0, bs // vh) as c:
-                        with T.vectorized(0, vh) as v:
-                            i = c * vh + v
-                            T.buffer_store(h, hn[i], [i])
-                            T.buffer_store(a["out"], hn[i], [bi, t, n * bs + i])
+                    rows(bs, vh, lambda i: T.buffer_store(hn, a["u"][bi, t, n * bs + i], [i]))
+                    emit_matvec(hn, h, m_at, bs, vh)
+
+                    def keep(i):
+                        T.buffer_store(h, hn[i], [i])
+                        T.buffer_store(a["out"], hn[i], [bi, t, n * bs + i])
+                    rows(bs, vh, keep)
     return ib.get()
