@@ -179,12 +179,18 @@ def nested(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def dense(node, mod, ins: dict, fn, backend: str, config: dict):
-    """Dense selective SSM; with gradients the (differentiable) associative torch scan runs,
-    and so it does wherever the Triton kernel cannot (see _triton_runs)."""
+    """Dense selective SSM.  Triton: the sequential kernel at inference; with gradients its
+    Triton forward + adjoint backward pair (triton.dense.backward.dense_ssm_trainable) where
+    the kernels run (_triton_trains).  Otherwise with gradients, and wherever the Triton
+    kernels cannot run, the (differentiable) associative torch scan."""
     x = ins["x"]
     kw = {}
-    if backend == "triton" and _triton_runs(mod, ins, x):
+    if backend == "triton" and (_triton_runs(mod, ins, x) or _triton_trains(x)):
         kw = _config_kw(triton_config("selective_ssm/dense", node.meta.get("algorithm"), config))
+        if not _triton_runs(mod, ins, x):
+            from ssmc.codegen.triton.dense.backward import dense_ssm_trainable as fn
+    elif backend == "tvm" and _grad_needed(mod, [x]) and _tvm_dense_trains(x):
+        from ssmc.codegen.composite.dense import dense_ssm_sequential as fn
     elif backend == "triton" or _grad_needed(mod, [x]):
         from ssmc.codegen.composite.dense import dense_ssm_associative as fn
     out = fn(x, mod.A_k, mod.B_proj, mod.C_proj, mod.D, mod.transition, ins.get("initial_state"),
@@ -218,6 +224,16 @@ def _triton_runs(mod, ins: dict, x) -> bool:
     return not node_wants_op(mod, ins, "triton", x)
 
 
+def _triton_trains(x) -> bool:
+    """Whether a Triton forward + backward pair (an autograd.Function the executor calls) can
+    run a call _triton_runs turns away for its gradients: fp32/fp16/bf16 on a GPU (or the CPU
+    under TRITON_INTERPRET=1), not traced by torch.compile."""
+    from ssmc.runtime.library import KERNEL_DTYPES, _device_ok
+
+    return (x.dtype in KERNEL_DTYPES and _device_ok("triton", x)
+            and not torch.compiler.is_compiling())
+
+
 def _triton_takes(mod, u) -> bool:
     """Whether the Triton S4D kernels can run this call: they have no backward, take fp32/fp16/
     bf16 on a GPU (or the CPU under TRITON_INTERPRET=1), and are not traceable.  These are the
@@ -247,7 +263,8 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
 
 def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
     """PLRNN latent recurrence.  TVM (CPU): differentiable (the kernel's adjoint recurrence
-    backward).  Triton: forward only (`_recurrence_triton`).
+    backward).  Triton: the kernel at inference, its forward + adjoint backward pair with
+    gradients (`_recurrence_triton`).
     With a folded `conv` epilogue (ins['epilogue'], its LongConv module: passes/fuse.py) the
     kernel also convolves the trajectory with the conv's kernel and the convolved trajectory is
     the result: directly in the kernel at inference (up to plrnn.FUSE_MAX_TAPS taps), by torch's
@@ -269,19 +286,27 @@ def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
 
 def _recurrence_triton(node, mod, s, epi, fn, config):
     """The Triton PLRNN kernel at inference, with the folded HRF conv in its register ring
-    (only the convolved trajectory is written).  It has no backward: with gradients (of the
-    PLRNN's or a learnable HRF's parameters), under torch.compile, for fp64 or off the GPU the
-    reference runs the node and then its epilogue."""
-    if not _triton_runs(mod, {"s": s}, s):
-        return NotImplemented
+    (only the convolved trajectory is written).  With gradients (of the PLRNN's or a learnable
+    HRF's parameters, or of s) the Triton forward + adjoint backward pair
+    (triton.plrnn.backward.plrnn_trainable) runs the recurrence and the epilogue module its
+    convolution (torch, autograd differentiates it).  Under torch.compile, for fp64 or off the
+    GPU the reference runs the node and then its epilogue."""
     cfg = _config_kw(triton_config("recurrence", node.meta.get("algorithm"), config))
-    if epi is None:
-        return fn(s, mod.A, mod.W, mod.h0, mod.C, **cfg)
-    k = epi.kernel
-    if k.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.device != s.device \
-            or (torch.is_grad_enabled() and k.requires_grad):
+    k = None if epi is None else epi.kernel
+    if k is not None and (k.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+                          or k.device != s.device):
         return NotImplemented
-    return fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=k, return_trajectory=False, **cfg)
+    if _triton_runs(mod, {"s": s}, s) and not (k is not None and torch.is_grad_enabled()
+                                               and k.requires_grad):
+        if epi is None:
+            return fn(s, mod.A, mod.W, mod.h0, mod.C, **cfg)
+        return fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=k, return_trajectory=False, **cfg)
+    if not _triton_trains(s):
+        return NotImplemented
+    from ssmc.codegen.triton.plrnn.backward import plrnn_trainable
+
+    z = plrnn_trainable(s, mod.A, mod.W, mod.h0, mod.C, **cfg)
+    return z if epi is None else epi(z)
 
 
 EXECUTORS = {"selective_ssm/mamba1": mamba1, "selective_ssm/ssd": ssd, "nested_recursion": nested,
