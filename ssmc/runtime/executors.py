@@ -198,10 +198,20 @@ def dense(node, mod, ins: dict, fn, backend: str, config: dict):
     return out
 
 
+def _tvm_dense_trains(x) -> bool:
+    """Whether a training call of the TVM dense node runs the sequential kernel with its adjoint
+    kernel (ssmc.codegen.tvm.dense_scan_bwd; the projections around the scan stay torch ops
+    that autograd differentiates): on the CPU, not traced by torch.compile (the TVM calls are
+    opaque to dynamo).  fp64 goes to the associative scan inside dense_ssm_fast."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
-    """S4D / polar diagonal SSM.  The torch FFT path (differentiable, traceable) runs with
-    gradients, under torch.compile (the TVM call is opaque to dynamo) and wherever the Triton
-    kernels cannot (see _triton_takes)."""
+    """S4D / polar diagonal SSM.  With gradients, under torch.compile and wherever the Triton
+    kernels cannot run (see _triton_takes), whatever the node's algorithm: the Vandermonde
+    kernel K through ssmc::s4d_vandermonde (the backend's forward and transposed-Vandermonde
+    backward kernels, traceable as an opaque op; ssmc.runtime.vandermonde), then torch's FFT
+    convolution (autograd differentiates it).  Eager inference calls the node's kernel."""
     u = ins["u"]
     Abar, Bbar, C = mod.discrete()
     if backend == "triton" and _triton_takes(mod, u):
@@ -211,7 +221,11 @@ def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
                **_config_kw(cfg))
         return y.transpose(1, 2)
     if backend == "triton" or _grad_needed(mod, [u]) or torch.compiler.is_compiling():
-        from ssmc.codegen.composite.diagonal import diagonal_fft as fn
+        from ssmc.runtime.vandermonde import BACKENDS, diagonal_conv
+
+        # a backend whose kernels cannot take these tensors falls back to torch inside the op
+        return diagonal_conv(u, Abar, Bbar, C, mod.D, mod.conj_pair,
+                             backend=backend if backend in BACKENDS else "torch")
     return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair)
 
 
@@ -244,16 +258,26 @@ def _triton_takes(mod, u) -> bool:
 
 
 def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
-    """Chimera's 2-D SSM.  TVM (CPU): differentiable (ssmc.codegen.tvm.ssm2d_bwd: the adjoint
-    kernel; the operands' torch preparation, x_proj / dt_proj included, is differentiated by
-    autograd).  The reference runs fp64, gradients of the other backends (forward-only
-    kernels) and gradients under torch.compile (the TVM calls are opaque to dynamo)."""
+    """Chimera's 2-D SSM.  Differentiable on both backends, the operands' torch preparation
+    (x_proj / dt_proj included) differentiated by autograd: TVM on the CPU
+    (ssmc.codegen.tvm.ssm2d_bwd: the adjoint kernel), Triton on a GPU or the CPU under
+    TRITON_INTERPRET=1 (ssmc.codegen.triton.ssm2d.backward: the reverse wavefront).  The
+    reference runs fp64, gradients on a device the backend does not run on, and gradients
+    under torch.compile (the kernel calls are opaque to dynamo)."""
     x = ins["x"]
     if x.dtype == torch.float64:
         return NotImplemented
-    if _grad_needed(mod, [x]) and (backend != "tvm" or x.device.type != "cpu"
-                                   or torch.compiler.is_compiling()):
-        return NotImplemented
+    if _grad_needed(mod, [x]):
+        if torch.compiler.is_compiling():
+            return NotImplemented
+        if backend == "triton":
+            from ssmc.codegen.triton.ssm2d.backward import applies
+            from ssmc.codegen.triton.ssm2d.backward import ssm2d_wavefront_autograd as fn
+
+            if not applies(x):
+                return NotImplemented
+        elif backend != "tvm" or x.device.type != "cpu":
+            return NotImplemented
     from ssmc.codegen.ssm2d_recurrence import ssm2d_config, ssm2d_operands
 
     args, dt_softplus = ssm2d_operands(mod, x)

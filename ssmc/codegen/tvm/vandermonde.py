@@ -82,6 +82,9 @@ def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = 
     Abar, Bbar, C = as_work(Abar, Bbar, C)
     real = work_dtype(Abar, Bbar, C)
     cplx = any(t.is_complex() for t in (Abar, Bbar, C))
+    if cplx:  # one complex parameter makes the state complex
+        ctype = torch.complex128 if real == torch.float64 else torch.complex64
+        Abar = Abar.to(ctype)
     d, _ = Abar.shape
     if L == 0:
         return torch.zeros(d, 0, dtype=real)
