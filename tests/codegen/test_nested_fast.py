@@ -12,6 +12,7 @@ import ssmc
 from ssmc import costmodel as cm
 from ssmc.codegen.composite import nested as N
 from ssmc.paths import zoo_dir
+from ssmc.runtime import nested_op  # noqa: F401  (defines ssmc::nested_tree)
 from ssmc.semantics.model import build_reference
 from ssmc.semantics.modules_misc import NestedRecursion
 from ssmc.semantics.nested import GRCWeights, nested_recursive, nested_ref
@@ -252,3 +253,69 @@ def test_chunk_choice_prefers_fewer_levels_then_the_default():
     # a GPU pays per level: 12 levels with k = 32 against 13 with k = 30
     k, times = cm.choose_nested_chunk(2, 4096, 256, gpu)
     assert cm.nested_shape(4096, k)[0] == 12 and times[k] < times[30]
+
+
+# ----------------------------------------------------------------------------- the custom ops
+
+def _op_args(inner="bbt", L=9, k=3, lengths=(9, 5), d=4, keep=True, dtype=torch.float64,
+             kind="torch"):
+    m = _module(d, k, inner).to(dtype)
+    w = m.cell.weights()
+    x2 = torch.randn(len(lengths) * L, d, dtype=dtype, requires_grad=keep)
+    ws = [t.detach().clone().requires_grad_(keep) for t in w[:6]]
+    return (x2, *ws, float(w.eps), list(lengths), L, k, inner, kind, keep)
+
+
+@pytest.mark.parametrize("inner", ["bbt", "rnn"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_opcheck_nested_tree(inner, keep):
+    torch.library.opcheck(torch.ops.ssmc.nested_tree.default, _op_args(inner, keep=keep))
+
+
+def test_opcheck_nested_tree_bwd():
+    args = _op_args()
+    with torch.no_grad():
+        roots, store, acts = torch.ops.ssmc.nested_tree(*args)
+    x2, w1, b1, w2, b2, ln_w, ln_b, eps, lengths, L, k, inner, _, _ = args
+    torch.library.opcheck(torch.ops.ssmc.nested_tree_bwd.default,
+                          (torch.randn_like(roots), store, acts, w1.detach(), w2.detach(),
+                           ln_w.detach(), ln_b.detach(), eps, lengths, L, k, inner))
+
+
+def test_nested_tree_op_gradcheck_float64():
+    x2, *ws, eps, lengths, L, k, inner, kind, keep = _op_args(L=5, k=2, lengths=(5, 3), d=3)
+    torch.autograd.gradcheck(
+        lambda x, *w: torch.ops.ssmc.nested_tree(x, *w, eps, lengths, L, k, inner, kind,
+                                                 True)[0], (x2, *ws))
+
+
+def test_nested_tree_fake_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = _op_args(lengths=(9, 5, 9), keep=True, dtype=torch.float32, kind="tvm")
+    want = [t.shape for t in torch.ops.ssmc.nested_tree(*real)]
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in real]
+        got = [t.shape for t in torch.ops.ssmc.nested_tree(*fake)]
+    assert got == want
+
+
+def test_compiled_rir_trains_under_torch_compile_fullgraph():
+    """torch.compile(fullgraph=True) through the tree op, forward and backward: no graph
+    break, the same loss and gradients as eager."""
+    torch.manual_seed(0)
+    m = _module(8, 4, "bbt")
+    w_params = list(m.cell.parameters())
+
+    def loss(x):
+        return N.nested_tree(x, m.cell.weights(), "bbt", 4).square().sum()
+
+    x = torch.randn(2, 19, 8, requires_grad=True)
+    want = loss(x)
+    gw = torch.autograd.grad(want, [x, *w_params])
+    torch._dynamo.reset()
+    got = torch.compile(loss, fullgraph=True, backend="aot_eager")(x)
+    gg = torch.autograd.grad(got, [x, *w_params])
+    torch.testing.assert_close(got, want, **FP32)
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, **FP32)

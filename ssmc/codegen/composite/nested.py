@@ -27,9 +27,11 @@ scorer's first layer is split, W1 [l; r] = W1_l l + W1_r r, so every node's two 
 computed once when the node is made (a step then costs a gather and a GELU instead of a GEMM
 over every adjacent pair); merges use the fused GRC above.
 
-Gradients (bbt, rnn): `_TreeFunction` -- the fused forward keeps the node store and each
-level's pre-GELU and g; the backward walks the levels in reverse (four GEMMs per level, the
-elementwise parts by autograd on the saved activations).  The beam's backward is the oracle's
+Gradients (bbt, rnn): the ``ssmc::nested_tree`` op (ssmc.runtime.nested_op: register_fake,
+register_autograd) -- the fused forward keeps the node store and every merge's pre-GELU and g
+in one (2, merges, 4d) tensor; the backward (`tree_backward`, the op ``ssmc::nested_tree_bwd``)
+walks the levels in reverse (four GEMMs per level, the elementwise parts by autograd on the
+saved activations).  The beam's backward is the oracle's
 (the executor hands it over).
 """
 
@@ -236,8 +238,9 @@ class _Cell:
         self.h = like.new_empty(max(rows, 1), d4)
         self.g = like.new_empty(max(rows, 1), d4)
 
-    def __call__(self, lr: torch.Tensor, out: torch.Tensor, saved: list | None = None):
-        """out <- GRC(lr); with `saved`, append this call's (pre-GELU, g) for a backward."""
+    def __call__(self, lr: torch.Tensor, out: torch.Tensor, saved: torch.Tensor | None = None):
+        """out <- GRC(lr); with `saved` ((2, P, 4d), a slice of the plan's activation store),
+        also keep this call's pre-GELU (saved[0]) and g (saved[1]) for a backward."""
         P = lr.shape[0]
         if P > self.h.shape[0]:
             self.h = self.h.new_empty(P, self.h.shape[1])
@@ -251,12 +254,11 @@ class _Cell:
             self.gelu_(h)
             g = torch.addmm(self.w.b2, h, self.w2t, out=self.g[:P])
         else:
-            pre = torch.addmm(self.w.b1, lr, self.w1t)
+            pre = torch.addmm(self.w.b1, lr, self.w1t, out=saved[0])
             h = self.h[:P]
             h.copy_(pre)
             self.gelu_(h)
-            g = torch.addmm(self.w.b2, h, self.w2t)
-            saved.append((pre, g))
+            g = torch.addmm(self.w.b2, h, self.w2t, out=saved[1])
         return self.epilogue(g, lr, self.w, out)
 
 
@@ -274,9 +276,9 @@ def grc_rows(l: torch.Tensor, r: torch.Tensor, w: GRCWeights, epilogue: str = "a
 
 
 def run_plan(x2: torch.Tensor, plan: TreePlan, w: GRCWeights, kind: str,
-             saved: list | None = None):
-    """Execute a plan on leaves x2 (b * L, d) -> roots (b, d) [, the node store when `saved`
-    is a list: it then also receives every level's (pre-GELU, g) activations]."""
+             acts: torch.Tensor | None = None):
+    """Execute a plan on leaves x2 (b * L, d) -> roots (b, d) [and the node store, when `acts`
+    ((2, merges, 4d)) is given to receive every merge's pre-GELU and g, in node order]."""
     d = x2.shape[1]
     store = x2.new_empty(plan.total, d)
     store[:plan.zero] = x2
@@ -290,69 +292,59 @@ def run_plan(x2: torch.Tensor, plan: TreePlan, w: GRCWeights, kind: str,
             lr = lr_buf[:P]
             torch.index_select(store, 0, pairs.to(dev, non_blocking=True).view(-1),
                                out=lr.view(2 * P, d))
-            cell(lr, store[first:first + P], saved)
+            m0 = first - plan.zero - 1  # merge outputs are numbered from zero + 1
+            cell(lr, store[first:first + P], None if acts is None else acts[:, m0:m0 + P])
     roots = store[plan.roots.to(x2.device)]
-    return (roots, store) if saved is not None else roots
+    return (roots, store) if acts is not None else roots
 
 
-def _epilogue_graph(g, lr, ln_w, ln_b, eps):
-    """The GRC epilogue in plain torch ops (what the backward differentiates)."""
+def _epilogue_backward(gout, g, lr, ln_w, ln_b, eps):
+    """Gradients of the GRC epilogue out = LayerNorm(sigmoid(f1) l + sigmoid(f2) r +
+    sigmoid(i) p) -> (d g, d [l; r], d ln_w, d ln_b), by aten's own backward formulas (this
+    runs inside a custom op, below autograd, so there is no graph to differentiate)."""
     d = ln_w.shape[0]
-    f1, f2, i, p = g.chunk(4, dim=-1)
-    mix = torch.sigmoid(f1) * lr[:, :d] + torch.sigmoid(f2) * lr[:, d:] + torch.sigmoid(i) * p
-    return F.layer_norm(mix, (d,), ln_w, ln_b, eps)
+    f1, f2, i, p = (torch.sigmoid(t) if k < 3 else t for k, t in enumerate(g.chunk(4, dim=-1)))
+    left, right = lr[:, :d], lr[:, d:]
+    mix = f1 * left + f2 * right + i * p
+    _, mean, rstd = torch.ops.aten.native_layer_norm(mix, [d], ln_w, ln_b, eps)
+    d_mix, d_lw, d_lb = torch.ops.aten.native_layer_norm_backward(
+        gout, mix, [d], mean, rstd, ln_w, ln_b, [True, True, True])
+    d_g = torch.cat([d_mix * left * f1 * (1 - f1), d_mix * right * f2 * (1 - f2),
+                     d_mix * p * i * (1 - i), d_mix * i], dim=-1)
+    return d_g, torch.cat([d_mix * f1, d_mix * f2], dim=-1), d_lw, d_lb
 
 
-class _TreeFunction(torch.autograd.Function):
-    """The plan's forward (fused kernels, no autograd graph) keeping the node store and each
-    level's pre-GELU and g (8d floats per merge); the backward walks the levels in reverse: the
-    elementwise parts by torch autograd on the saved activations, the four GEMMs of the two
-    linear layers by hand, the [l; r] gradient scattered back into the store's."""
-
-    @staticmethod
-    def forward(ctx, x2, w1, b1, w2, b2, ln_w, ln_b, plan, eps, kind):
-        w = GRCWeights(w1, b1, w2, b2, ln_w, ln_b, eps)
-        acts: list = []
-        roots, store = run_plan(x2, plan, w, kind, saved=acts)
-        flat = [t for pair in acts for t in pair]
-        ctx.save_for_backward(store, w1, w2, ln_w, ln_b, *flat)
-        ctx.plan, ctx.eps = plan, eps
-        return roots
-
-    @staticmethod
-    def backward(ctx, grad_roots):
-        store, w1, w2, ln_w, ln_b, *flat = ctx.saved_tensors
-        acts = list(zip(flat[0::2], flat[1::2]))
-        plan = ctx.plan
-        d = store.shape[1]
-        dev = store.device
-        gstore = torch.zeros_like(store)
-        gstore.index_add_(0, plan.roots.to(dev), grad_roots)
-        gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        gb1, gb2 = w1.new_zeros(w1.shape[0]), w2.new_zeros(w2.shape[0])
-        glw, glb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
-        for (pairs, first), (pre, g) in zip(reversed(plan.levels), reversed(acts)):
-            P = pairs.shape[0]
-            idx = pairs.to(dev).view(-1)
-            lr = store[idx].view(P, 2 * d)
-            gout = gstore[first:first + P]
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_() for t in (g, lr, ln_w, ln_b, pre)]
-                out = _epilogue_graph(*leaves[:4], ctx.eps)
-                d_g, d_lr, d_lw, d_lb = torch.autograd.grad(out, leaves[:4], gout)
-                h = F.gelu(leaves[4])
-                d_h = d_g @ w2
-                (d_pre,) = torch.autograd.grad(h, leaves[4], d_h)
-            h = h.detach()
-            gw2.addmm_(d_g.t(), h)
-            gb2 += d_g.sum(0)
-            gw1.addmm_(d_pre.t(), lr)
-            gb1 += d_pre.sum(0)
-            glw += d_lw
-            glb += d_lb
-            d_lr = d_lr.addmm_(d_pre, w1)
-            gstore.index_add_(0, idx, d_lr.view(2 * P, d))
-        return (gstore[:plan.zero], gw1, gb1, gw2, gb2, glw, glb, None, None, None)
+def tree_backward(grad_roots, store, acts, w1, w2, ln_w, ln_b, plan: TreePlan, eps: float):
+    """The plan's backward: the levels in reverse, the elementwise parts by torch autograd on
+    the saved activations (acts: run_plan's), the four GEMMs of the two linear layers by hand,
+    the [l; r] gradient scattered back into the store's.  -> (d x2, dw1, db1, dw2, db2,
+    dln_w, dln_b)."""
+    d = store.shape[1]
+    dev = store.device
+    gstore = torch.zeros_like(store)
+    gstore.index_add_(0, plan.roots.to(dev), grad_roots)
+    gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    gb1, gb2 = w1.new_zeros(w1.shape[0]), w2.new_zeros(w2.shape[0])
+    glw, glb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+    for pairs, first in reversed(plan.levels):
+        P = pairs.shape[0]
+        m0 = first - plan.zero - 1
+        pre, g = acts[0, m0:m0 + P], acts[1, m0:m0 + P]
+        idx = pairs.to(dev).view(-1)
+        lr = store[idx].view(P, 2 * d)
+        gout = gstore[first:first + P]
+        d_g, d_lr, d_lw, d_lb = _epilogue_backward(gout, g, lr, ln_w, ln_b, eps)
+        h = F.gelu(pre)
+        d_pre = torch.ops.aten.gelu_backward(d_g @ w2, pre)
+        gw2.addmm_(d_g.t(), h)
+        gb2 += d_g.sum(0)
+        gw1.addmm_(d_pre.t(), lr)
+        gb1 += d_pre.sum(0)
+        glw += d_lw
+        glb += d_lb
+        d_lr = d_lr.addmm_(d_pre, w1)
+        gstore.index_add_(0, idx, d_lr.view(2 * P, d))
+    return gstore[:plan.zero], gw1, gb1, gw2, gb2, glw, glb
 
 
 def _wants_grad(*ts) -> bool:
@@ -398,12 +390,16 @@ def nested_tree(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, lengt
     if inner == "beam":
         out = _beam_outer(xf, lens, chunk, w, sw, beam, kind)
     else:
-        plan = build_plan(tuple(lens), L, chunk, inner)
         x2 = xf.reshape(b * L, d).contiguous()
-        if _wants_grad(x2, *w[:6]):
-            out = _TreeFunction.apply(x2, *w[:6], plan, w.eps, kind)
+        keep = _wants_grad(x2, *w[:6])
+        if keep or torch.compiler.is_compiling():
+            from ssmc.runtime import nested_op  # noqa: F401  (defines the op)
+
+            # the ssmc::nested_tree op: differentiable (tree_backward) and traceable
+            out = torch.ops.ssmc.nested_tree(x2, *w[:6], float(w.eps), [int(n) for n in lens],
+                                             L, chunk, inner, kind, keep)[0]
         else:
-            out = run_plan(x2, plan, w, kind)
+            out = run_plan(x2, build_plan(tuple(lens), L, chunk, inner), w, kind)
     return out.to(x.dtype)
 
 
