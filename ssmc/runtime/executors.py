@@ -191,21 +191,11 @@ def dense(node, mod, ins: dict, fn, backend: str, config: dict):
             from ssmc.codegen.triton.dense.backward import dense_ssm_trainable as fn
     elif backend == "tvm" and _grad_needed(mod, [x]) and _tvm_dense_trains(x):
         from ssmc.codegen.composite.dense import dense_ssm_sequential as fn
-    elif backend == "tvm" and _grad_needed(mod, [x]) and _tvm_dense_trains(x):
-        from ssmc.codegen.composite.dense import dense_ssm_sequential as fn
     elif backend == "triton" or _grad_needed(mod, [x]):
         from ssmc.codegen.composite.dense import dense_ssm_associative as fn
     out = fn(x, mod.A_k, mod.B_proj, mod.C_proj, mod.D, mod.transition, ins.get("initial_state"),
              node.final_state, A_0=mod.A_0, **kw)
     return out
-
-
-def _tvm_dense_trains(x) -> bool:
-    """Whether a training call of the TVM dense node runs the sequential kernel with its adjoint
-    kernel (ssmc.codegen.tvm.dense_scan_bwd; the projections around the scan stay torch ops
-    that autograd differentiates): on the CPU, not traced by torch.compile (the TVM calls are
-    opaque to dynamo).  fp64 goes to the associative scan inside dense_ssm_fast."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _tvm_dense_trains(x) -> bool:
