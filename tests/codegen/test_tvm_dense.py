@@ -164,7 +164,7 @@ def test_lcde_matches_reference(lcde_cpu, L):
     x = torch.randn(2, L, 8)
     with torch.no_grad():
         torch.testing.assert_close(lcde_cpu(x), ref(x), **FP32)
-    # with gradients the associative torch scan runs: the same gradients as the oracle's
+    # with gradients the TVM scan and its adjoint kernel run: the same gradients as the oracle's
     lcde_cpu.zero_grad(set_to_none=True)
     lcde_cpu(x).square().mean().backward()
     ref(x).square().mean().backward()
