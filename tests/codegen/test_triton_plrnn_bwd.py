@@ -63,7 +63,7 @@ def compare(ins, gz, tol, config=None, wanted=NAMES):
 
 CASES = {  # b, L, K_in, M, z0, block_b
     "B3-L1-K3-M16": (3, 1, 3, 16, None, None),
-    "B3-L7-K3-M16-z0": (3, 7, 3, 16, "batch", 2),      # a 2-trajectory block and a 1-trajectory tail
+    "B3-L7-K3-M16-z0": (3, 7, 3, 16, "batch", 2),  # a 2-trajectory block, a 1-trajectory tail
     "B2-L7-K5-M5-z0shared": (2, 7, 5, 5, "shared", 1),  # M, K_in padded to powers of two
     "B2-L7-K1-M1": (2, 7, 1, 1, None, None),
     "B2-L100-K3-M16-z0": (2, 100, 3, 16, "batch", 2),

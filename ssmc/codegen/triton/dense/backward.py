@@ -37,7 +37,8 @@ from torch import Tensor
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, grid_dim,
                                         interpreting, next_pow2)
 from ssmc.codegen.triton.dense.sequential import (VALUES_PER_WARP, DenseSequentialConfig,
-                                                  _scan_operands, dense_scan_sequential)
+                                                  _pad_blocks, _scan_operands,
+                                                  dense_scan_sequential)
 
 
 @triton.jit
@@ -224,8 +225,6 @@ def dense_scan_trainable(u, *, x=None, A_k=None, A0=None, A=None, initial_state=
     bs = blocks.shape[-1]
     BS = next_pow2(bs)
     if bs != BS:
-        from ssmc.codegen.triton.dense.sequential import _pad_blocks
-
         b, L, N = u.shape
         nb = N // bs
         p = _pad_blocks(u, x, A_k, A0, A, initial_state, nb, bs, BS)
