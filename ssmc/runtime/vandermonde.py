@@ -168,7 +168,8 @@ class VandermondeFn(torch.autograd.Function):
 def vandermonde_op(Abar: Tensor, Bbar: Tensor, C: Tensor, L: int, conj_pair: bool,
                    backend: str) -> Tensor:
     fwd, _ = KERNELS[resolve_backend(backend, Abar.device)]
-    return fwd(Abar, Bbar, C, L, conj_pair)
+    # contiguous, as the fake says (the torch forward returns a slice of its blocks)
+    return fwd(Abar, Bbar, C, L, conj_pair).contiguous()
 
 
 @vandermonde_op.register_fake
@@ -179,12 +180,13 @@ def _(Abar, Bbar, C, L, conj_pair, backend):
 @torch.library.custom_op("ssmc::s4d_vandermonde_bwd", mutates_args=())
 def vandermonde_bwd_op(Abar: Tensor, gK: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     _, bwd = KERNELS[resolve_backend(backend, Abar.device)]
-    return bwd(Abar, gK.contiguous())
+    V0, V1 = bwd(Abar, gK.contiguous())
+    return V0.contiguous(), V1.contiguous()
 
 
 @vandermonde_bwd_op.register_fake
 def _(Abar, gK, backend):
-    return torch.empty_like(Abar), torch.empty_like(Abar)
+    return Abar.new_empty(Abar.shape), Abar.new_empty(Abar.shape)
 
 
 def _setup(ctx, inputs, output):

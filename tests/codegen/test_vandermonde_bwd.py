@@ -158,9 +158,14 @@ def test_function_pairs_any_kernels():
 def test_opcheck():
     """Fake tensors and the autograd registration of ssmc::s4d_vandermonde agree with it."""
     A, B, C = (t.to(torch.complex64).requires_grad_() for t in _params(3, 4, "complex"))
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(torch.ops.ssmc.s4d_vandermonde.default, (A, B, C, 10, True, "tvm"),
-                          test_utils=("test_schema", "test_autograd_registration",
-                                      "test_faketensor"))
+                          test_utils=checks)
+    torch.library.opcheck(torch.ops.ssmc.s4d_vandermonde.default, (A, B, C, 10, True, "torch"),
+                          test_utils=checks)
+    for backend in ("tvm", "torch"):
+        torch.library.opcheck(torch.ops.ssmc.s4d_vandermonde_bwd.default,
+                              (A.detach(), torch.randn(3, 10), backend), test_utils=checks)
 
 
 @pytest.mark.parametrize("opts", [
