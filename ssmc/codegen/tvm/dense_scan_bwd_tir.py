@@ -16,9 +16,9 @@ M_t is rebuilt per step from x_t and A_k with the forward's emitter (never (b, L
 One task per batch row, the blocks in a loop inside each step: dx_t sums <A_k, P_t> over the
 blocks, and summing them in the task keeps that reduction deterministic without (b, L, nb, K)
 partials in memory.  dA_k and dA0 are accumulated per row, serially in t, into (b, ...)
-partials that the wrapper sums over the batch (fixed order: deterministic).  The dx / dA_k
-statements are vectors along k (A_k passed a second time as (nb, bs*bs, K)), P_t entries
-broadcast.  b and L are symbolic; K, nb, bs and the flags are compiled in (DenseSignature).
+partials that the wrapper sums over the batch (fixed order: deterministic).  The parameter
+terms (dA0, dA_k, dx) are reduced per chunk of CHUNK steps (reduce_chunk): vectors along k
+(A_k passed a second time as (nb, bs*bs, K)), the chunk's P entries broadcast.  b and L are symbolic; K, nb, bs and the flags are compiled in (DenseSignature).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from ssmc.codegen.tvm.dense_scan_tir import (F32, IDX, DenseSignature, buf, emit
 from ssmc.codegen.tvm.grc_tir import vector_width
 
 FUNC_NAME = "dense_scan_backward"
+# steps whose parameter terms are reduced together (reduce_chunk)
+CHUNK = 8
 
 
 def arg_names(sig: DenseSignature) -> list[str]:
@@ -46,6 +48,90 @@ def arg_names(sig: DenseSignature) -> list[str]:
     if sig.has_h0:
         names.append("dh0")
     return names
+
+
+def step(a, sig: DenseSignature, bi, t, tt, g, gc, hp, mt, pc):
+    """One adjoint step: g_t, du_t, P_t (into the chunk's row tt, or dA_t when given) and
+    gc = M_t^T g_t for the step before."""
+    K, nb, bs = sig.K, sig.nb, sig.bs
+    N, bb = nb * bs, bs * bs
+    vm, vh = vector_width(bb, sig.lanes), vector_width(bs, sig.lanes)
+    zero = M.f32(0.0)
+
+    def start(i):
+        T.buffer_store(g, a["gh"][bi, t, i] + gc[i], [i])
+        T.buffer_store(a["du"], g[i], [bi, t, i])
+        T.buffer_store(gc, zero, [i])
+    rows(N, vh, start)
+    # h_{t-1}: the trajectory's previous row, at t = 0 the initial state
+    with T.If(t > 0):
+        with T.Then():
+            rows(N, vh, lambda i: T.buffer_store(hp, a["h"][bi, t - 1, i], [i]))
+        with T.Else():
+            rows(N, vh, lambda i: T.buffer_store(
+                hp, a["h0"][bi, i] if sig.has_h0 else zero, [i]))
+    with T.serial(0, nb) as n:
+        base = n * bb if not sig.given else 0
+        with T.serial(0, bs) as i:
+            gi = g[n * bs + i]
+
+            def outer(j):
+                if sig.given:
+                    T.buffer_store(pc, gi * hp[n * bs + j], [i * bs + j])
+                else:
+                    T.buffer_store(pc, gi * hp[n * bs + j], [tt, base + i * bs + j])
+            rows(bs, vh, outer)
+        if sig.given:
+            def m_at(e):
+                return a["A"][bi, t, n, e]
+            rows(bb, vm, lambda e: T.buffer_store(a["dA"], pc[e], [bi, t, n, e]))
+        else:
+            emit_build(mt, a["A0"], a["Ak"], lambda k: a["x"][bi, t, k], n, K, bb, vm)
+
+            def m_at(e):
+                return mt[e]
+        # gc[j] += sum_i M_t[i, j] g_t[i]: the forward's mat-vec on the untransposed block
+        emit_matvec(gc, g, m_at, bs, vh, off=n * bs)
+
+
+def reduce_chunk(a, sig: DenseSignature, bi, t_end, pc, dxc):
+    """The parameter terms of a chunk's CHUNK steps at once (rows of steps before the sequence
+    hold P = 0):  dA0 += sum P,  dA_k += x^k P,  dx^k = <A_k, P>.  Each dA_k / A_k vector is
+    loaded once per chunk, not per step, and the chunk's dx rows and x rows are invariant in
+    the entry loop (LLVM keeps them in registers): the per-step rank-1 update was bound by
+    moving the (K, bs^2) accumulator through the cache."""
+    K, nb, bs = sig.K, sig.nb, sig.bs
+    bb = bs * bs
+    vm, vk = vector_width(bb, sig.lanes), vector_width(K, sig.lanes)
+    zero = M.f32(0.0)
+
+    def t_of(tt):  # the step of row tt, clamped into the sequence (its P row is 0 there)
+        return tir.Max(t_end - 1 - tt, tir.IntImm(IDX, 0))
+
+    with T.serial(0, CHUNK) as tt:
+        rows(K, vk, lambda k: T.buffer_store(dxc, zero, [tt, k]))
+    with T.serial(0, nb) as n:
+        def dA0(e):
+            acc = a["dA0"][bi, n, e]
+            for tt in range(CHUNK):
+                acc = acc + pc[tt, n * bb + e]
+            T.buffer_store(a["dA0"], acc, [bi, n, e])
+        rows(bb, vm, dA0)
+        with T.serial(0, K // vk) as kc:
+            with T.serial(0, bb) as e:
+                with T.vectorized(0, vk) as v:
+                    k = kc * vk + v
+                    acc = a["dAk"][bi, n, e, k]
+                    for tt in range(CHUNK):
+                        pe = pc[tt, n * bb + e]
+                        acc = acc + pe * a["x"][bi, t_of(tt), k]
+                        T.buffer_store(dxc, dxc[tt, k] + pe * a["AkE"][n, e, k], [tt, k])
+                    T.buffer_store(a["dAk"], acc, [bi, n, e, k])
+    with T.serial(0, CHUNK) as tt:
+        with T.If(t_end - 1 - tt >= 0):
+            with T.Then():
+                rows(K, vk, lambda k: T.buffer_store(a["dx"], dxc[tt, k],
+                                                     [bi, t_end - 1 - tt, k]))
 
 
 def build_dense_scan_backward(sig: DenseSignature):
@@ -71,62 +157,30 @@ def build_dense_scan_backward(sig: DenseSignature):
                 g = T.alloc_buffer((N,), F32, scope="global")  # g_t
                 gc = T.alloc_buffer((N,), F32, scope="global")  # M_{t+1}^T g_{t+1}
                 hp = T.alloc_buffer((N,), F32, scope="global")  # h_{t-1}
-                p = T.alloc_buffer((bb,), F32, scope="global")  # P_t of one block
                 mt = T.alloc_buffer((bb,), F32, scope="global")
-                dxt = T.alloc_buffer((K,), F32, scope="global")
+                # P of the chunk's steps (built), of one block (given)
+                pc = T.alloc_buffer((CHUNK, nb * bb) if not sig.given else (bb,), F32,
+                                    scope="global")
+                dxc = None if sig.given else T.alloc_buffer((CHUNK, K), F32, scope="global")
                 rows(N, vh, lambda i: T.buffer_store(gc, zero, [i]))
                 if not sig.given:
                     with T.serial(0, nb) as n:
                         rows(bb, vm, lambda e: T.buffer_store(a["dA0"], zero, [bi, n, e]))
                         with T.serial(0, bb) as e:
                             rows(K, vk, lambda k: T.buffer_store(a["dAk"], zero, [bi, n, e, k]))
-                with T.serial(0, L) as r:
-                    t = T.Bind(L - 1 - r)
-
-                    def start(i):
-                        T.buffer_store(g, a["gh"][bi, t, i] + gc[i], [i])
-                        T.buffer_store(a["du"], g[i], [bi, t, i])
-                        T.buffer_store(gc, zero, [i])
-                    rows(N, vh, start)
-                    # h_{t-1}: the trajectory's previous row, at t = 0 the initial state
-                    with T.If(t > 0):
-                        with T.Then():
-                            rows(N, vh, lambda i: T.buffer_store(hp, a["h"][bi, t - 1, i], [i]))
-                        with T.Else():
-                            rows(N, vh, lambda i: T.buffer_store(
-                                hp, a["h0"][bi, i] if sig.has_h0 else zero, [i]))
+                with T.serial(0, (L + CHUNK - 1) // CHUNK) as c:
+                    t_end = L - c * CHUNK  # the chunk: steps t_end - 1 down to t_end - CHUNK
+                    with T.serial(0, CHUNK) as tt:
+                        t = T.Bind(t_end - 1 - tt)
+                        with T.If(t >= 0):
+                            with T.Then():
+                                step(a, sig, bi, t, tt, g, gc, hp, mt, pc)
+                            if not sig.given:  # a step before the sequence adds nothing
+                                with T.Else():
+                                    rows(nb * bb, vm,
+                                         lambda e: T.buffer_store(pc, zero, [tt, e]))
                     if not sig.given:
-                        rows(K, vk, lambda k: T.buffer_store(dxt, zero, [k]))
-                    with T.serial(0, nb) as n:
-                        with T.serial(0, bs) as i:
-                            gi = g[n * bs + i]
-                            rows(bs, vh, lambda j: T.buffer_store(p, gi * hp[n * bs + j],
-                                                                  [i * bs + j]))
-                        if sig.given:
-                            def m_at(e):
-                                return a["A"][bi, t, n, e]
-                            rows(bb, vm, lambda e: T.buffer_store(a["dA"], p[e], [bi, t, n, e]))
-                        else:
-                            emit_build(mt, a["A0"], a["Ak"], lambda k: a["x"][bi, t, k], n, K,
-                                       bb, vm)
-
-                            def m_at(e):
-                                return mt[e]
-                            rows(bb, vm, lambda e: T.buffer_store(
-                                a["dA0"], a["dA0"][bi, n, e] + p[e], [bi, n, e]))
-                            with T.serial(0, bb) as e:
-                                pe = p[e]
-
-                                def reduce(k):
-                                    T.buffer_store(dxt, dxt[k] + pe * a["AkE"][n, e, k], [k])
-                                    T.buffer_store(a["dAk"], a["dAk"][bi, n, e, k]
-                                                   + pe * a["x"][bi, t, k], [bi, n, e, k])
-                                rows(K, vk, reduce)
-                        # gc[j] += sum_i M_t[i, j] g_t[i]: the forward's mat-vec on the
-                        # untransposed block
-                        emit_matvec(gc, g, m_at, bs, vh, off=n * bs)
-                    if not sig.given:
-                        rows(K, vk, lambda k: T.buffer_store(a["dx"], dxt[k], [bi, t, k]))
+                        reduce_chunk(a, sig, bi, t_end, pc, dxc)
                 if sig.has_h0:
                     rows(N, vh, lambda i: T.buffer_store(a["dh0"], gc[i], [bi, i]))
     return ib.get()
