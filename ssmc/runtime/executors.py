@@ -169,11 +169,9 @@ def _config_kw(cfg) -> dict:
 
 
 def nested(node, mod, ins: dict, fn, backend: str, config: dict):
-    """Nested recursion by the level-synchronous tree (bbt / rnn also with gradients: the plan's
-    own backward; training the beam variant runs the reference)."""
+    """Nested recursion by the level-synchronous tree (bbt / rnn also with gradients: the
+    ssmc::nested_tree op's backward; the beam under autograd)."""
     x = ins["x"]
-    if mod.inner == "beam" and _grad_needed(mod, [x]):
-        return NotImplemented
     sw = mod.scorer.weights() if mod.scorer is not None else None
     return fn(x, mod.cell.weights(), mod.inner, mod.chunk, None, sw, mod.beam)
 

@@ -25,14 +25,14 @@ the oracle's algorithm (all chunks and beams batched per step) with three change
 node ids into a store instead of copies of the vectors (a step rearranges integers); the pair
 scorer's first layer is split, W1 [l; r] = W1_l l + W1_r r, so every node's two projections are
 computed once when the node is made (a step then costs a gather and a GELU instead of a GEMM
-over every adjacent pair); merges use the fused GRC above.
+over every adjacent pair); merges use the fused GRC above.  With gradients the same program
+runs under autograd (the stores written by assignment, merges by the oracle's GRC).
 
 Gradients (bbt, rnn): the ``ssmc::nested_tree`` op (ssmc.runtime.nested_op: register_fake,
 register_autograd) -- the fused forward keeps the node store and every merge's pre-GELU and g
 in one (2, merges, 4d) tensor; the backward (`tree_backward`, the op ``ssmc::nested_tree_bwd``)
 walks the levels in reverse (four GEMMs per level, the elementwise parts by autograd on the
-saved activations).  The beam's backward is the oracle's
-(the executor hands it over).
+saved activations).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ssmc.runtime import gemm
 
 from ssmc.semantics.nested import NEG, GRCWeights, ScorerWeights, _cast, _check, _chunks_of, \
-    _lengths
+    _lengths, grc
 
 EPILOGUES = ("auto", "tvm", "triton", "torch")
 
@@ -420,9 +420,12 @@ def _beam_reduce(x, mask, w: GRCWeights, s: ScorerWeights, beam: int, cell_fn):
     V = x.new_empty(total, d)
     PL = x.new_empty(total, hid)
     PR = x.new_empty(total, hid)
-    V[:n * m] = x.reshape(n * m, d)
-    torch.addmm(s.b1, V[:n * m], w1l.t(), out=PL[:n * m])
-    torch.mm(V[:n * m], w1r.t(), out=PR[:n * m])
+    # assignments, not out= GEMMs into the stores, so that autograd can follow them (the
+    # stores are then written through CopySlices; a gather from them saves only indices)
+    leaves = x.reshape(n * m, d)
+    V[:n * m] = leaves
+    PL[:n * m] = torch.addmm(s.b1, leaves, w1l.t())
+    PR[:n * m] = leaves @ w1r.t()
     dev = x.device
     ids = (torch.arange(n, device=dev)[:, None] * m + torch.arange(m, device=dev))[:, None]
     ids = ids.expand(n, beam, m)
@@ -446,9 +449,10 @@ def _beam_reduce(x, mask, w: GRCWeights, s: ScorerWeights, beam: int, cell_fn):
         left = src.gather(2, j[..., None])[..., 0]
         right = src.gather(2, (j + 1)[..., None])[..., 0]
         made = slice(nxt, nxt + n * beam)
-        V[made] = cell_fn(V[left.reshape(-1)], V[right.reshape(-1)])
-        torch.addmm(s.b1, V[made], w1l.t(), out=PL[made])
-        torch.mm(V[made], w1r.t(), out=PR[made])
+        new = cell_fn(V[left.reshape(-1)], V[right.reshape(-1)])
+        V[made] = new
+        PL[made] = torch.addmm(s.b1, new, w1l.t())
+        PR[made] = new @ w1r.t()
         new_id = torch.arange(nxt, nxt + n * beam, device=dev).reshape(n, beam)
         nxt += n * beam
         ii = jj[None, None, :]
@@ -468,6 +472,8 @@ def _beam_outer(seq, lens, chunk, w, sw, beam, kind):
     dev = seq.device
 
     def cell_fn(l, r):  # (P, d), (P, d) -> (P, d)
+        if _wants_grad(l, *w[:6]):  # the fused cell writes into buffers: autograd's GRC
+            return grc(l, r, w)
         lr = torch.cat([l, r], dim=-1)
         return _Cell(w, kind, lr.shape[0], lr)(lr, lr.new_empty(lr.shape[0], d))
 
