@@ -194,9 +194,9 @@ def test_compiled_lcde_for_sm90_runs_the_kernel(lcde_sm90, L, tol, monkeypatch):
 
 
 @pytest.mark.skipif(not interpreting(), reason="the interpreter runs CPU tensors")
-def test_compiled_lcde_gradients_run_the_torch_scan(lcde_sm90):
-    """The Triton scan has no backward (like the other Triton families): with gradients the
-    differentiable associative torch scan runs, with the oracle's gradients."""
+def test_compiled_lcde_gradients_match_the_reference(lcde_sm90):
+    """With gradients the Triton scan runs with its adjoint backward (dense/backward.py,
+    counted in test_triton_dense_bwd.py): the oracle's gradients."""
     model, ref = lcde_sm90
     x = torch.randn(2, 9, 8)
     for m in (model, ref):

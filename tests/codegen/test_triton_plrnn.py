@@ -195,9 +195,9 @@ def test_compiled_convssm_for_sm90_runs_the_fused_kernel(convssm_sm90, L, tol, m
 
 
 @pytest.mark.skipif(not interpreting(), reason="the interpreter runs CPU tensors")
-def test_compiled_convssm_gradients_run_the_reference(convssm_sm90):
-    """The Triton kernel has no backward (like the other Triton families): with gradients the
-    reference runs the PLRNN and then the HRF conv, so the gradients are the reference's."""
+def test_compiled_convssm_gradients_match_the_reference(convssm_sm90):
+    """With gradients the Triton recurrence runs with its adjoint backward (plrnn/backward.py,
+    counted in test_triton_plrnn_bwd.py), then the HRF conv: the reference's gradients."""
     model, ref = convssm_sm90
     s = torch.randn(2, 9, 3)
     for m in (model, ref):
