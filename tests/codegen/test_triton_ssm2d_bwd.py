@@ -255,11 +255,53 @@ def test_compiled_chimera_for_sm90_trains_through_the_triton_backward(tol, monke
 
 
 # ------------------------------------------------------------------- bigger: -m slow / gpu
+AOT_SCRIPT = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from ssmc.codegen.triton.aot import _ast_source, _ptxas_usage
+from ssmc.codegen.triton.families import _ssm2d_example
+from ssmc.codegen.triton.ssm2d.backward import plan_ssm2d_wavefront_bwd
+kw = _ssm2d_example(torch.float16, "meta")
+del kw["D"]
+p = torch.empty(16, 16, device="meta")
+lti = dict(kw, B1=p, B2=p, C1=p, C2=p, dt_t=p[0], dt_v=p[0])
+for args in (kw, lti):
+    plan = plan_ssm2d_wavefront_bwd(torch.empty_like(kw["x"]), **args, dt_softplus=True)
+    (launch,) = plan.launches
+    for tgt in (GPUTarget("cuda", 90, 32), GPUTarget("hip", "gfx942", 64)):
+        c = triton.compile(_ast_source(launch, tgt), target=tgt,
+                           options={"num_warps": launch.num_warps, "num_stages": 1})
+        if "ptx" in c.asm:
+            print("sm_90 regs %d spills %d" % _ptxas_usage(c.asm["ptx"], 90))
+print("compiled")
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("chunk", [None, 4])
-def test_bigger_grid(tol, chunk):
-    args = make(2, 13, 9, 5, 3, **SELECTIVE, seed=11, softplus=True)
-    assert_grads_close(*grads(args, True, softplus=True, chunk=chunk), tol)
+def test_backward_kernel_compiles_for_sm90_and_gfx942():
+    """Chimera's selective and time-invariant forms through a real compile, in a subprocess
+    without TRITON_INTERPRET (no GPU needed): no register spills on sm_90 at the default
+    tiles.  (gfx942 spills some SGPRs into VGPR lanes -- the ~50 scalar arguments -- which is
+    not memory traffic, so it is only compiled.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+    spills = [int(line.split()[-1]) for line in out.stdout.splitlines()
+              if line.startswith("sm_90")]
+    assert spills == [0, 0], out.stdout
+
+
+@pytest.mark.slow
+def test_bigger_grid(tol):
+    """T 9 in chunks 4 + 4 + 1, V 5, selective with softplus steps, both directions (the
+    interpreter's cost grows with programs x diagonals x passes: ~1 min)."""
+    args = make(1, 9, 5, 2, 3, **SELECTIVE, seed=11, softplus=True)
+    assert_grads_close(*grads(args, True, softplus=True, chunk=4), tol)
 
 
 @pytest.mark.gpu
@@ -280,8 +322,11 @@ def test_gpu_chimera_sized(tol):
                                      dt_softplus=True,
                                      bwd_config=Ssm2dWavefrontBwdConfig(chunk_rows=chunk))
         out[chunk] = torch.autograd.grad(y, ins, gy)
-    for a, o in zip(out[None], out[10]):
-        assert torch.equal(a, o)
+    for name, a, o in zip(NAMES, out[None], out[10]):  # per cell: the same bits
+        if a.dim() >= 4:
+            assert torch.equal(a, o), name
+        else:
+            torch.testing.assert_close(a, o, rtol=1e-5, atol=1e-5, msg=name)
     ref = [a.detach().double().requires_grad_(True) for a in args]
     r = ssm2d_wavefront_ref(*ref[:9], F.softplus(ref[9]), F.softplus(ref[10]), D=ref[11],
                             bidirectional=True)

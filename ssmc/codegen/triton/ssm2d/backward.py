@@ -15,11 +15,13 @@ g = expm1(dt A) / A:
 
 Layout of the messages, different from the CPU kernel's so that a whole diagonal's cells run
 at once: what a cell sends up (to (t-1, v)) sits in slot U[v], what it sends left (to
-(t, v-1)) in slot L[r] (r the cell's row in its chunk).  A cell reads and then overwrites only
-its own U[v] and L[r], and no two cells of a diagonal share a v or an r, so there is no race
-within a diagonal and no double buffering; a barrier between diagonals orders the rest.  U[v]
-crosses chunk boundaries as it is (column v's cells run in decreasing t); reads at t = T - 1
-and v = V - 1 are masked to zero (the grid's edge).
+(t, v-1)) in slot L[r] (r the cell's row in its chunk); no two cells of a diagonal share a v
+or an r.  The slots are double-buffered by the parity of the cell's global diagonal t + v
+(written to buffer (t + v) % 2, read from the other, which its two senders on diagonal
+t + v + 1 wrote): a cell's read and its overwrite of the same slot would otherwise race when
+a small tile is replicated across warps; a barrier between diagonals orders the rest.  U[v]
+crosses chunk boundaries as it is (column v's cells run in decreasing t, and the parity is
+global); reads at t = T - 1 and v = V - 1 are masked to zero (the grid's edge).
 
 States: recomputed, never saved by the forward (which keeps one diagonal).  Per program a
 buffer H of K + 1 rows x (V + 1) columns x 2 states x (BLOCK_D, BLOCK_N): row 0 the row above
@@ -146,15 +148,16 @@ def _ssm2d_wavefront_bwd_kernel(
     A4 = tl.load(A4_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
 
     # this program's workspaces (fp32): a state plane SL, a column of 2 states, a row of V + 1
-    # columns; H (K + 1 rows), checkpoints (nc rows), messages U (V columns) then L (K rows)
+    # columns; H (K + 1 rows), checkpoints (nc rows), messages [2 buffers][U (V columns),
+    # L (K rows)]
     SL: tl.constexpr = BLOCK_D * BLOCK_N
     CS: tl.constexpr = 2 * SL
     RS = (V + 1) * CS
     prog = ((dirn * nb + bi) * nblk + pid_d).to(tl.int64)
     Hb = H_ptr + prog * (K + 1) * RS
     CKb = ck_ptr + prog * nc * RS
-    Ub = msg_ptr + prog * (V + K) * CS
-    Lb = Ub + V * CS
+    MB = (V + K) * CS  # one message buffer
+    Mb = msg_ptr + prog * 2 * MB
     tile = tl.arange(0, BLOCK_D)[None, :, None] * BLOCK_N + offs_n[None, None, :]
     plane = (ndir * nb * T * V * dim).to(tl.int64)  # one of gcell's (gx, gdt_t, gdt_v)
 
@@ -212,6 +215,9 @@ def _ssm2d_wavefront_bwd_kernel(
         n_adj = tl.where(sweep, 0, kc + V - 1)
         for ss in range(0, n_adj):  # the adjoint: diagonals downwards
             s = kc + V - 2 - ss
+            wpar = (t0 + s) % 2  # this diagonal's message buffer; it reads the other one
+            Uw = Mb + wpar * MB
+            Ur = Mb + (1 - wpar) * MB
             v_lo = tl.maximum(s - kc + 1, 0)
             v_hi = tl.minimum(s, V - 1)
             for c0 in range(v_lo, v_hi + 1, BLOCK_C):
@@ -249,14 +255,14 @@ def _ssm2d_wavefront_bwd_kernel(
                 up2 = tl.load(here - RS + SL, mask=m3, other=0.0)
                 left1 = tl.load(here - CS, mask=m3, other=0.0)
                 left2 = tl.load(here - CS + SL, mask=m3, other=0.0)
-                u_at = Ub + v.to(tl.int64)[:, None, None] * CS + tile
-                l_at = Lb + r.to(tl.int64)[:, None, None] * CS + tile
+                u_at = v.to(tl.int64)[:, None, None] * CS + tile  # U[v]
+                l_at = (V + r).to(tl.int64)[:, None, None] * CS + tile  # L[r]
                 mu = m3 & (t < T - 1)[:, None, None]  # the last row has no cell below
                 ml = m3 & (v < V - 1)[:, None, None]  # the last column none to the right
-                G1 = gy * C1 + tl.load(u_at, mask=mu, other=0.0) \
-                    + tl.load(l_at, mask=ml, other=0.0)
-                G2 = gy * C2 + tl.load(u_at + SL, mask=mu, other=0.0) \
-                    + tl.load(l_at + SL, mask=ml, other=0.0)
+                G1 = gy * C1 + tl.load(Ur + u_at, mask=mu, other=0.0) \
+                    + tl.load(Ur + l_at, mask=ml, other=0.0)
+                G2 = gy * C2 + tl.load(Ur + u_at + SL, mask=mu, other=0.0) \
+                    + tl.load(Ur + l_at + SL, mask=ml, other=0.0)
                 # axis t: h1 = e1 up1 + g1 (A2 up2 + B1 x)
                 z1 = dtt * A1
                 e1 = tl.exp(z1)
@@ -276,10 +282,10 @@ def _ssm2d_wavefront_bwd_kernel(
                 gA4 += tl.sum(dz4 * dtv - w4 * q4 / A4, axis=0)
                 gA3 += tl.sum(w4 * left1, axis=0)
                 # messages: up (to h1, h2 of (t-1, v)) and left (to h1, h2 of (t, v-1))
-                tl.store(u_at, e1 * G1, mask=m3)
-                tl.store(u_at + SL, w1 * A2, mask=m3)
-                tl.store(l_at, w4 * A3, mask=m3)
-                tl.store(l_at + SL, e4 * G2, mask=m3)
+                tl.store(Uw + u_at, e1 * G1, mask=m3)
+                tl.store(Uw + u_at + SL, w1 * A2, mask=m3)
+                tl.store(Uw + l_at, w4 * A3, mask=m3)
+                tl.store(Uw + l_at + SL, e4 * G2, mask=m3)
                 # per cell and channel: x, the steps (through softplus: x its sigmoid)
                 sdt_t = tl.sum(dz1 * A1, axis=2)
                 sdt_v = tl.sum(dz4 * A4, axis=2)
@@ -365,7 +371,7 @@ def plan_ssm2d_wavefront_bwd(grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt
     # zeroed: H's guard column and the first checkpoint (the rows above the grid) must be 0
     H = torch.zeros((programs, K + 1, row), **f32)
     ck = torch.zeros((programs, nc, row), **f32)
-    msg = torch.empty((programs, (V + K) * 2 * block_d * block_n), **f32)
+    msg = torch.empty((programs, 2, (V + K) * 2 * block_d * block_n), **f32)
     gcell = torch.empty((3, ndir, b, T, V, d), **f32)
     gpar = torch.empty((ndir, b, 8, d, N), **f32)
     parts = {}
