@@ -11,9 +11,10 @@ is 64-bit; the chunk-start powers in float64 on the host (see vandermonde_tir's 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from ssmc.codegen.composite.vandermonde import chunk_powers
 from ssmc.codegen.tvm import vandermonde_tir as tirb
 from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
 from ssmc.codegen.tvm.target import host_vector_lanes_f32
@@ -22,6 +23,12 @@ from ssmc.semantics.diagonal import as_work, work_dtype
 FAMILY = "s4d_vandermonde"
 SOURCES = ("vandermonde_tir.py", "grc_tir.py", "tirmath.py", "build.py", "target.py")
 CHUNK = 64  # T: the products' rounding accumulates over T steps; 64 keeps it ~1e-6 in fp32
+# Serial kernels by default: they run between torch's FFTs, and on the shared 2-core VM a
+# parallel launch waits for the busy core (b2-size S4D, d 64, L 1024, load ~4.6, medians of 30
+# interleaved: forward 1.8 ms serial vs 6.1 ms parallel (complex, 32 modes), 0.7 vs 2.5 ms
+# (real, 16); backward 2.4 vs 2.1 ms and 0.6 vs 1.6 ms).  SSMC_VANDERMONDE_PARALLEL=1 builds
+# parallel ones.
+PARALLEL_ENV = "SSMC_VANDERMONDE_PARALLEL"
 
 
 class _NoConfig:  # KernelCache.memoized wants a config object; these kernels have no knobs
@@ -59,19 +66,34 @@ def _check(Abar, others):
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
 
 
-def _mnd(t, dtype):  # (d, n, M) -> (M, n, d) contiguous: channels last, as the kernels read
-    return t.permute(2, 1, 0).to(dtype).contiguous()
+def _parts(t):
+    """(d, n) real or complex -> float64 (re, im) transposed to (n, d) (im None if real)."""
+    t = t.t()
+    if t.is_complex():
+        return t.real.to(torch.float64).contiguous(), t.imag.to(torch.float64).contiguous()
+    return t.to(torch.float64).contiguous(), None
 
 
-def _nd(t, dtype):  # (d, n) -> (n, d)
-    return t.t().to(dtype).contiguous()
+def _start_powers(ar, ai, M: int, chunk: int):
+    """Abar^(m chunk) for m < M, float64 (M, n, d) (re, im), from Abar's (n, d) parts: real
+    float64 arithmetic laid out as the kernels read it (torch's complex128 ops and a permuted
+    copy cost ~10x more here: 4 ms of host time per call at d 64, 32 modes, L 1024)."""
+    e = (torch.arange(M, dtype=torch.float64) * chunk)[:, None, None]
+    if ai is None:
+        return torch.pow(ar, e), None
+    # Abar == 0: log|0| = -inf; the floor keeps 0^0 = 1 (not nan) and 0^e = 0
+    logr = (0.5 * torch.log(ar * ar + ai * ai)).clamp(min=-1e30)
+    theta = torch.atan2(ai, ar)
+    mag, phase = torch.exp(e * logr), e * theta
+    return mag * torch.cos(phase), mag * torch.sin(phase)
 
 
 def _sig(Abar, cplx, real, chunk):
     d, n = Abar.shape
     return tirb.VandermondeSignature(d=int(d), n=int(n), complex_state=cplx, chunk=int(chunk),
                                      dtype="float64" if real == torch.float64 else "float32",
-                                     lanes=host_vector_lanes_f32())
+                                     lanes=host_vector_lanes_f32(),
+                                     parallel=os.environ.get(PARALLEL_ENV, "0") not in ("", "0"))
 
 
 def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = CHUNK):
@@ -89,17 +111,16 @@ def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = 
     if L == 0:
         return torch.zeros(d, 0, dtype=real)
     M = -(-L // chunk)
-    e = torch.arange(M, dtype=torch.float64) * chunk
-    qr, qi = chunk_powers(Abar, e)
+    ar, ai = _parts(Abar)
+    qr, qi = _start_powers(ar, ai, M, chunk)
+    wr, wi = _parts(C.to(Abar.dtype) * Bbar.to(Abar.dtype))
     if cplx:
-        W = C.to(torch.complex128) * Bbar.to(torch.complex128)
-        W = (2.0 if conj_pair else 1.0) * W[..., None]
-        xr, xi = W.real * qr - W.imag * qi, W.real * qi + W.imag * qr
-        A = Abar.to(torch.complex128)
-        args = [_mnd(xr, real), _mnd(xi, real), _nd(A.real, real), _nd(A.imag, real)]
+        scale = 2.0 if conj_pair else 1.0
+        wr, wi = scale * wr, scale * wi
+        args = [(wr * qr - wi * qi).to(real), (wr * qi + wi * qr).to(real)]
+        args += [ar.to(real), ai.to(real)]
     else:
-        W = (C.to(torch.float64) * Bbar.to(torch.float64))[..., None]
-        args = [_mnd(W * qr, real), _nd(Abar, real)]
+        args = [(wr * qr).to(real), ar.to(real)]
     out = torch.empty(M, chunk, d, dtype=real)
     get_kernel(_sig(Abar, cplx, real, chunk), backward=False)(*args, out)
     return out.reshape(M * chunk, d)[:L].t().contiguous()
@@ -123,16 +144,11 @@ def vandermonde_bwd(Abar, gK, chunk: int = CHUNK):
     # channels last and zero-padded to M T + 1 rows: the kernel reads g_(l+1) unguarded
     g = gK.new_zeros(M * chunk + 1, d, dtype=real)
     g[:L] = gK.t()
-    e = torch.arange(M, dtype=torch.float64) * chunk
-    qr, qi = chunk_powers(Abar, e)
-    part = torch.empty(M, n, d, dtype=real)
-    if cplx:
-        A = Abar.to(torch.complex128)
-        ins = [_mnd(qr, real), _mnd(qi, real), _nd(A.real, real), _nd(A.imag, real)]
-        outs = [torch.empty_like(part) for _ in range(4)]
-    else:
-        ins = [_mnd(qr, real), _nd(Abar, real)]
-        outs = [torch.empty_like(part) for _ in range(2)]
+    ar, ai = _parts(Abar)
+    qr, qi = _start_powers(ar, ai, M, chunk)
+    ins = [qr.to(real), ar.to(real)] if not cplx else \
+        [qr.to(real), qi.to(real), ar.to(real), ai.to(real)]
+    outs = [torch.empty(M, n, d, dtype=real) for _ in range(4 if cplx else 2)]
     get_kernel(_sig(Abar, cplx, real, chunk), backward=True)(*ins, g, *outs)
     # the per-chunk partials summed in float64, then (n, d) -> (d, n)
     sums = [o.to(torch.float64).sum(0).t() for o in outs]

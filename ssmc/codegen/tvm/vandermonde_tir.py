@@ -16,7 +16,7 @@ the (d, N, L) power tensor.
 host computed in float64 from log Abar (forward: W Abar^(mT), backward: Abar^(mT)) and walks
 its T steps by repeated multiplication, p <- p Abar: one complex multiply per (mode, step)
 instead of an exp, cos and sin, and the rounding of the products accumulates over T steps
-only, never over L.  Tasks: (chunk, block of `vw` channels) in parallel; inside a task the
+only, never over L.  Tasks: (chunk, block of `vw` channels), serial or in parallel; inside a task the
 modes go in groups of GROUP (their powers and sums sit in registers: stack buffers with
 constant indices, which LLVM promotes), the chunk's steps inner, each statement a `vw`-lane
 vector over the block's channels.  Operands come transposed, channels last ((n, d), (M, n, d),
@@ -54,6 +54,7 @@ class VandermondeSignature:
     chunk: int = 64  # T: steps walked by repeated multiplication from a float64 start power
     dtype: str = "float32"
     lanes: int = 16  # fp32 lanes of the host's vectors (halved for float64)
+    parallel: bool = False  # tasks over TVM's thread pool, or serial on the calling thread
 
     def __post_init__(self):
         if self.d < 1 or self.n < 1 or self.chunk < 1 or self.lanes < 1:
@@ -132,7 +133,7 @@ def build_vandermonde_fwd(sig: VandermondeSignature):
             shapes = {"x_re": (M, n, d), "x_im": (M, n, d), "a_re": (n, d), "a_im": (n, d),
                       "out": (M, Tc, d)}
             a = {nm: T.arg(nm, _buf(shapes[nm], dt)) for nm in fwd_arg_names(sig)}
-            with T.parallel(0, M * nblk) as task:
+            with (T.parallel if sig.parallel else T.serial)(0, M * nblk) as task:
                 m = T.Bind(task // nblk)
                 c0 = T.Bind(tir.Cast(IDX, task % nblk) * vw)
                 P = _Modes(sig, a, vw)
@@ -181,7 +182,7 @@ def build_vandermonde_bwd(sig: VandermondeSignature):
             shapes = {"q_re": part, "q_im": part, "a_re": (n, d), "a_im": (n, d), "g": (R, d),
                       "s0_re": part, "s0_im": part, "s1_re": part, "s1_im": part}
             a = {nm: T.arg(nm, _buf(shapes[nm], dt)) for nm in bwd_arg_names(sig)}
-            with T.parallel(0, M * nblk) as task:
+            with (T.parallel if sig.parallel else T.serial)(0, M * nblk) as task:
                 m = T.Bind(task // nblk)
                 c0 = T.Bind(tir.Cast(IDX, task % nblk) * vw)
                 P = _Modes(sig, a, vw)
