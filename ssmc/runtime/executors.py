@@ -200,8 +200,11 @@ def _tvm_dense_trains(x) -> bool:
     """Whether a training call of the TVM dense node runs the sequential kernel with its adjoint
     kernel (ssmc.codegen.tvm.dense_scan_bwd; the projections around the scan stay torch ops
     that autograd differentiates): on the CPU, not traced by torch.compile (the TVM calls are
-    opaque to dynamo).  fp64 goes to the associative scan inside dense_ssm_fast."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    opaque to dynamo), for more than one step: at L = 1 the associative scan is no scan at all
+    and two kernel calls cost more (lcde fwd+bwd b2, one thread: 0.6 vs 0.9 ms; even at L 2,
+    faster from L 3: 1.6 vs 1.2 ms, 31x at L 4096).  fp64 goes to the associative scan inside
+    dense_ssm_fast."""
+    return x.device.type == "cpu" and x.shape[1] > 1 and not torch.compiler.is_compiling()
 
 
 def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
