@@ -9,6 +9,7 @@ Two ways to run the scan in the middle:
 * "sequential": the TVM CPU kernel (ssmc.codegen.tvm.dense_scan), O(N bs L) per row, with
   A(x_t) = I + A_0 + sum_k x_t^k A_k built blockwise inside the kernel (never (b, L, nb, bs, bs)
   in memory); the "expm" transition is materialised (torch.linalg.matrix_exp) and passed in.
+  Differentiable: the adjoint scan is a second TVM kernel (dense_scan_bwd).
 * "chunked": chunks of the sequence as independent rows of the same TVM kernel, their
   transition products from bs more rows, carries between chunks, a second pass from the
   carries (`chunked_scan`): more work, more parallel rows -- for tiny states and batches.
@@ -163,7 +164,8 @@ def dense_ssm_fast(x, A_k, W_B, W_C, D=None, mode: str = "linear",
 
 def dense_ssm_sequential(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=None,
                          return_final_state=False, A_0=None):
-    """dense_ssm_fast with the sequential TVM scan (dispatch entry)."""
+    """dense_ssm_fast with the sequential TVM scan (dispatch entry; differentiable: the TVM
+    adjoint kernel, ssmc.codegen.tvm.dense_scan_bwd)."""
     return dense_ssm_fast(x, A_k, W_B, W_C, D, mode, "sequential", initial_state,
                           return_final_state, A_0)
 
