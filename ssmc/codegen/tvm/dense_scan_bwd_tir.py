@@ -18,7 +18,10 @@ blocks, and summing them in the task keeps that reduction deterministic without 
 partials in memory.  dA_k and dA0 are accumulated per row, serially in t, into (b, ...)
 partials that the wrapper sums over the batch (fixed order: deterministic).  The parameter
 terms (dA0, dA_k, dx) are reduced per chunk of CHUNK steps (reduce_chunk): vectors along k
-(A_k passed a second time as (nb, bs*bs, K)), the chunk's P entries broadcast.  b and L are symbolic; K, nb, bs and the flags are compiled in (DenseSignature).
+(A_k passed a second time as (nb, bs*bs, K)), the chunk's P entries broadcast.  The price of
+row tasks: a batch of one runs on one core (the forward splits rows by block as well).
+Given transitions (expm) get dA_t = P_t written per step: the size of the A they came with.
+b and L are symbolic; K, nb, bs and the flags are compiled in (DenseSignature).
 """
 
 from __future__ import annotations
