@@ -6,7 +6,7 @@ vandermonde_tir.py).
 transposed Vandermonde sums V0_n = sum_l g_l Abar_n^l, V1_n = sum_l l g_l Abar_n^(l-1), from which
 ssmc.runtime.vandermonde forms the parameter gradients.  Complex parameters (any of the three)
 give a complex state, else real (S4D-Real).  Computed in float32, or float64 when an argument
-is 64-bit; the chunk-start powers in float64 on the host (see vandermonde_tir's docstring).
+is 64-bit; the chunk-start powers in float64 (see vandermonde_tir's docstring).
 """
 
 from __future__ import annotations
@@ -74,17 +74,14 @@ def _parts(t):
     return t.to(torch.float64).contiguous(), None
 
 
-def _start_powers(ar, ai, M: int, chunk: int):
-    """Abar^(m chunk) for m < M, float64 (M, n, d) (re, im), from Abar's (n, d) parts: real
-    float64 arithmetic laid out as the kernels read it (torch's complex128 ops and a permuted
-    copy cost ~10x more here: 4 ms of host time per call at d 64, 32 modes, L 1024)."""
-    e = (torch.arange(M, dtype=torch.float64) * chunk)[:, None, None]
+def _chunk_power(ar, ai, chunk: int):
+    """Abar^chunk, float64 (n, d) (re, im), by the polar form (no rounding accumulates over
+    the chunk) from Abar's float64 parts."""
     if ai is None:
-        return torch.pow(ar, e), None
-    # Abar == 0: log|0| = -inf; the floor keeps 0^0 = 1 (not nan) and 0^e = 0
+        return torch.pow(ar, chunk), None
+    # Abar == 0: log|0| = -inf; the floor keeps 0^T = exp(-huge) = 0, not nan
     logr = (0.5 * torch.log(ar * ar + ai * ai)).clamp(min=-1e30)
-    theta = torch.atan2(ai, ar)
-    mag, phase = torch.exp(e * logr), e * theta
+    mag, phase = torch.exp(chunk * logr), chunk * torch.atan2(ai, ar)
     return mag * torch.cos(phase), mag * torch.sin(phase)
 
 
@@ -112,15 +109,13 @@ def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = 
         return torch.zeros(d, 0, dtype=real)
     M = -(-L // chunk)
     ar, ai = _parts(Abar)
-    qr, qi = _start_powers(ar, ai, M, chunk)
+    tr, ti = _chunk_power(ar, ai, chunk)
     wr, wi = _parts(C.to(Abar.dtype) * Bbar.to(Abar.dtype))
     if cplx:
         scale = 2.0 if conj_pair else 1.0
-        wr, wi = scale * wr, scale * wi
-        args = [(wr * qr - wi * qi).to(real), (wr * qi + wi * qr).to(real)]
-        args += [ar.to(real), ai.to(real)]
+        args = [scale * wr, scale * wi, tr, ti, ar.to(real), ai.to(real)]
     else:
-        args = [(wr * qr).to(real), ar.to(real)]
+        args = [wr, tr, ar.to(real)]
     out = torch.empty(M, chunk, d, dtype=real)
     get_kernel(_sig(Abar, cplx, real, chunk), backward=False)(*args, out)
     return out.reshape(M * chunk, d)[:L].t().contiguous()
@@ -145,13 +140,11 @@ def vandermonde_bwd(Abar, gK, chunk: int = CHUNK):
     g = gK.new_zeros(M * chunk + 1, d, dtype=real)
     g[:L] = gK.t()
     ar, ai = _parts(Abar)
-    qr, qi = _start_powers(ar, ai, M, chunk)
-    ins = [qr.to(real), ar.to(real)] if not cplx else \
-        [qr.to(real), qi.to(real), ar.to(real), ai.to(real)]
-    outs = [torch.empty(M, n, d, dtype=real) for _ in range(4 if cplx else 2)]
+    tr, ti = _chunk_power(ar, ai, chunk)
+    ins = [tr, ti, ar.to(real), ai.to(real)] if cplx else [tr, ar.to(real)]
+    outs = [torch.empty(n, d, dtype=torch.float64) for _ in range(4 if cplx else 2)]
     get_kernel(_sig(Abar, cplx, real, chunk), backward=True)(*ins, g, *outs)
-    # the per-chunk partials summed in float64, then (n, d) -> (d, n)
-    sums = [o.to(torch.float64).sum(0).t() for o in outs]
+    sums = [o.t() for o in outs]  # float64 totals (n, d) -> (d, n)
     if cplx:
         V0, V1 = torch.complex(sums[0], sums[1]), torch.complex(sums[2], sums[3])
     else:

@@ -12,19 +12,20 @@ output gradient g (d, L) real):
 (ssmc.runtime.vandermonde turns V0, V1 into the gradients of Abar, Bbar, C).  Neither builds
 the (d, N, L) power tensor.
 
-**Chunked powers.**  L is cut into M chunks of T steps.  Each chunk starts from a power the
-host computed in float64 from log Abar (forward: W Abar^(mT), backward: Abar^(mT)) and walks
-its T steps by repeated multiplication, p <- p Abar: one complex multiply per (mode, step)
-instead of an exp, cos and sin, and the rounding of the products accumulates over T steps
-only, never over L.  Tasks: (chunk, block of `vw` channels), serial or in parallel; inside a task the
-modes go in groups of GROUP (their powers and sums sit in registers: stack buffers with
-constant indices, which LLVM promotes), the chunk's steps inner, each statement a `vw`-lane
-vector over the block's channels.  Operands come transposed, channels last ((n, d), (M, n, d),
-(M T, d)), so a block's channels are one vector load.  The backward writes per-chunk partial
-sums (M, n, d) that the host adds up (in float64): no cross-task reduction in the kernel, and
-each partial is a sum of T terms only.
+**Chunked powers.**  L is cut into M chunks of T steps.  A chunk starts from q_m = Abar^(mT),
+kept in float64 and advanced once per chunk, q <- q Abar^T (Abar^T: from the host, in float64
+by the polar form), and walks its T steps in the kernel's dtype by repeated multiplication,
+p <- p Abar: one complex multiply per (mode, step) instead of an exp, cos and sin.  The float64
+chain's rounding (~M 1e-16) is negligible, the fp32 one accumulates over T steps only, never
+over L.  Tasks: blocks of `vw` channels (serial, or in parallel); inside a task the chunks in
+order, the modes in groups of GROUP (their powers and sums sit in registers: stack buffers with
+constant indices, which LLVM promotes) and the chunk's steps inner, each statement a `vw`-lane
+vector over the block's channels.  Operands come transposed, channels last ((n, d), (M T, d)),
+so a block's channels are one vector load.  The backward adds each chunk's sums (T terms, in
+the kernel's dtype) into float64 totals and writes those (n, d): the host does nothing but
+transpose them.
 
-The output gradient comes zero-padded to R >= M T + 1 rows, so the shifted read g_(l+1) needs
+The output gradient comes zero-padded to R = M T + 1 rows, so the shifted read g_(l+1) needs
 no bounds test.  M and R are symbolic; d, n, T, the dtype (float32 or float64: float64
 gradchecks run the kernel itself) and real / complex are compiled in.
 """
@@ -70,42 +71,84 @@ class VandermondeSignature:
 
 
 def fwd_arg_names(sig: VandermondeSignature) -> list[str]:
-    return (["x_re", "x_im", "a_re", "a_im"] if sig.complex_state else ["x_re", "a_re"]) + ["out"]
+    """W (scale folded, float64), Abar^T (float64), Abar (the kernel's dtype), K (M, T, d)."""
+    if sig.complex_state:
+        return ["w_re", "w_im", "at_re", "at_im", "a_re", "a_im", "out"]
+    return ["w_re", "at_re", "a_re", "out"]
 
 
 def bwd_arg_names(sig: VandermondeSignature) -> list[str]:
-    ins = ["q_re", "q_im", "a_re", "a_im"] if sig.complex_state else ["q_re", "a_re"]
+    """Abar^T (float64), Abar, g (R, d), then the float64 sums (n, d)."""
+    ins = ["at_re", "at_im", "a_re", "a_im"] if sig.complex_state else ["at_re", "a_re"]
     outs = ["s0_re", "s0_im", "s1_re", "s1_im"] if sig.complex_state else ["s0_re", "s1_re"]
     return ins + ["g"] + outs
 
 
+F64 = "float64"
+FLOAT64_ARGS = {"w_re", "w_im", "at_re", "at_im", "s0_re", "s0_im", "s1_re", "s1_im"}
+
+
 def _groups(n: int):
-    """(first mode, size) of each mode group: full groups of GROUP, then the rest."""
+    """(first mode, size) of each mode group after the n // GROUP full ones."""
     full = n // GROUP
     return full, [(full * GROUP, n - full * GROUP)] if n % GROUP else []
 
 
+def _each_group(n, group):
+    full, rest = _groups(n)
+    if full:
+        with T.serial(0, full) as gi:
+            group(gi * GROUP, GROUP)
+    for base, size in rest:
+        group(base, size)
+
+
 class _Modes:
-    """A group's complex powers p (re, im) in (GROUP, vw) stack buffers, and the step
-    p <- p Abar for each of its modes."""
+    """A group's complex powers p (re, im) in (GROUP, vw) stack buffers of the kernel's dtype,
+    and every mode's float64 chunk-start power q (n, vw); the steps p <- p Abar, q <- q Abar^T."""
 
-    def __init__(self, sig, a, vw):
-        self.sig, self.a = sig, a
-        self.pr = T.alloc_buffer((GROUP, vw), sig.dtype, scope="global")
-        self.pi = T.alloc_buffer((GROUP, vw), sig.dtype, scope="global") \
-            if sig.complex_state else None
-        self.tmp = T.alloc_buffer((GROUP, vw), sig.dtype, scope="global") \
-            if sig.complex_state else None
+    def __init__(self, sig, a, n, vw):
+        self.sig, self.a, self.cplx = sig, a, sig.complex_state
+        dt = sig.dtype
 
-    def load(self, k, src_re, src_im, m, mode, c, v):
-        T.buffer_store(self.pr, src_re[m, mode, c], [k, v])
-        if self.sig.complex_state:
-            T.buffer_store(self.pi, src_im[m, mode, c], [k, v])
+        def stack(shape, dtype):
+            return T.alloc_buffer(shape, dtype, scope="global")
+
+        self.pr = stack((GROUP, vw), dt)
+        self.pi = stack((GROUP, vw), dt) if self.cplx else None
+        self.tmp = stack((GROUP, vw), dt) if self.cplx else None
+        self.qr = stack((n, vw), F64)
+        self.qi = stack((n, vw), F64) if self.cplx else None
+        self.qtmp = stack((vw,), F64) if self.cplx else None
+
+    def start(self, k, mode, c, v, w=None):
+        """p_k <- q (times W's float64 parts `w` = (re, im) when given), in the kernel's dtype."""
+        qr = self.qr[mode, v]
+        qi = self.qi[mode, v] if self.cplx else None
+        if w is not None:
+            if self.cplx:
+                qr, qi = w[0] * qr - w[1] * qi, w[0] * qi + w[1] * qr
+            else:
+                qr = w[0] * qr
+        T.buffer_store(self.pr, tir.Cast(self.sig.dtype, qr), [k, v])
+        if self.cplx:
+            T.buffer_store(self.pi, tir.Cast(self.sig.dtype, qi), [k, v])
+
+    def advance_q(self, mode, c, v):
+        ar = self.a["at_re"][mode, c]
+        qr = self.qr[mode, v]
+        if not self.cplx:
+            T.buffer_store(self.qr, ar * qr, [mode, v])
+            return
+        ai, qi = self.a["at_im"][mode, c], self.qi[mode, v]
+        T.buffer_store(self.qtmp, ar * qr - ai * qi, [v])
+        T.buffer_store(self.qi, ar * qi + ai * qr, [mode, v])
+        T.buffer_store(self.qr, self.qtmp[v], [mode, v])
 
     def step(self, k, mode, c, v):
         ar = self.a["a_re"][mode, c]
         pr = self.pr[k, v]
-        if not self.sig.complex_state:
+        if not self.cplx:
             T.buffer_store(self.pr, ar * pr, [k, v])
             return
         ai, pi = self.a["a_im"][mode, c], self.pi[k, v]
@@ -119,8 +162,16 @@ def _buf(shape, dtype):
     return T.buffer(shape, dtype, align=4)  # torch views may start anywhere
 
 
+def _init_q(P, n, vw):
+    with T.serial(0, n) as mode:
+        with T.vectorized(0, vw) as v:
+            T.buffer_store(P.qr, tir.FloatImm(F64, 1.0), [mode, v])
+            if P.cplx:
+                T.buffer_store(P.qi, tir.FloatImm(F64, 0.0), [mode, v])
+
+
 def build_vandermonde_fwd(sig: VandermondeSignature):
-    """out[m T + j, c] = Re sum_n x[m, n, c] Abar[n, c]^j, x = W Abar^(mT) (scale folded in)."""
+    """out[m, j, c] = Re sum_n W[n, c] q_m[n, c] Abar[n, c]^j, q_m = Abar^(mT) (float64)."""
     M = tir.Var("M", IDX)
     d, n, Tc, dt = sig.d, sig.n, sig.chunk, sig.dtype
     vw = sig.vw
@@ -130,98 +181,105 @@ def build_vandermonde_fwd(sig: VandermondeSignature):
         with T.prim_func():
             T.func_name(FWD_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FWD_NAME})
-            shapes = {"x_re": (M, n, d), "x_im": (M, n, d), "a_re": (n, d), "a_im": (n, d),
-                      "out": (M, Tc, d)}
-            a = {nm: T.arg(nm, _buf(shapes[nm], dt)) for nm in fwd_arg_names(sig)}
-            with (T.parallel if sig.parallel else T.serial)(0, M * nblk) as task:
-                m = T.Bind(task // nblk)
-                c0 = T.Bind(tir.Cast(IDX, task % nblk) * vw)
-                P = _Modes(sig, a, vw)
-                with T.serial(0, Tc) as j:
-                    with T.vectorized(0, vw) as v:
-                        T.buffer_store(a["out"], zero, [m, j, c0 + v])
-
-                def group(base, size):
-                    with T.vectorized(0, vw) as v:
-                        for k in range(size):
-                            P.load(k, a["x_re"], a.get("x_im"), m, base + k, c0 + v, v)
+            shapes = {"w_re": (n, d), "w_im": (n, d), "at_re": (n, d), "at_im": (n, d),
+                      "a_re": (n, d), "a_im": (n, d), "out": (M, Tc, d)}
+            a = {nm: T.arg(nm, _buf(shapes[nm], F64 if nm in FLOAT64_ARGS else dt))
+                 for nm in fwd_arg_names(sig)}
+            with (T.parallel if sig.parallel else T.serial)(0, nblk) as task:
+                c0 = T.Bind(tir.Cast(IDX, task) * vw)
+                P = _Modes(sig, a, n, vw)
+                _init_q(P, n, vw)
+                with T.serial(0, M) as m:
                     with T.serial(0, Tc) as j:
                         with T.vectorized(0, vw) as v:
-                            c = c0 + v
-                            s = P.pr[0, v]
-                            for k in range(1, size):
-                                s = s + P.pr[k, v]
-                            T.buffer_store(a["out"], a["out"][m, j, c] + s, [m, j, c])
-                            for k in range(size):
-                                P.step(k, base + k, c, v)
+                            T.buffer_store(a["out"], zero, [m, j, c0 + v])
 
-                full, rest = _groups(n)
-                if full:
-                    with T.serial(0, full) as gi:
-                        group(gi * GROUP, GROUP)
-                for base, size in rest:
-                    group(base, size)
+                    def group(base, size):
+                        with T.vectorized(0, vw) as v:
+                            c = c0 + v
+                            for k in range(size):
+                                w = (a["w_re"][base + k, c],
+                                     a["w_im"][base + k, c] if P.cplx else None)
+                                P.start(k, base + k, c, v, w)
+                                P.advance_q(base + k, c, v)
+                        with T.serial(0, Tc) as j:
+                            with T.vectorized(0, vw) as v:
+                                c = c0 + v
+                                s = P.pr[0, v]
+                                for k in range(1, size):
+                                    s = s + P.pr[k, v]
+                                T.buffer_store(a["out"], a["out"][m, j, c] + s, [m, j, c])
+                                for k in range(size):
+                                    P.step(k, base + k, c, v)
+
+                    _each_group(n, group)
     return ib.get()
 
 
 def build_vandermonde_bwd(sig: VandermondeSignature):
-    """Per chunk m: s0[m, n, c] = sum_j g[mT+j, c] p_j, s1[m, n, c] = sum_j (mT+j+1)
-    g[mT+j+1, c] p_j with p_j = q[m, n, c] Abar[n, c]^j (q = Abar^(mT))."""
-    M = tir.Var("M", IDX)
-    R = tir.Var("R", IDX)  # rows of the padded gradient: >= M T + 1 (the host's promise)
+    """s0[n, c] = sum_l g[l, c] Abar^l, s1[n, c] = sum_l (l+1) g[l+1, c] Abar^l (float64
+    totals of per-chunk sums)."""
+    R = tir.Var("R", IDX)  # rows of the padded gradient: M T + 1
     d, n, Tc, dt = sig.d, sig.n, sig.chunk, sig.dtype
+    M = tir.floordiv(R - 1, Tc)
     vw = sig.vw
     nblk = d // vw
     cplx = sig.complex_state
     zero = tir.FloatImm(dt, 0.0)
+    keys = ("0r", "1r", "0i", "1i") if cplx else ("0r", "1r")
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(BWD_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": BWD_NAME})
-            part = (M, n, d)
-            shapes = {"q_re": part, "q_im": part, "a_re": (n, d), "a_im": (n, d), "g": (R, d),
-                      "s0_re": part, "s0_im": part, "s1_re": part, "s1_im": part}
-            a = {nm: T.arg(nm, _buf(shapes[nm], dt)) for nm in bwd_arg_names(sig)}
-            with (T.parallel if sig.parallel else T.serial)(0, M * nblk) as task:
-                m = T.Bind(task // nblk)
-                c0 = T.Bind(tir.Cast(IDX, task % nblk) * vw)
-                P = _Modes(sig, a, vw)
-                # the sums: [0] g p and [1] (l+1) g_(l+1) p, real and imaginary parts
-                acc = {key: T.alloc_buffer((GROUP, vw), dt, scope="global")
-                       for key in (("0r", "1r", "0i", "1i") if cplx else ("0r", "1r"))}
+            shapes = {"at_re": (n, d), "at_im": (n, d), "a_re": (n, d), "a_im": (n, d),
+                      "g": (R, d), **{f"s{k[0]}_{'re' if k[1] == 'r' else 'im'}": (n, d)
+                                      for k in ("0r", "0i", "1r", "1i")}}
+            a = {nm: T.arg(nm, _buf(shapes[nm], F64 if nm in FLOAT64_ARGS else dt))
+                 for nm in bwd_arg_names(sig)}
+            with (T.parallel if sig.parallel else T.serial)(0, nblk) as task:
+                c0 = T.Bind(tir.Cast(IDX, task) * vw)
+                P = _Modes(sig, a, n, vw)
+                _init_q(P, n, vw)
+                # a chunk's sums [0] g p and [1] (l+1) g_(l+1) p (re, im), and their totals
+                acc = {key: T.alloc_buffer((GROUP, vw), dt, scope="global") for key in keys}
+                tot = {key: T.alloc_buffer((n, vw), F64, scope="global") for key in keys}
                 h = T.alloc_buffer((vw,), dt, scope="global")
-
-                def group(base, size):
+                with T.serial(0, n) as mode:
                     with T.vectorized(0, vw) as v:
-                        for k in range(size):
-                            P.load(k, a["q_re"], a.get("q_im"), m, base + k, c0 + v, v)
-                            for buf in acc.values():
-                                T.buffer_store(buf, zero, [k, v])
-                    with T.serial(0, Tc) as j:
-                        l = m * Tc + j
+                        for buf in tot.values():
+                            T.buffer_store(buf, tir.FloatImm(F64, 0.0), [mode, v])
+                with T.serial(0, M) as m:
+                    def group(base, size):
                         with T.vectorized(0, vw) as v:
-                            c = c0 + v
-                            gl = a["g"][l, c]
-                            T.buffer_store(h, tir.Cast(dt, l + 1) * a["g"][l + 1, c], [v])
                             for k in range(size):
-                                for key, w in (("0", gl), ("1", h[v])):
-                                    T.buffer_store(acc[key + "r"],
-                                                   acc[key + "r"][k, v] + w * P.pr[k, v], [k, v])
-                                    if cplx:
-                                        T.buffer_store(acc[key + "i"],
-                                                       acc[key + "i"][k, v] + w * P.pi[k, v],
-                                                       [k, v])
-                                P.step(k, base + k, c, v)
-                    with T.vectorized(0, vw) as v:
-                        for k in range(size):
-                            for key, buf in acc.items():
-                                name = f"s{key[0]}_{'re' if key[1] == 'r' else 'im'}"
-                                T.buffer_store(a[name], buf[k, v], [m, base + k, c0 + v])
+                                P.start(k, base + k, c0 + v, v)
+                                P.advance_q(base + k, c0 + v, v)
+                                for buf in acc.values():
+                                    T.buffer_store(buf, zero, [k, v])
+                        with T.serial(0, Tc) as j:
+                            l = m * Tc + j
+                            with T.vectorized(0, vw) as v:
+                                c = c0 + v
+                                gl = a["g"][l, c]
+                                T.buffer_store(h, tir.Cast(dt, l + 1) * a["g"][l + 1, c], [v])
+                                for k in range(size):
+                                    for key, wgt in (("0", gl), ("1", h[v])):
+                                        for part in ("r", "i") if cplx else ("r",):
+                                            p = P.pr[k, v] if part == "r" else P.pi[k, v]
+                                            buf = acc[key + part]
+                                            T.buffer_store(buf, buf[k, v] + wgt * p, [k, v])
+                                    P.step(k, base + k, c, v)
+                        with T.vectorized(0, vw) as v:
+                            for k in range(size):
+                                for key in keys:
+                                    T.buffer_store(tot[key], tot[key][base + k, v]
+                                                   + tir.Cast(F64, acc[key][k, v]),
+                                                   [base + k, v])
 
-                full, rest = _groups(n)
-                if full:
-                    with T.serial(0, full) as gi:
-                        group(gi * GROUP, GROUP)
-                for base, size in rest:
-                    group(base, size)
+                    _each_group(n, group)
+                with T.serial(0, n) as mode:
+                    with T.vectorized(0, vw) as v:
+                        for key in keys:
+                            name = f"s{key[0]}_{'re' if key[1] == 'r' else 'im'}"
+                            T.buffer_store(a[name], tot[key][mode, v], [mode, c0 + v])
     return ib.get()
