@@ -187,8 +187,8 @@ def test_half_inputs(tol):
 def test_only_requested_gradients_and_no_grad_path(monkeypatch):
     """No backward kernel without grad mode; with only x requiring grad, parameters get none."""
     calls = []
-    real = ssm2d_bwd.run_backward
-    monkeypatch.setattr(ssm2d_bwd, "run_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ssm2d_bwd.run_kernel
+    monkeypatch.setattr(ssm2d_bwd, "run_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
     args = list(make(1, 3, 2, 8, 4))
     with torch.no_grad():
         args[0].requires_grad_(True)
@@ -234,8 +234,8 @@ def test_chimera_training_gradients_come_from_the_kernel(chimera, tol, monkeypat
     autograd) and every parameter's gradient matches the eager reference model's."""
     model, ref = chimera
     calls = []
-    real = ssm2d_bwd.run_backward
-    monkeypatch.setattr(ssm2d_bwd, "run_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ssm2d_bwd.run_kernel
+    monkeypatch.setattr(ssm2d_bwd, "run_kernel", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(2, 9, 5, 1)
     model.zero_grad(set_to_none=True)
     ref.zero_grad(set_to_none=True)

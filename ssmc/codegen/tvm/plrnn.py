@@ -12,9 +12,10 @@ cheapest: inside the recurrence kernel (`conv="fused"`, K multiply-adds per step
 the trajectory is still in cache) or by torch's FFT after it (`conv="fft"`); "auto" fuses up
 to FUSE_MAX_TAPS taps.  fp16/bf16 inputs are computed in fp32 and the results cast back.
 
-Differentiable: when an input requires grad, z comes from an autograd Function whose backward
-is the adjoint recurrence (a second TVM kernel, backward in t) plus matmul reductions for the
-parameter gradients; the convolution then runs by torch's FFT (autograd differentiates it).
+Differentiable and traceable: when an input requires grad, or under torch.compile, z comes
+from the ssmc::plrnn op (ssmc.runtime.plrnn_op), whose backward is the adjoint recurrence (a
+second TVM kernel, backward in t) plus matmul reductions for the parameter gradients; with
+gradients the convolution runs by torch's FFT after it (autograd differentiates it).
 """
 
 from __future__ import annotations
@@ -103,17 +104,24 @@ def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
     if b == 0 or L == 0:
         z = s.new_zeros(b, L, Mn)
         return z if hrf is None else (z, z.clone())
-    config = config or default_config()
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
-                                       for t in (s, A, W, h0, C, z0, hrf)):
-        # differentiable: the kernel forward, the adjoint kernel backward; the convolution
-        # (if any) by torch's FFT, which autograd differentiates
-        z = _PlrnnFunction.apply(s, A, W, h0, C, z0, config, cache)
+    grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in (s, A, W, h0, C, z0, hrf))
+    if grad or torch.compiler.is_compiling():
+        # the ssmc::plrnn op: differentiable (the adjoint kernel) and traceable.  With
+        # gradients the convolution runs by torch's FFT outside it (autograd differentiates
+        # it); at inference (traced) the kernel fuses it as below.
+        from ssmc.runtime.plrnn_op import cache_key, config_key
+
+        fuse = fused and not grad
+        z, zc = torch.ops.ssmc.plrnn(s, A, W, h0, C, z0, hrf if fuse else None, taps,
+                                     config_key(config), cache_key(cache))
         if hrf is None:
             return z.to(s.dtype)
-        zc = causal_conv_fft(z, hrf.to(z.dtype))
+        if not fuse:
+            zc = causal_conv_fft(z, hrf.to(z.dtype))
         return z.to(s.dtype), zc.to(s.dtype)
-    z, zc = _forward(s, A, W, h0, C, z0, hrf if fused else None, taps, config, cache)
+    z, zc = _forward(s, A, W, h0, C, z0, hrf if fused else None, taps,
+                     config or default_config(), cache)
     if hrf is None:
         return z if s.dtype == torch.float32 else z.to(s.dtype)
     if not fused:
@@ -160,56 +168,6 @@ def _backward_kernel(M: int, config, cache):
                            lambda: tirb.build_plrnn_backward(sig, config), sources=SOURCES)
         _kernels[key] = kernel
     return kernel
-
-
-class _PlrnnFunction(torch.autograd.Function):
-    """z = PLRNN(s; A, W, h0, C, z0) with the adjoint recurrence as its backward:
-
-        G_t = gz_t + A G_{t+1} + [z_t > 0] W_o^T G_{t+1}     (the TVM kernel, backward in t)
-        dA = sum G_t z_{t-1},  dW = offdiag(sum G_t relu(z_{t-1})^T),  dh0 = sum G_t,
-        dC = sum G_t s_t^T,    ds_t = C^T G_t,   dz0 = A G_1 + [z0 > 0] W_o^T G_1
-    (sums over batch and time: matmuls).  Computes in fp32; gradients in the inputs' dtypes."""
-
-    @staticmethod
-    def forward(ctx, s, A, W, h0, C, z0, config, cache):
-        z, _ = _forward(s, A, W, h0, C, z0, None, 0, config, cache)
-        ctx.save_for_backward(s, A, W, C, z0, z)
-        ctx.config, ctx.cache = config, cache
-        ctx.dtypes = [None if t is None else t.dtype for t in (s, A, W, h0, C, z0)]
-        ctx.z0_shape = None if z0 is None else tuple(z0.shape)
-        return z
-
-    @staticmethod
-    def backward(ctx, gz):
-        s, A, W, C, z0, z = ctx.saved_tensors
-        b, L, Mn = z.shape
-        f32 = torch.float32
-        Af, Wo = A.to(f32), offdiag(W.to(f32))
-        G = torch.empty(b, L, Mn, dtype=f32)
-        _backward_kernel(Mn, ctx.config, ctx.cache)(gz.to(f32).contiguous(), z.contiguous(),
-                                                    Af.contiguous(), Wo.contiguous(), G)
-        z_first = torch.zeros(b, 1, Mn, dtype=f32) if z0 is None else \
-            z0.to(f32).expand(b, Mn)[:, None]
-        zprev = torch.cat([z_first, z[:, :-1]], dim=1)
-        Gf = G.reshape(-1, Mn)
-        grads = [None] * 6
-        need = ctx.needs_input_grad
-        if need[0]:
-            grads[0] = G @ C.to(f32)
-        if need[1]:
-            grads[1] = (G * zprev).sum((0, 1))
-        if need[2]:
-            grads[2] = offdiag(Gf.t() @ torch.relu(zprev).reshape(-1, Mn))
-        if need[3]:
-            grads[3] = Gf.sum(0)
-        if need[4]:
-            grads[4] = Gf.t() @ s.to(f32).reshape(-1, s.shape[-1])
-        if need[5] and z0 is not None:
-            g1 = G[:, 0]
-            dz0 = Af * g1 + (z_first[:, 0] > 0) * (g1 @ Wo)
-            grads[5] = dz0.sum(0) if len(ctx.z0_shape) == 1 else dz0
-        grads = [None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
-        return (*grads, None, None)
 
 
 __all__ = ["plrnn", "get_kernel", "default_config", "FUSE_MAX_TAPS"]

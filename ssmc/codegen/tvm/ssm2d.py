@@ -9,10 +9,10 @@ inputs are computed in fp32 and the result is cast back.  fp32 x and per-cell op
 the kernel without copies: x contiguous, B/C (b, T, V, N) and dt (b, T, V, d) with any strides
 but a unit last one (the executor passes views into the x_proj / dt_proj outputs).
 
-Differentiable: when an input requires grad (and grad mode is on), the kernel runs inside
-ssm2d_bwd.Ssm2dFunction, whose backward is the adjoint kernel (ssm2d_bwd_tir); the torch
-preparation of the kernel's arguments below is differentiable, so autograd carries the
-kernel's gradients back to the caller's tensors.  fp64 is not supported (the kernels are fp32):
+Differentiable and traceable: when an input requires grad (and grad mode is on), or under
+torch.compile, the kernel runs as the ssmc::ssm2d op (ssmc.runtime.ssm2d_op), whose backward
+is the adjoint kernel (ssm2d_bwd_tir); the torch preparation of the kernel's arguments below
+is differentiable, so autograd carries the kernel's gradients back to the caller's tensors.  fp64 is not supported (the kernels are fp32):
 the reference (semantics.ssm2d) serves fp64 and gradcheck.
 """
 
@@ -107,7 +107,8 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
     for name, A in (("A1", A1), ("A2", A2), ("A3", A3), ("A4", A4)):
         _check(name, A, [(d, N)], f"(d, N)=({d}, {N})")
     for name, A in (("A1", A1), ("A4", A4)):
-        if bool((A == 0).any()):
+        # a data-dependent check: not while torch.compile traces (it would break the graph)
+        if not torch.compiler.is_compiling() and bool((A == 0).any()):
             raise ValueError(f"ssm2d: {name} must be nonzero (the diagonal of a stable "
                              "transition is negative); it has zeros")
     bc = tuple(_bc_form(nm, t, b, T, V, d, N) for nm, t in zip(tirb.BC_NAMES, (B1, B2, C1, C2)))
@@ -154,13 +155,15 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
             args[name] = _f32(args[name])
     if D is not None:
         args["D"] = _f32(D)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
-                                       for t in args.values()):
-        from ssmc.codegen.tvm.ssm2d_bwd import Ssm2dFunction
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in args.values())):
         from ssmc.codegen.tvm.ssm2d_bwd_tir import input_names
+        from ssmc.runtime import ssm2d_op as op
 
-        y = Ssm2dFunction.apply(sig, config, cache, bwd_chunk,
-                                *[args[n] for n in input_names(sig)])
+        # the ssmc::ssm2d op: differentiable (the adjoint kernel) and traceable
+        y = torch.ops.ssmc.ssm2d([args[n] for n in input_names(sig)], op.sig_key(sig),
+                                 op.config_key(config), int(bwd_chunk or 0),
+                                 op.cache_key(cache))
     else:
         y = run_forward(sig, config, args, cache=cache)
     return y if x.dtype == torch.float32 else y.to(x.dtype)

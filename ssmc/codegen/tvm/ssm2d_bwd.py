@@ -1,13 +1,14 @@
-"""Gradients of the TVM 2-D SSM (ssmc.codegen.tvm.ssm2d) on the CPU: an autograd Function
-whose forward is the forward kernel and whose backward is the adjoint kernel of ssm2d_bwd_tir.
+"""Gradients of the TVM 2-D SSM (ssmc.codegen.tvm.ssm2d) on the CPU: the adjoint kernel of
+ssm2d_bwd_tir, which the ssmc::ssm2d_bwd op (ssmc.runtime.ssm2d_op) runs as the backward of
+the ssmc::ssm2d op (the forward kernel).
 
-The Function's inputs are the forward kernel's own arguments (`ssm2d_tir.arg_names`: x, the
+The op's inputs are the forward kernel's own arguments (`ssm2d_tir.arg_names`: x, the
 per-cell steps or the discretised per-channel E / G / A G, B1..C2 in their forms, D), so the
 kernel differentiates exactly what it computes; `ssm2d.ssm2d` builds those arguments from the
 user's with differentiable torch ops (discretisation of per-channel steps, A = -exp(A_log),
 softplus of per-channel steps, transposes), and autograd chains the kernel's gradients through
 them to the user's tensors.  The kernel writes per-cell gradients directly and per-channel ones
-as per-batch-row (or per channel block) partials that `backward` sums here.
+as per-batch-row (or per channel block) partials that `reduce_partials` sums.
 
 Memory: the backward recomputes the forward states (ssm2d_bwd_tir's docstring says why) in
 chunks of `chunk_rows` rows: the whole grid in one chunk when a task's states ((T + 1) rows of
@@ -53,11 +54,18 @@ def chunk_rows(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, T: int, V: int,
     return min(T, max(math.isqrt(T - 1) + 1, budget // row - 1))
 
 
-def run_backward(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy: torch.Tensor,
-                 chunk: int | None = None, cache: KernelCache | None = None) -> dict:
+def partial_shapes(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, b: int, T: int,
+                   V: int) -> dict:
+    """The kernel's gradient outputs ('g' + input name -> shape), in the order they lie in
+    run_kernel's buffer."""
+    return {g: tirb.grad_shape(sig, config, g, b, T, V) for g in tirb.grad_names(sig)}
+
+
+def run_kernel(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy: torch.Tensor,
+               chunk: int | None = None, cache: KernelCache | None = None) -> torch.Tensor:
     """One run of the adjoint kernel on the forward kernel's arguments `args` (by name, in its
-    layouts) and the output gradient gy (b, T, V, d).  Returns the gradient of every input
-    the forward reads, by input name, reduced to the input's shape."""
+    layouts) and the output gradient gy (b, T, V, d): the kernel's gradient outputs (per cell,
+    per-batch-row or per-block partials: partial_shapes) in one flat fp32 buffer."""
     x = args["x"]
     b, T, V, _ = x.shape
     K = chunk_rows(sig, config, T, V) if not chunk else max(1, min(int(chunk), T))
@@ -69,15 +77,26 @@ def run_backward(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy:
         kargs[name] = torch.empty(shape, dtype=f32)
     # the kernel accumulates into its outputs: one zeroed allocation for all of them (each
     # torch op is a thread-pool round trip, which a loaded machine makes expensive)
-    shapes = {g: tirb.grad_shape(sig, config, g, b, T, V) for g in tirb.grad_names(sig)}
+    shapes = partial_shapes(sig, config, b, T, V)
     sizes = [math.prod(s) for s in shapes.values()]
-    for (g, shape), part in zip(shapes.items(), torch.zeros(sum(sizes), dtype=f32).split(sizes)):
+    flat = torch.zeros(sum(sizes), dtype=f32)
+    for (g, shape), part in zip(shapes.items(), flat.split(sizes)):
         kargs[g] = part.view(shape)
     get_kernel(sig, config, cache=cache)(*[kargs[n] for n in tirb.arg_names(sig)])
+    return flat
+
+
+def reduce_partials(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, flat: torch.Tensor,
+                    arg_shapes: dict) -> dict:
+    """run_kernel's buffer -> the gradient of every input the forward reads, by input name,
+    reduced to the input's shape (`arg_shapes`: name -> shape); torch ops, so that autograd
+    formulas (ssmc.runtime.ssm2d_op) trace them."""
+    b, T, V, _ = arg_shapes["x"]
+    shapes = partial_shapes(sig, config, b, T, V)
     out = {}
-    for g in shapes:
-        name, part = g[1:], kargs[g]
-        if name in ("x", "dt_t", "dt_v") or part.shape == args[name].shape:
+    for (g, shape), part in zip(shapes.items(), flat.split([math.prod(s) for s in shapes.values()])):
+        name, part = g[1:], part.view(shape)
+        if name in ("x", "dt_t", "dt_v") or tuple(part.shape) == tuple(arg_shapes[name]):
             out[name] = part  # per cell (B/C (b, T, V, d, N) too)
         elif name in fw.BC_NAMES and sig.bc[fw.BC_NAMES.index(name)] == fw.BC_SHARED:
             # over the channel blocks (one block: a view)
@@ -87,29 +106,12 @@ def run_backward(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy:
     return out
 
 
-class Ssm2dFunction(torch.autograd.Function):
-    """y = the forward kernel(*inputs) with the adjoint kernel as its backward.  Inputs: the
-    forward kernel's arguments in `tirb.input_names(sig)` order (fp32, the kernel's layouts)."""
-
-    @staticmethod
-    def forward(ctx, sig, config, cache, chunk, *inputs):
-        from ssmc.codegen.tvm.ssm2d import run_forward
-
-        names = tirb.input_names(sig)
-        args = {n: t.detach() for n, t in zip(names, inputs)}  # DLPack exports no grad tensors
-        y = run_forward(sig, config, args, cache=cache)
-        ctx.save_for_backward(*inputs)
-        ctx.sig, ctx.config, ctx.cache, ctx.chunk = sig, config, cache, chunk
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        names = tirb.input_names(ctx.sig)
-        args = {n: t.detach() for n, t in zip(names, ctx.saved_tensors)}
-        grads = run_backward(ctx.sig, ctx.config, args, gy, chunk=ctx.chunk, cache=ctx.cache)
-        need = ctx.needs_input_grad[4:]
-        return (None, None, None, None,
-                *[grads.get(n) if w else None for n, w in zip(names, need)])
+def run_backward(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy: torch.Tensor,
+                 chunk: int | None = None, cache: KernelCache | None = None) -> dict:
+    """run_kernel, then reduce_partials: the gradient of every input the forward reads."""
+    flat = run_kernel(sig, config, args, gy, chunk, cache)
+    return reduce_partials(sig, config, flat, {n: tuple(t.shape) for n, t in args.items()})
 
 
-__all__ = ["Ssm2dFunction", "run_backward", "get_kernel", "chunk_rows", "TASK_CACHE"]
+__all__ = ["run_backward", "run_kernel", "reduce_partials", "partial_shapes", "get_kernel",
+           "chunk_rows", "TASK_CACHE"]
