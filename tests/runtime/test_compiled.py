@@ -258,8 +258,10 @@ def test_s4d_on_triton_runs_the_triton_kernel(spec, bucket, algorithm):
 
 @needs_interpreter
 def test_s4d_on_triton_gradients_take_the_torch_fft_path():
-    """The Triton S4D kernels have no backward: with gradients the node runs the
-    differentiable torch FFT path, and the gradients are the reference's."""
+    """With gradients the node leaves the direct kernel call (`fn`, inference only) for
+    ssmc::s4d_vandermonde (the Triton Vandermonde kernel and its backward, counted in
+    tests/codegen/test_vandermonde_bwd.py) and torch's FFT convolution; the gradients are the
+    reference's."""
     model, ref = _s4d_for_sm90("s4d_complex", 64)
     calls = _count_kernel_calls(model)
     x = torch.randn(2, 7, 1)
