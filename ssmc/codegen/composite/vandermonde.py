@@ -1,7 +1,7 @@
-"""The transposed Vandermonde product of S4D in torch (the kernel-generation step's backward on
-devices without a kernel, and a second oracle in tests), and the float64 power tables the
-kernels of both backends start their chunks from.  See ssmc.runtime.vandermonde for what the
-sums are for; the forward is ssmc.codegen.composite.diagonal.vandermonde_kernel."""
+"""The transposed Vandermonde product of S4D in torch: the kernel-generation step's backward
+on devices without a kernel (and float64 parameters on them).  See ssmc.runtime.vandermonde for
+what the sums are for; the forward is ssmc.codegen.composite.diagonal.vandermonde_kernel, whose
+blocking this transposes."""
 
 from __future__ import annotations
 
