@@ -107,7 +107,6 @@ def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = 
     d, _ = Abar.shape
     if L == 0:
         return torch.zeros(d, 0, dtype=real)
-    M = -(-L // chunk)
     ar, ai = _parts(Abar)
     tr, ti = _chunk_power(ar, ai, chunk)
     wr, wi = _parts(C.to(Abar.dtype) * Bbar.to(Abar.dtype))
@@ -116,9 +115,9 @@ def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = 
         args = [scale * wr, scale * wi, tr, ti, ar.to(real), ai.to(real)]
     else:
         args = [wr, tr, ar.to(real)]
-    out = torch.empty(M, chunk, d, dtype=real)
+    out = torch.empty(d, L, dtype=real)
     get_kernel(_sig(Abar, cplx, real, chunk), backward=False)(*args, out)
-    return out.reshape(M * chunk, d)[:L].t().contiguous()
+    return out
 
 
 def vandermonde_bwd(Abar, gK, chunk: int = CHUNK):
@@ -135,10 +134,7 @@ def vandermonde_bwd(Abar, gK, chunk: int = CHUNK):
     if L == 0:
         z = torch.zeros(d, n, dtype=Abar.dtype)
         return z, z.clone()
-    M = -(-L // chunk)
-    # channels last and zero-padded to M T + 1 rows: the kernel reads g_(l+1) unguarded
-    g = gK.new_zeros(M * chunk + 1, d, dtype=real)
-    g[:L] = gK.t()
+    g = gK.to(real).contiguous()
     ar, ai = _parts(Abar)
     tr, ti = _chunk_power(ar, ai, chunk)
     ins = [tr, ti, ar.to(real), ai.to(real)] if cplx else [tr, ar.to(real)]
