@@ -147,6 +147,19 @@ def test_zero_abar_and_empty_length():
         assert all(t.abs().max() == 0 for t in g)
 
 
+def test_parallel_tvm_kernels_match_serial(monkeypatch):
+    """The thread-pool variant (chosen for large d n L) computes what the serial one does."""
+    A, B, C = (t.to(torch.complex64) for t in _params(32, 6, "complex"))
+    gK = torch.randn(32, 150)
+    got = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("SSMC_VANDERMONDE_PARALLEL", flag)
+        got[flag] = [vm.vandermonde(A, B, C, 150, True, "tvm"),
+                     *_kernel_grads("tvm", A, B, C, gK, True)]
+    for a, b in zip(got["0"], got["1"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_function_pairs_any_kernels():
     """VandermondeFn takes the kernel functions themselves: the torch forward with the TVM
     backward, float64 gradcheck."""

@@ -23,11 +23,12 @@ from ssmc.semantics.diagonal import as_work, work_dtype
 FAMILY = "s4d_vandermonde"
 SOURCES = ("vandermonde_tir.py", "grc_tir.py", "tirmath.py", "build.py", "target.py")
 CHUNK = 64  # T: the products' rounding accumulates over T steps; 64 keeps it ~1e-6 in fp32
-# Serial kernels by default: they run between torch's FFTs, and on the shared 2-core VM a
-# parallel launch waits for the busy core (b2-size S4D, d 64, L 1024, load ~4.6, medians of 30
-# interleaved: forward 1.8 ms serial vs 6.1 ms parallel (complex, 32 modes), 0.7 vs 2.5 ms
-# (real, 16); backward 2.4 vs 2.1 ms and 0.6 vs 1.6 ms).  SSMC_VANDERMONDE_PARALLEL=1 builds
-# parallel ones.
+# Serial kernels for small problems: they run between torch's FFTs, and on the shared 2-core VM
+# a parallel launch waits for the busy core.  Measured (32 modes, medians of 7 interleaved, load
+# 1.3 / 4.6): d 64 L 1024 fwd+bwd 1.0 ms either way (load 1.3) but 2.4 vs 8.2 ms parallel at
+# load 4.6; d 256 L 4096 16 ms serial vs 9 ms parallel, d 1024 L 4096 59 vs 33 ms (load 1.3).
+# So: parallel from PARALLEL_WORK mode-steps (d n L) on; SSMC_VANDERMONDE_PARALLEL=0/1 forces.
+PARALLEL_WORK = 1 << 22
 PARALLEL_ENV = "SSMC_VANDERMONDE_PARALLEL"
 
 
@@ -85,12 +86,17 @@ def _chunk_power(ar, ai, chunk: int):
     return mag * torch.cos(phase), mag * torch.sin(phase)
 
 
-def _sig(Abar, cplx, real, chunk):
+def _parallel(work: int) -> bool:
+    forced = os.environ.get(PARALLEL_ENV, "")
+    return forced not in ("", "0") if forced else work >= PARALLEL_WORK
+
+
+def _sig(Abar, cplx, real, chunk, L):
     d, n = Abar.shape
     return tirb.VandermondeSignature(d=int(d), n=int(n), complex_state=cplx, chunk=int(chunk),
                                      dtype="float64" if real == torch.float64 else "float32",
                                      lanes=host_vector_lanes_f32(),
-                                     parallel=os.environ.get(PARALLEL_ENV, "0") not in ("", "0"))
+                                     parallel=_parallel(int(d) * int(n) * int(L)))
 
 
 def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = CHUNK):
@@ -116,7 +122,7 @@ def vandermonde_fwd(Abar, Bbar, C, L: int, conj_pair: bool = True, chunk: int = 
     else:
         args = [wr, tr, ar.to(real)]
     out = torch.empty(d, L, dtype=real)
-    get_kernel(_sig(Abar, cplx, real, chunk), backward=False)(*args, out)
+    get_kernel(_sig(Abar, cplx, real, chunk, L), backward=False)(*args, out)
     return out
 
 
@@ -139,7 +145,7 @@ def vandermonde_bwd(Abar, gK, chunk: int = CHUNK):
     tr, ti = _chunk_power(ar, ai, chunk)
     ins = [tr, ti, ar.to(real), ai.to(real)] if cplx else [tr, ar.to(real)]
     outs = [torch.empty(n, d, dtype=torch.float64) for _ in range(4 if cplx else 2)]
-    get_kernel(_sig(Abar, cplx, real, chunk), backward=True)(*ins, g, *outs)
+    get_kernel(_sig(Abar, cplx, real, chunk, L), backward=True)(*ins, g, *outs)
     sums = [o.t() for o in outs]  # float64 totals (n, d) -> (d, n)
     if cplx:
         V0, V1 = torch.complex(sums[0], sums[1]), torch.complex(sums[2], sums[3])
