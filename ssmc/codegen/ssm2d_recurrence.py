@@ -43,6 +43,9 @@ def recompute_rows(T: int, row_bytes: int, budget: int) -> int:
     return min(T, max(math.isqrt(T - 1) + 1, budget // row_bytes - 1))
 
 
+# a pure function of its arguments (and the host): torch.compile calls it once while tracing
+# and keeps the result, instead of tracing the host queries of default_config()
+@torch.compiler.assume_constant_result
 def ssm2d_config(backend: str, algorithm: str | None, config: dict | None):
     """The kernel config for a node.  TVM: the host default with the loop order of the node's
     algorithm ('wavefront' -> anti-diagonals, 'sequential' -> rows); the other Ssm2dConfig

@@ -264,16 +264,18 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
     """Chimera's 2-D SSM.  Differentiable on both backends, the operands' torch preparation
     (x_proj / dt_proj included) differentiated by autograd: TVM on the CPU
     (ssmc.codegen.tvm.ssm2d_bwd: the adjoint kernel), Triton on a GPU or the CPU under
-    TRITON_INTERPRET=1 (ssmc.codegen.triton.ssm2d.backward: the reverse wavefront).  The
-    reference runs fp64, gradients on a device the backend does not run on, and gradients
-    under torch.compile (the kernel calls are opaque to dynamo)."""
+    TRITON_INTERPRET=1 (ssmc.codegen.triton.ssm2d.backward: the reverse wavefront).  TVM
+    also under torch.compile (its kernels are the ssmc::ssm2d / ssm2d_bwd ops:
+    ssmc.runtime.ssm2d_op).  The reference runs fp64 (the kernels are fp32), gradients on a
+    device the backend does not run on, and Triton gradients under torch.compile (its
+    autograd.Function is opaque to dynamo)."""
     x = ins["x"]
     if x.dtype == torch.float64:
         return NotImplemented
     if _grad_needed(mod, [x]):
-        if torch.compiler.is_compiling():
-            return NotImplemented
         if backend == "triton":
+            if torch.compiler.is_compiling():
+                return NotImplemented
             from ssmc.codegen.triton.ssm2d.backward import applies
             from ssmc.codegen.triton.ssm2d.backward import ssm2d_wavefront_autograd as fn
 
@@ -290,7 +292,8 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
 
 def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
     """PLRNN latent recurrence.  TVM (CPU): differentiable (the kernel's adjoint recurrence
-    backward).  Triton: the kernel at inference, its forward + adjoint backward pair with
+    backward) and traceable by torch.compile (the ssmc::plrnn op: ssmc.runtime.plrnn_op).
+    Triton: the kernel at inference, its forward + adjoint backward pair with
     gradients (`_recurrence_triton`).
     With a folded `conv` epilogue (ins['epilogue'], its LongConv module: passes/fuse.py) the
     kernel also convolves the trajectory with the conv's kernel and the convolved trajectory is

@@ -24,7 +24,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ssmc.semantics.recurrence import causal_conv_fft
 
 _CONFIG_FIELDS = ("traj_block", "vector_width", "accumulators", "threads")
 # caches passed by callers, by key (a KernelCache cannot be an op argument); weak values:
@@ -162,14 +161,15 @@ def _setup(ctx, inputs, output):
 
 
 def _conv_adjoint(gzc, z, hrf, taps):
-    """zc = H * z (causal, per unit, H = hrf's first `taps` taps): (dz, dhrf).  dz is the
-    correlation of gzc with H (a convolution in reversed time); dH[m, k] = sum over batch and
-    t of gzc[t, m] z[t - k, m] (one FFT product, summed over the batch before the inverse)."""
+    """zc = H * z (causal, per unit, H = hrf's first `taps` taps): (dz, dhrf) by FFT
+    products of length L + taps - 1 (no circular wrap; any length, so a symbolic L traces):
+    dz[t] = sum_k H[k] gzc[t + k] (a correlation), dH[m, k] = sum over batch and t of
+    gzc[t, m] z[t - k, m] (summed over the batch before the inverse)."""
     b, L, Mn = z.shape
     H = hrf.to(torch.float32).expand(Mn, hrf.shape[-1])[:, :taps]
-    dz = causal_conv_fft(gzc.flip(1), H).flip(1)
-    n = 1 << max(L + taps - 2, 0).bit_length()  # >= L + taps - 1: no circular wrap
+    n = L + taps - 1
     Gf = torch.fft.rfft(gzc.transpose(1, 2), n=n)
+    dz = torch.fft.irfft(Gf * torch.fft.rfft(H, n=n).conj(), n=n)[..., :L].transpose(1, 2)
     Zf = torch.fft.rfft(z.transpose(1, 2), n=n)
     dH = torch.fft.irfft((Gf * Zf.conj()).sum(0), n=n)[:, :taps]
     dH = torch.nn.functional.pad(dH, (0, hrf.shape[-1] - taps))  # taps past L: no effect

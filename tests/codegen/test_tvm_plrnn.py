@@ -12,6 +12,7 @@ import ssmc  # noqa: E402
 from ssmc.codegen.tvm.plrnn import plrnn  # noqa: E402
 from ssmc.codegen.tvm.plrnn_tir import PlrnnConfig  # noqa: E402
 from ssmc.paths import zoo_dir  # noqa: E402
+from ssmc.runtime import plrnn_op  # noqa: E402, F401  (defines the ssmc::plrnn ops)
 from ssmc.semantics.model import build_reference  # noqa: E402
 from ssmc.semantics.recurrence import (causal_conv_direct, hrf_double_gamma,  # noqa: E402
                                        plrnn_ref)
@@ -193,3 +194,99 @@ def test_gradients_through_the_hrf_convolution(tol):
     (causal_conv_direct(plrnn_ref(s, A, Wb, h0, C), hrf) * gz).sum().backward()
     torch.testing.assert_close(Wa.grad, Wb.grad, **tol[torch.float32])
     torch.testing.assert_close(g_hrf, hrf.grad, **tol[torch.float32])
+
+
+# ------------------------------------------------------------------- the ssmc::plrnn ops
+def _op_args(z0_form="none", hrf_form=None, grad=False, b=3, L=11):
+    """ssmc::plrnn's arguments on signatures the tests above build (M 6; K_in 3 without an
+    HRF, K_in 2 with 17 fused taps)."""
+    M, K = 6, (3 if hrf_form is None else 2)
+    s, A, W, h0, C = make(b, L, K, M, seed=4)
+    z0 = {"none": None, "batch": torch.randn(b, M), "shared": torch.randn(M)}[z0_form]
+    h = hrf_double_gamma(2.0, 17)
+    hrf = {None: None, "shared": h, "per_unit": h * (1 + torch.rand(M, 1))}[hrf_form]
+    ts = [None if t is None else t.requires_grad_(grad) for t in (s, A, W * 2, h0, C, z0, hrf)]
+    taps = 0 if hrf is None else min(17, L)
+    return (*ts, taps, "", "")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["nograd", "grad"])
+@pytest.mark.parametrize("z0_form,hrf_form", [("none", None), ("batch", None), ("shared", None),
+                                              ("none", "shared"), ("none", "per_unit")])
+def test_opcheck_plrnn(z0_form, hrf_form, grad):
+    torch.library.opcheck(torch.ops.ssmc.plrnn.default,
+                          _op_args(z0_form, hrf_form, grad, L=20 if hrf_form else 11))
+
+
+@pytest.mark.parametrize("z0_form", ["none", "batch", "shared"])
+def test_opcheck_plrnn_bwd(z0_form):
+    s, A, W, h0, C, z0, _, _, cfg, cache = _op_args(z0_form)
+    z, _ = torch.ops.ssmc.plrnn(s, A, W, h0, C, z0, None, 0, cfg, cache)
+    for need in ([True] * 6, [False, True, True, False, False, True]):
+        torch.library.opcheck(torch.ops.ssmc.plrnn_bwd.default,
+                              (torch.randn_like(z), s, A, W, C, z0, z, need, cfg, cache))
+
+
+def test_plrnn_op_fake_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for args in (_op_args("batch"), _op_args("none", "per_unit", L=20)):
+        want = [t.shape for t in torch.ops.ssmc.plrnn(*args)]
+        s, A, W, h0, C, z0 = args[:6]
+        z = torch.ops.ssmc.plrnn(*args)[0]
+        bwd = (torch.randn_like(z), s, A, W, C, z0, z, [True] * 6, "", "")
+        want_b = [t.shape for t in torch.ops.ssmc.plrnn_bwd(*bwd)]
+        with FakeTensorMode() as mode:
+            fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            assert [t.shape for t in torch.ops.ssmc.plrnn(*fake)] == want
+            fb = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in bwd]
+            assert [t.shape for t in torch.ops.ssmc.plrnn_bwd(*fb)] == want_b
+
+
+@pytest.mark.parametrize("hrf_form", ["shared", "per_unit"])
+def test_plrnn_op_fused_hrf_gradients_match_oracle(tol, hrf_form):
+    """The op's own convolution adjoint (the fused form: what a direct caller gets) against
+    autograd of the oracle: gradients of s, W and the HRF through both outputs."""
+    s, A, W, h0, C, z0, hrf, taps, cfg, cache = _op_args("none", hrf_form, grad=True, L=20)
+    gz, gzc = torch.randn(3, 20, 6), torch.randn(3, 20, 6)
+    z, zc = torch.ops.ssmc.plrnn(s, A, W, h0, C, None, hrf, taps, cfg, cache)
+    got = torch.autograd.grad((z * gz).sum() + (zc * gzc).sum(), [s, W, hrf])
+    zr = plrnn_ref(s, A, W, h0, C)
+    want = torch.autograd.grad((zr * gz).sum() + (causal_conv_direct(zr, hrf) * gzc).sum(),
+                               [s, W, hrf])
+    for name, a, r in zip(("s", "W", "hrf"), got, want):
+        scale = r.abs().max().clamp(min=1)
+        torch.testing.assert_close(a / scale, r / scale, **tol[torch.float32], msg=name)
+
+
+def test_convssm_trains_under_torch_compile_fullgraph(convssm, monkeypatch):
+    """torch.compile(fullgraph=True) of a compiled convssm: training runs the TVM forward and
+    adjoint kernels through the ops (no graph break), inference the fused-HRF kernel; loss,
+    gradients and outputs as eager."""
+    import ssmc.codegen.tvm.plrnn as tp
+
+    model, _ = convssm
+    calls = []
+    fwd, bwd = tp._forward, tp._backward_kernel
+    monkeypatch.setattr(tp, "_forward", lambda *a: calls.append("fwd") or fwd(*a))
+    monkeypatch.setattr(tp, "_backward_kernel", lambda *a: calls.append("bwd") or bwd(*a))
+    s = torch.randn(2, 9, 3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = model(s).pow(2).sum()
+    gw = torch.autograd.grad(want, params)
+    with torch.no_grad():
+        yw = model(s)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    calls.clear()
+    got = compiled(s).pow(2).sum()
+    gg = torch.autograd.grad(got, params)
+    assert calls == ["fwd", "bwd"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(s), yw, rtol=1e-5, atol=1e-5)
+    assert calls == ["fwd"]
+    torch._dynamo.reset()

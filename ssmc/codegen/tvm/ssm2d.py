@@ -12,8 +12,9 @@ but a unit last one (the executor passes views into the x_proj / dt_proj outputs
 Differentiable and traceable: when an input requires grad (and grad mode is on), or under
 torch.compile, the kernel runs as the ssmc::ssm2d op (ssmc.runtime.ssm2d_op), whose backward
 is the adjoint kernel (ssm2d_bwd_tir); the torch preparation of the kernel's arguments below
-is differentiable, so autograd carries the kernel's gradients back to the caller's tensors.  fp64 is not supported (the kernels are fp32):
-the reference (semantics.ssm2d) serves fp64 and gradcheck.
+is differentiable, so autograd carries the kernel's gradients back to the caller's tensors.
+fp64 is not supported (the kernels are fp32): the reference (semantics.ssm2d) serves fp64 and
+gradcheck.
 """
 
 from __future__ import annotations
@@ -87,16 +88,11 @@ def _dt_cell(name, t, b, T, V, d) -> bool:
     return t.dim() == 4
 
 
-def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=False,
-          dt_softplus: bool = False, config: tirb.Ssm2dConfig | None = None,
-          cache: KernelCache | None = None, bwd_chunk: int | None = None):
-    """2-D SSM on the CPU (same arguments and result as ssmc.semantics.ssm2d.ssm2d_ref).
-
-    dt_softplus: dt_t / dt_v are pre-activation and the steps are softplus of them (Chimera's
-    dt_proj output; applied in the kernel, once per cell and channel).  config: an
-    Ssm2dConfig (order 'wavefront' or 'rows', channel block, vector width); None takes the
-    host's default (the backward kernel uses the same).  bwd_chunk: rows per recompute chunk
-    of the backward (None: ssm2d_bwd.chunk_rows).  Returns y (b, T, V, d) in x's dtype."""
+def kernel_args(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
+                bidirectional=False, dt_softplus: bool = False):
+    """The forward kernel's signature and inputs (by name, fp32, in its layouts) for ssm2d's
+    arguments, checked (ValueError naming the argument) and prepared with differentiable
+    torch ops; None for an empty grid."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"ssm2d: x must be a 4-D tensor (b, T, V, d); got {_shape(x)}")
     b, T, V, d = (int(s) for s in x.shape)
@@ -119,10 +115,8 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
         raise ValueError(f"ssm2d: bidirectional must be a bool; got {bidirectional!r}")
     if not isinstance(dt_softplus, bool):
         raise ValueError(f"ssm2d: dt_softplus must be a bool; got {dt_softplus!r}")
-    if config is not None and not isinstance(config, tirb.Ssm2dConfig):
-        raise ValueError(f"ssm2d: config must be an Ssm2dConfig; got {type(config).__name__}")
     if b == 0 or T == 0 or V == 0:
-        return x.new_zeros(x.shape)
+        return None
 
     if dt_softplus and not all(dt_cell):  # per-channel steps: once here
         dt_t = dt_t if dt_cell[0] else torch.nn.functional.softplus(dt_t.float())
@@ -130,7 +124,6 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
     sig = tirb.Ssm2dSignature(d=d, N=N, bc=bc, dt_cell=dt_cell, has_D=D is not None,
                               bidirectional=bidirectional,
                               dt_softplus=dt_softplus and any(dt_cell))
-    config = config or default_config()
     args = {"x": _f32(x)}
     for name, t, form in zip(tirb.BC_NAMES, (B1, B2, C1, C2), bc):
         args[name] = t.float().t() if form == tirb.BC_PARAM else \
@@ -155,17 +148,38 @@ def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=F
             args[name] = _f32(args[name])
     if D is not None:
         args["D"] = _f32(D)
+    return sig, args
+
+
+def ssm2d(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None, bidirectional=False,
+          dt_softplus: bool = False, config: tirb.Ssm2dConfig | None = None,
+          cache: KernelCache | None = None, bwd_chunk: int | None = None):
+    """2-D SSM on the CPU (same arguments and result as ssmc.semantics.ssm2d.ssm2d_ref).
+
+    dt_softplus: dt_t / dt_v are pre-activation and the steps are softplus of them (Chimera's
+    dt_proj output; applied in the kernel, once per cell and channel).  config: an
+    Ssm2dConfig (order 'wavefront' or 'rows', channel block, vector width); None takes the
+    host's default (the backward kernel uses the same).  bwd_chunk: rows per recompute chunk
+    of the backward (None: ssm2d_bwd.chunk_rows).  Returns y (b, T, V, d) in x's dtype."""
+    if config is not None and not isinstance(config, tirb.Ssm2dConfig):
+        raise ValueError(f"ssm2d: config must be an Ssm2dConfig; got {type(config).__name__}")
+    prepared = kernel_args(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D, bidirectional,
+                           dt_softplus)
+    if prepared is None:
+        return x.new_zeros(x.shape)
+    sig, args = prepared
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad for t in args.values())):
         from ssmc.codegen.tvm.ssm2d_bwd_tir import input_names
         from ssmc.runtime import ssm2d_op as op
 
-        # the ssmc::ssm2d op: differentiable (the adjoint kernel) and traceable
+        # the ssmc::ssm2d op: differentiable (the adjoint kernel) and traceable (config None:
+        # "", the op takes the host default: no host queries while dynamo traces)
         y = torch.ops.ssmc.ssm2d([args[n] for n in input_names(sig)], op.sig_key(sig),
                                  op.config_key(config), int(bwd_chunk or 0),
                                  op.cache_key(cache))
     else:
-        y = run_forward(sig, config, args, cache=cache)
+        y = run_forward(sig, config or default_config(), args, cache=cache)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -180,4 +194,4 @@ def run_forward(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, args: dict,
     return kargs["out"]
 
 
-__all__ = ["ssm2d", "get_kernel", "default_config", "run_forward"]
+__all__ = ["ssm2d", "kernel_args", "get_kernel", "default_config", "run_forward"]

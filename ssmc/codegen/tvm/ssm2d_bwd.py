@@ -94,7 +94,8 @@ def reduce_partials(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, flat: torch.
     b, T, V, _ = arg_shapes["x"]
     shapes = partial_shapes(sig, config, b, T, V)
     out = {}
-    for (g, shape), part in zip(shapes.items(), flat.split([math.prod(s) for s in shapes.values()])):
+    sizes = [math.prod(s) for s in shapes.values()]
+    for (g, shape), part in zip(shapes.items(), flat.split(sizes)):
         name, part = g[1:], part.view(shape)
         if name in ("x", "dt_t", "dt_v") or tuple(part.shape) == tuple(arg_shapes[name]):
             out[name] = part  # per cell (B/C (b, T, V, d, N) too)
@@ -106,12 +107,5 @@ def reduce_partials(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, flat: torch.
     return out
 
 
-def run_backward(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, args: dict, gy: torch.Tensor,
-                 chunk: int | None = None, cache: KernelCache | None = None) -> dict:
-    """run_kernel, then reduce_partials: the gradient of every input the forward reads."""
-    flat = run_kernel(sig, config, args, gy, chunk, cache)
-    return reduce_partials(sig, config, flat, {n: tuple(t.shape) for n, t in args.items()})
-
-
-__all__ = ["run_backward", "run_kernel", "reduce_partials", "partial_shapes", "get_kernel",
+__all__ = ["run_kernel", "reduce_partials", "partial_shapes", "get_kernel",
            "chunk_rows", "TASK_CACHE"]

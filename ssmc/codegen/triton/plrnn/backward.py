@@ -1,7 +1,7 @@
 """PLRNN backward in Triton: the adjoint recurrence, backward in t, over the forward's trajectory.
 
-The math is the TVM path's (ssmc.codegen.tvm.plrnn._PlrnnFunction; its docstring states it):
-with G_t the gradient reaching z_t from the loss and every later step,
+The math is the TVM path's (the ssmc::plrnn_bwd op, ssmc.runtime.plrnn_op; its docstring
+states it): with G_t the gradient reaching z_t from the loss and every later step,
 
     G_t = gz_t + A G_{t+1} + [z_t > 0] W_o^T G_{t+1}          (G_{L+1} = 0)
     ds_t = C^T G_t,  dA = sum G_t z_{t-1},  dW = offdiag(sum G_t relu(z_{t-1})^T),
