@@ -12,8 +12,8 @@ of its own here.
   l and the big (d, n, L) power tensor of the oracle is never formed.  CPU tensors that need no
   gradient (eager inference) take K from the TVM Vandermonde kernel instead
   (ssmc.codegen.tvm.vandermonde: chunked powers, no matmul over padded blocks; compiled
-  s4d_complex b2 L1024 inference 23 -> 12 ms, load 1.5).  Then y = K * u + D u by rfft / irfft of length
-  2L (torch) along time.
+  s4d_complex b2 L1024 inference 23 -> 12 ms, load 1.5).  Then y = K * u + D u by rfft /
+  irfft of length 2L (torch) along time.
 * "sequential": the TVM CPU recurrence kernel (ssmc.codegen.tvm.diagonal_scan), C folded into
   the input, channels vectorised.
 """
