@@ -6,9 +6,10 @@ For an output gradient g (dim, L) real, per mode:
     V0_n = sum_l g_l Abar_n^l,      V1_n = sum_l l g_l Abar_n^(l-1) = sum_l (l+1) g_(l+1) Abar_n^l
 
 (ssmc.runtime.vandermonde turns V0, V1 into the gradients of Abar, Bbar, C).  A program takes a
-(BLOCK_D, BLOCK_L) tile of g, like the forward's tile of K, walks the N modes and writes each
-mode's sums over its tile: per-tile partials (n_tiles, dim, N, 4) that the host adds up in
-float64 (deterministic, no atomics).  No (dim, N, L) tensor is formed.
+(BLOCK_D, BLOCK_L) tile of g at a time, like the forward's tile of K, walks the N modes and
+adds each mode's sums over the tile into its own partial; it walks TILES tiles along L, so the
+partials (programs along L, dim, N, 4), which the host adds up in float64 (deterministic, no
+atomics), are 1/TILES of the tiles.  No (dim, N, L) tensor is formed.
 
 **Powers.**  As in the forward, every (d, l) of a tile is independent (no serial chain for a
 GPU to wait on), but the power is split at the tile: Abar^(l0 + j) = Abar^l0 * Abar^j, with
@@ -39,6 +40,8 @@ BWD_DTYPES = (torch.float32, torch.float64)
 class VandermondeBwdConfig(KernelConfig):
     block_d: int = pow2_field(16)
     block_l: int = pow2_field(64)
+    # tiles a program walks (its sums stay in its partial): fewer partials for the host to add
+    tiles: int = pow2_field(8)
     num_warps: int = pow2_field(4)
     num_stages: int = 1
 
@@ -46,42 +49,52 @@ class VandermondeBwdConfig(KernelConfig):
 @triton.jit
 def _s4d_vandermonde_bwd_kernel(
     log_abs_ptr, arg_ptr, Q_ptr, G_ptr, S_ptr,
-    dim, dstate, seqlen,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    dim, dstate, seqlen, n_tiles,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, TILES: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    j = tl.arange(0, BLOCK_L)
-    offs_l = pid_l * BLOCK_L + j
     mask_d = offs_d < dim
-    row = offs_d[:, None].to(tl.int64) * seqlen
-    g = tl.load(G_ptr + row + offs_l[None, :],
-                mask=mask_d[:, None] & (offs_l < seqlen)[None, :], other=0.0)
-    # the V1 weight (l+1) g_(l+1): exact in fp32 for l < 2^24
-    g1 = tl.load(G_ptr + row + offs_l[None, :] + 1,
-                 mask=mask_d[:, None] & (offs_l + 1 < seqlen)[None, :], other=0.0)
-    g1 = g1 * (offs_l + 1).to(tl.float32)[None, :]
+    j = tl.arange(0, BLOCK_L)
     jf = j.to(tl.float32)[None, :]
-    for n in range(0, dstate):
-        mode = offs_d * dstate + n
-        log_abs = tl.load(log_abs_ptr + mode, mask=mask_d, other=0.0)[:, None]
-        arg = tl.load(arg_ptr + mode, mask=mask_d, other=0.0)[:, None]
-        # Abar^l0 of this tile, (re, im)
-        q = (pid_l.to(tl.int64) * dim + offs_d) * dstate + n
-        q_re = tl.load(Q_ptr + q * 2, mask=mask_d, other=0.0)[:, None]
-        q_im = tl.load(Q_ptr + q * 2 + 1, mask=mask_d, other=0.0)[:, None]
-        magnitude = tl.exp(jf * log_abs)
-        phase = jf * arg
-        c = magnitude * tl.cos(phase)
-        s = magnitude * tl.sin(phase)
-        p_re = q_re * c - q_im * s
-        p_im = q_re * s + q_im * c
-        out = S_ptr + q * 4
-        tl.store(out, tl.sum(g * p_re, axis=1), mask=mask_d)
-        tl.store(out + 1, tl.sum(g * p_im, axis=1), mask=mask_d)
-        tl.store(out + 2, tl.sum(g1 * p_re, axis=1), mask=mask_d)
-        tl.store(out + 3, tl.sum(g1 * p_im, axis=1), mask=mask_d)
+    row = offs_d[:, None].to(tl.int64) * seqlen
+    out = S_ptr + ((pid_l.to(tl.int64) * dim + offs_d) * dstate) * 4
+    for t in range(0, TILES):
+        tile = pid_l * TILES + t
+        offs_l = tile * BLOCK_L + j
+        g = tl.load(G_ptr + row + offs_l[None, :],
+                    mask=mask_d[:, None] & (offs_l < seqlen)[None, :], other=0.0)
+        # the V1 weight (l+1) g_(l+1): exact in fp32 for l < 2^24
+        g1 = tl.load(G_ptr + row + offs_l[None, :] + 1,
+                     mask=mask_d[:, None] & (offs_l + 1 < seqlen)[None, :], other=0.0)
+        g1 = g1 * (offs_l + 1).to(tl.float32)[None, :]
+        # past the last tile g is 0: read the last tile's powers (in bounds), they add nothing
+        q_tile = tl.minimum(tile, n_tiles - 1).to(tl.int64)
+        for n in range(0, dstate):
+            mode = offs_d * dstate + n
+            log_abs = tl.load(log_abs_ptr + mode, mask=mask_d, other=0.0)[:, None]
+            arg = tl.load(arg_ptr + mode, mask=mask_d, other=0.0)[:, None]
+            # Abar^l0 of this tile, (re, im)
+            q = (q_tile * dim + offs_d) * dstate + n
+            q_re = tl.load(Q_ptr + q * 2, mask=mask_d, other=0.0)[:, None]
+            q_im = tl.load(Q_ptr + q * 2 + 1, mask=mask_d, other=0.0)[:, None]
+            magnitude = tl.exp(jf * log_abs)
+            phase = jf * arg
+            c = magnitude * tl.cos(phase)
+            s = magnitude * tl.sin(phase)
+            p_re = q_re * c - q_im * s
+            p_im = q_re * s + q_im * c
+            # this program's partial, (BLOCK_D,) x 4: read-modify-write by its own program only
+            # (the tile's g stays in registers across the modes; the sums go through L1/L2)
+            o = out + n * 4
+            tl.store(o, tl.load(o, mask=mask_d) + tl.sum(g * p_re, axis=1), mask=mask_d)
+            tl.store(o + 1, tl.load(o + 1, mask=mask_d) + tl.sum(g * p_im, axis=1),
+                     mask=mask_d)
+            tl.store(o + 2, tl.load(o + 2, mask=mask_d) + tl.sum(g1 * p_re, axis=1),
+                     mask=mask_d)
+            tl.store(o + 3, tl.load(o + 3, mask=mask_d) + tl.sum(g1 * p_im, axis=1),
+                     mask=mask_d)
 
 
 def _work_dtypes(Abar, gK):
@@ -90,9 +103,11 @@ def _work_dtypes(Abar, gK):
 
 
 def plan_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None) -> LaunchPlan:
-    """The launch of the transposed Vandermonde; outputs the per-tile partials
-    (n_tiles, dim, N, 4): [sum g Re p, sum g Im p, sum g1 Re p, sum g1 Im p]."""
-    config = config or VandermondeBwdConfig()
+    """The launch of the transposed Vandermonde; outputs the per-program partials
+    (programs along L, dim, N, 4): [sum g Re p, sum g Im p, sum g1 Re p, sum g1 Im p]."""
+    real, cplx = _work_dtypes(Abar, gK)
+    # float64 (gradchecks): half the tile, or sm_90 spills (255 registers, 136 spilled)
+    config = config or VandermondeBwdConfig(block_l=32 if real == torch.float64 else 64)
     check_tensor("Abar", Abar, dims=(("dim", None), ("dstate", None)),
                  dtypes=PARAM_DTYPES + (torch.float64,))
     dim, dstate = Abar.shape
@@ -102,9 +117,11 @@ def plan_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None) -
                  dtypes=BWD_DTYPES + (torch.float16, torch.bfloat16))
     if gK.device != Abar.device:
         raise ValueError(f"gK: on {gK.device}, Abar on {Abar.device}")
-    real, cplx = _work_dtypes(Abar, gK)
     L = gK.shape[1]
     tiles = grid_dim(L, config.block_l)
+    # no more tiles per program than there are (the loop is unrolled over TILES)
+    per_program = min(config.tiles, triton.next_power_of_2(tiles))
+    programs = grid_dim(tiles, per_program)
     A = Abar.to(torch.complex128)
     log_A = torch.log(A)  # log|Abar| + i arg(Abar); a real negative Abar has arg pi
     # Abar == 0: log -inf; a finite floor keeps 0^0 = 1 (not nan) and 0^j = 0
@@ -113,13 +130,13 @@ def plan_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None) -
          * config.block_l)[:, None, None]
     Q = torch.exp(e * log_abs) * torch.exp(1j * (e * log_A.imag))  # (tiles, dim, N)
     Q = torch.view_as_real(Q.to(cplx)).contiguous()
-    S = torch.empty((tiles, dim, dstate, 4), dtype=real, device=Abar.device)
+    S = torch.zeros((programs, dim, dstate, 4), dtype=real, device=Abar.device)
     launch = KernelLaunch(
-        _s4d_vandermonde_bwd_kernel, (tiles, grid_dim(dim, config.block_d)),
+        _s4d_vandermonde_bwd_kernel, (programs, grid_dim(dim, config.block_d)),
         {"log_abs_ptr": log_abs.to(real).contiguous(), "arg_ptr": log_A.imag.to(real).contiguous(),
          "Q_ptr": Q, "G_ptr": gK.to(real).contiguous(), "S_ptr": S,
-         "dim": dim, "dstate": dstate, "seqlen": L},
-        {"BLOCK_D": config.block_d, "BLOCK_L": config.block_l},
+         "dim": dim, "dstate": dstate, "seqlen": L, "n_tiles": tiles},
+        {"BLOCK_D": config.block_d, "BLOCK_L": config.block_l, "TILES": per_program},
         config.num_warps, config.num_stages)
     return LaunchPlan([launch], (S,))
 
@@ -134,7 +151,7 @@ def s4d_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None):
                         device=Abar.device)
         return z, z.clone()
     (S,) = plan_vandermonde_bwd(Abar, gK, config).run()
-    S = S.to(torch.float64).sum(0)  # the tiles' partials, added in float64
+    S = S.to(torch.float64).sum(0)  # the programs' partials, added in float64
     if Abar.is_complex():
         V0, V1 = torch.complex(S[..., 0], S[..., 1]), torch.complex(S[..., 2], S[..., 3])
         return V0.to(cplx), V1.to(cplx)
