@@ -48,8 +48,9 @@ import triton.language as tl
 from ssmc.codegen.ssm2d_recurrence import recompute_rows
 from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
                                         interpreting, next_pow2, pow2_field)
-from ssmc.codegen.triton.ssm2d.wavefront import (_axis_update, _expm1, _operand, _step,
-                                                 _strides_bc, _strides_dt, ssm2d_wavefront)
+from ssmc.codegen.triton.ssm2d.wavefront import (_axis_terms, _axis_update, _cell_inputs,
+                                                 _diagonal_tile, _load_A, _operand,
+                                                 _operand_args, ssm2d_wavefront)
 
 # B/C forms (constexpr): where a cell's gradient term goes
 BC_PARAM, BC_SHARED, BC_FULL = 0, 1, 2
@@ -90,15 +91,6 @@ def _copy_row(src, dst, ncol, tile, offs_c, BLOCK_C: tl.constexpr, SL: tl.conste
 
 
 @triton.jit
-def _cell_step(ptr, bi, t, vp, offs_d, s_b, s_t, s_v, s_d, m2, DT_SOFTPLUS: tl.constexpr):
-    """(raw, step) of a (cells, channels) tile of dt_t or dt_v (stride 0 = broadcast)."""
-    off = (bi * s_b + t.to(tl.int64)[:, None] * s_t + vp.to(tl.int64)[:, None] * s_v
-           + offs_d[None, :] * s_d)
-    raw = tl.load(ptr + off, mask=m2, other=0.0).to(tl.float32)
-    return raw, _step(raw, DT_SOFTPLUS)
-
-
-@triton.jit
 def _store_bc(ptr, g, FORM: tl.constexpr, cell, pid_d, nblk, offs_d, offs_n, dim, dstate,
               m3, mcn):
     """A per-cell B/C gradient term g (cells, channels, states): shared B/C summed over the
@@ -111,6 +103,17 @@ def _store_bc(ptr, g, FORM: tl.constexpr, cell, pid_d, nblk, offs_d, offs_n, dim
         off = ((cell[:, None, None] * dim + offs_d[None, :, None]) * dstate
                + offs_n[None, None, :])
         tl.store(ptr + off, g, mask=m3)
+
+
+@triton.jit
+def _axis_adjoint(G, own, cross, xv, dt, A, Ac, B):
+    """The adjoint of one axis's update (wavefront._axis_update) for the total gradient G of
+    its new state: e (own's factor), w = g G (to cross through Ac, to B by x, to x by B),
+    dz (the derivative by dt A), and the tile's dA and dAc summed over its cells."""
+    e, g, q = _axis_terms(dt, A, Ac, cross, B, xv)
+    w = g * G
+    dz = (G * own + G * q / A) * e
+    return e, w, dz, tl.sum(dz * dt - w * q / A, axis=0), tl.sum(w * cross, axis=0)
 
 
 @triton.jit
@@ -140,12 +143,14 @@ def _ssm2d_wavefront_bwd_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_dn = (offs_d < dim)[:, None] & (offs_n < dstate)[None, :]
-    par = offs_d[:, None] * dstate + offs_n[None, :]
-    A1 = tl.load(A1_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
-    A2 = tl.load(A2_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
-    A3 = tl.load(A3_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
-    A4 = tl.load(A4_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
+    mask_dn, par, A1, A2, A3, A4 = _load_A(A1_ptr, A2_ptr, A3_ptr, A4_ptr, offs_d, offs_n, dim,
+                                           dstate)
+    sB1 = (sB1_b, sB1_t, sB1_v, sB1_d, sB1_n)
+    sB2 = (sB2_b, sB2_t, sB2_v, sB2_d, sB2_n)
+    sC1 = (sC1_b, sC1_t, sC1_v, sC1_d, sC1_n)
+    sC2 = (sC2_b, sC2_t, sC2_v, sC2_d, sC2_n)
+    sdt_t = (sdt_t_b, sdt_t_t, sdt_t_v, sdt_t_d)
+    sdt_v = (sdt_v_b, sdt_v_t, sdt_v_v, sdt_v_d)
 
     # this program's workspaces (fp32): a state plane SL, a column of 2 states, a row of V + 1
     # columns; H (K + 1 rows), checkpoints (nc rows), messages [2 buffers][U (V columns),
@@ -178,26 +183,11 @@ def _ssm2d_wavefront_bwd_kernel(
             v_lo = tl.maximum(s - kc + 1, 0)
             v_hi = tl.minimum(s, V - 1)
             for c0 in range(v_lo, v_hi + 1, BLOCK_C):
-                v = c0 + offs_c
-                ok = v <= v_hi
-                r = s - v
-                t = t0 + r
-                vp = tl.where(dirn == 0, v, V - 1 - v)
-                m3 = ok[:, None, None] & mask_dn[None, :, :]
-                m2 = ok[:, None] & (offs_d < dim)[None, :]
-                cell = ((bi * T + t.to(tl.int64)) * V + vp.to(tl.int64)) * dim
-                xv = tl.load(x_ptr + cell[:, None] + offs_d[None, :], mask=m2, other=0.0)
-                xv = xv.to(tl.float32)[:, :, None]
-                _, dtt = _cell_step(dtt_ptr, bi, t, vp, offs_d, sdt_t_b, sdt_t_t, sdt_t_v,
-                                    sdt_t_d, m2, DT_SOFTPLUS)
-                _, dtv = _cell_step(dtv_ptr, bi, t, vp, offs_d, sdt_v_b, sdt_v_t, sdt_v_v,
-                                    sdt_v_d, m2, DT_SOFTPLUS)
-                dtt = dtt[:, :, None]
-                dtv = dtv[:, :, None]
-                B1 = _operand(B1_ptr, bi, t, vp, offs_d, offs_n, sB1_b, sB1_t, sB1_v, sB1_d,
-                              sB1_n, m3)
-                B2 = _operand(B2_ptr, bi, t, vp, offs_d, offs_n, sB2_b, sB2_t, sB2_v, sB2_d,
-                              sB2_n, m3)
+                v, ok, r, t, vp, m3, m2, cell = _diagonal_tile(s, c0, v_hi, t0, offs_c, offs_d,
+                                                               mask_dn, dirn, bi, T, V, dim)
+                xv, dtt, dtv, _, _, B1, B2 = _cell_inputs(
+                    x_ptr, B1_ptr, B2_ptr, dtt_ptr, dtv_ptr, cell, bi, t, vp, offs_d, offs_n,
+                    sB1, sB2, sdt_t, sdt_v, m2, m3, DT_SOFTPLUS)
                 here = Hb + (r + 1).to(tl.int64)[:, None, None] * RS \
                     + (v + 1).to(tl.int64)[:, None, None] * CS + tile
                 up = here - RS
@@ -221,32 +211,15 @@ def _ssm2d_wavefront_bwd_kernel(
             v_lo = tl.maximum(s - kc + 1, 0)
             v_hi = tl.minimum(s, V - 1)
             for c0 in range(v_lo, v_hi + 1, BLOCK_C):
-                v = c0 + offs_c
-                ok = v <= v_hi
-                r = s - v
-                t = t0 + r
-                vp = tl.where(dirn == 0, v, V - 1 - v)
-                m3 = ok[:, None, None] & mask_dn[None, :, :]
-                m2 = ok[:, None] & (offs_d < dim)[None, :]
-                cell = ((bi * T + t.to(tl.int64)) * V + vp.to(tl.int64)) * dim
-                xv = tl.load(x_ptr + cell[:, None] + offs_d[None, :], mask=m2, other=0.0)
-                xv = xv.to(tl.float32)[:, :, None]
+                v, ok, r, t, vp, m3, m2, cell = _diagonal_tile(s, c0, v_hi, t0, offs_c, offs_d,
+                                                               mask_dn, dirn, bi, T, V, dim)
+                xv, dtt, dtv, rawt, rawv, B1, B2 = _cell_inputs(
+                    x_ptr, B1_ptr, B2_ptr, dtt_ptr, dtv_ptr, cell, bi, t, vp, offs_d, offs_n,
+                    sB1, sB2, sdt_t, sdt_v, m2, m3, DT_SOFTPLUS)
                 gy = tl.load(gy_ptr + cell[:, None] + offs_d[None, :], mask=m2,
                              other=0.0)[:, :, None]
-                rawt, dtt = _cell_step(dtt_ptr, bi, t, vp, offs_d, sdt_t_b, sdt_t_t, sdt_t_v,
-                                       sdt_t_d, m2, DT_SOFTPLUS)
-                rawv, dtv = _cell_step(dtv_ptr, bi, t, vp, offs_d, sdt_v_b, sdt_v_t, sdt_v_v,
-                                       sdt_v_d, m2, DT_SOFTPLUS)
-                dtt = dtt[:, :, None]
-                dtv = dtv[:, :, None]
-                B1 = _operand(B1_ptr, bi, t, vp, offs_d, offs_n, sB1_b, sB1_t, sB1_v, sB1_d,
-                              sB1_n, m3)
-                B2 = _operand(B2_ptr, bi, t, vp, offs_d, offs_n, sB2_b, sB2_t, sB2_v, sB2_d,
-                              sB2_n, m3)
-                C1 = _operand(C1_ptr, bi, t, vp, offs_d, offs_n, sC1_b, sC1_t, sC1_v, sC1_d,
-                              sC1_n, m3)
-                C2 = _operand(C2_ptr, bi, t, vp, offs_d, offs_n, sC2_b, sC2_t, sC2_v, sC2_d,
-                              sC2_n, m3)
+                C1 = _operand(C1_ptr, bi, t, vp, offs_d, offs_n, sC1, m3)
+                C2 = _operand(C2_ptr, bi, t, vp, offs_d, offs_n, sC2, m3)
                 here = Hb + (r + 1).to(tl.int64)[:, None, None] * RS \
                     + (v + 1).to(tl.int64)[:, None, None] * CS + tile
                 h1 = tl.load(here, mask=m3, other=0.0)
@@ -264,39 +237,29 @@ def _ssm2d_wavefront_bwd_kernel(
                 G2 = gy * C2 + tl.load(Ur + u_at + SL, mask=mu, other=0.0) \
                     + tl.load(Ur + l_at + SL, mask=ml, other=0.0)
                 # axis t: h1 = e1 up1 + g1 (A2 up2 + B1 x)
-                z1 = dtt * A1
-                e1 = tl.exp(z1)
-                g1 = _expm1(z1, e1) / A1
-                q1 = A2 * up2 + B1 * xv
-                w1 = g1 * G1
-                dz1 = (G1 * up1 + G1 * q1 / A1) * e1
-                gA1 += tl.sum(dz1 * dtt - w1 * q1 / A1, axis=0)
-                gA2 += tl.sum(w1 * up2, axis=0)
                 # axis v: h2 = e4 left2 + g4 (A3 left1 + B2 x)
-                z4 = dtv * A4
-                e4 = tl.exp(z4)
-                g4 = _expm1(z4, e4) / A4
-                q4 = A3 * left1 + B2 * xv
-                w4 = g4 * G2
-                dz4 = (G2 * left2 + G2 * q4 / A4) * e4
-                gA4 += tl.sum(dz4 * dtv - w4 * q4 / A4, axis=0)
-                gA3 += tl.sum(w4 * left1, axis=0)
+                e1, w1, dz1, dA1, dA2 = _axis_adjoint(G1, up1, up2, xv, dtt, A1, A2, B1)
+                e4, w4, dz4, dA4, dA3 = _axis_adjoint(G2, left2, left1, xv, dtv, A4, A3, B2)
+                gA1 += dA1
+                gA2 += dA2
+                gA3 += dA3
+                gA4 += dA4
                 # messages: up (to h1, h2 of (t-1, v)) and left (to h1, h2 of (t, v-1))
                 tl.store(Uw + u_at, e1 * G1, mask=m3)
                 tl.store(Uw + u_at + SL, w1 * A2, mask=m3)
                 tl.store(Uw + l_at, w4 * A3, mask=m3)
                 tl.store(Uw + l_at + SL, e4 * G2, mask=m3)
                 # per cell and channel: x, the steps (through softplus: x its sigmoid)
-                sdt_t = tl.sum(dz1 * A1, axis=2)
-                sdt_v = tl.sum(dz4 * A4, axis=2)
+                gdt_t = tl.sum(dz1 * A1, axis=2)
+                gdt_v = tl.sum(dz4 * A4, axis=2)
                 if DT_SOFTPLUS:
-                    sdt_t *= tl.where(rawt > 20.0, 1.0, tl.sigmoid(rawt))
-                    sdt_v *= tl.where(rawv > 20.0, 1.0, tl.sigmoid(rawv))
+                    gdt_t *= tl.where(rawt > 20.0, 1.0, tl.sigmoid(rawt))
+                    gdt_v *= tl.where(rawv > 20.0, 1.0, tl.sigmoid(rawv))
                 gcell = ((dirn * nb + bi) * T + t.to(tl.int64)) * V + vp.to(tl.int64)
                 at = gcell[:, None] * dim + offs_d[None, :]
                 tl.store(gcell_ptr + at, tl.sum(w1 * B1 + w4 * B2, axis=2), mask=m2)
-                tl.store(gcell_ptr + plane + at, sdt_t, mask=m2)
-                tl.store(gcell_ptr + 2 * plane + at, sdt_v, mask=m2)
+                tl.store(gcell_ptr + plane + at, gdt_t, mask=m2)
+                tl.store(gcell_ptr + 2 * plane + at, gdt_v, mask=m2)
                 # B/C: by form
                 mcn = ok[:, None] & (offs_n < dstate)[None, :]
                 gb1 = w1 * xv
@@ -354,9 +317,6 @@ def plan_ssm2d_wavefront_bwd(grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt
     config = config or Ssm2dWavefrontBwdConfig()
     b, T, V, d = x.shape
     N = A1.shape[1]
-    bc = {nm: _strides_bc(nm, t, b, T, V, d, N)
-          for nm, t in zip(BC_NAMES, (B1, B2, C1, C2))}
-    dts = {nm: _strides_dt(nm, t, b, T, V, d) for nm, t in (("dt_t", dt_t), ("dt_v", dt_v))}
     ndir = 2 if bidirectional else 1
     block_d = min(config.block_d, next_pow2(d))
     block_n = next_pow2(N)
@@ -380,20 +340,12 @@ def plan_ssm2d_wavefront_bwd(grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt
         parts[nm] = None if form == BC_PARAM else \
             torch.empty((ndir, b, T, V, nblk, N) if form == BC_SHARED else
                         (ndir, b, T, V, d, N), **f32)
-    args = {"x_ptr": x.contiguous(), "gy_ptr": grad_y.float().contiguous()}
-    args.update({f"{nm}_ptr": A.float().contiguous()
-                 for nm, A in (("A1", A1), ("A2", A2), ("A3", A3), ("A4", A4))})
-    for nm, (t, _) in bc.items():
-        args[f"{nm}_ptr"] = t
-    args["dtt_ptr"], args["dtv_ptr"] = dts["dt_t"][0], dts["dt_v"][0]
-    args.update({"gcell_ptr": gcell, "gpar_ptr": gpar})
-    args.update({f"g{nm}_ptr": gpar if p is None else p for nm, p in parts.items()})
-    args.update({"H_ptr": H, "ck_ptr": ck, "msg_ptr": msg,
+    args = _operand_args(b, T, V, d, N, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v)
+    args.update({"x_ptr": x.contiguous(), "gy_ptr": grad_y.float().contiguous(),
+                 "gcell_ptr": gcell, "gpar_ptr": gpar,
+                 **{f"g{nm}_ptr": gpar if p is None else p for nm, p in parts.items()},
+                 "H_ptr": H, "ck_ptr": ck, "msg_ptr": msg,
                  "T": T, "V": V, "dim": d, "dstate": N, "K": K, "nc": nc})
-    for nm, (_, st) in bc.items():
-        args.update({f"s{nm}_{ax}": s for ax, s in zip("btvdn", st)})
-    for nm, key in (("dt_t", "sdt_t"), ("dt_v", "sdt_v")):
-        args.update({f"{key}_{ax}": s for ax, s in zip("btvd", dts[nm][1])})
     const = {f"F{nm}": _form(t) for nm, t in zip(BC_NAMES, (B1, B2, C1, C2))}
     const.update({"BLOCK_C": config.block_c, "BLOCK_D": block_d, "BLOCK_N": block_n,
                   "DT_SOFTPLUS": dt_softplus})

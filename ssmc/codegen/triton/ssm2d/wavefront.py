@@ -62,20 +62,83 @@ def _step(raw, DT_SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _axis_update(own, cross, xv, dt, A, Ac, B):
-    """One axis's state update, ZOH with the cross state held: e own + g (Ac cross + B x),
-    e = exp(dt A), g = expm1(dt A) / A (the backward's recompute runs this same function)."""
+def _axis_terms(dt, A, Ac, cross, B, xv):
+    """(e, g, q) of one axis's ZOH update: e = exp(dt A), g = expm1(dt A) / A,
+    q = Ac cross + B x (the cross state held)."""
     dA = dt * A
     e = tl.exp(dA)
-    return e * own + (_expm1(dA, e) / A) * (Ac * cross + B * xv)
+    return e, _expm1(dA, e) / A, Ac * cross + B * xv
 
 
 @triton.jit
-def _operand(ptr, bi, t, vp, offs_d, offs_n, s_b, s_t, s_v, s_d, s_n, mask):
-    """A (cells, channels, states) tile of a stride-addressed operand (stride 0 = broadcast)."""
-    off = (bi * s_b + t.to(tl.int64)[:, None, None] * s_t + vp.to(tl.int64)[:, None, None] * s_v
-           + offs_d[None, :, None] * s_d + offs_n[None, None, :] * s_n)
+def _axis_update(own, cross, xv, dt, A, Ac, B):
+    """One axis's state update: e own + g q (the backward's recompute runs this same
+    function)."""
+    e, g, q = _axis_terms(dt, A, Ac, cross, B, xv)
+    return e * own + g * q
+
+
+@triton.jit
+def _operand(ptr, bi, t, vp, offs_d, offs_n, s, mask):
+    """A (cells, channels, states) tile of a stride-addressed operand, strides s = (b, t, v, d,
+    n) (stride 0 = broadcast)."""
+    off = (bi * s[0] + t.to(tl.int64)[:, None, None] * s[1]
+           + vp.to(tl.int64)[:, None, None] * s[2] + offs_d[None, :, None] * s[3]
+           + offs_n[None, None, :] * s[4])
     return tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _cell_step(ptr, bi, t, vp, offs_d, s, m2, DT_SOFTPLUS: tl.constexpr):
+    """(raw, step) of a (cells, channels) tile of dt_t or dt_v, strides s = (b, t, v, d)."""
+    off = (bi * s[0] + t.to(tl.int64)[:, None] * s[1] + vp.to(tl.int64)[:, None] * s[2]
+           + offs_d[None, :] * s[3])
+    raw = tl.load(ptr + off, mask=m2, other=0.0).to(tl.float32)
+    return raw, _step(raw, DT_SOFTPLUS)
+
+
+@triton.jit
+def _load_A(A1_ptr, A2_ptr, A3_ptr, A4_ptr, offs_d, offs_n, dim, dstate):
+    """(mask, offsets) of the program's (channels, states) parameter tile and A1..A4 as
+    (1, channels, states) (masked: A1 = A4 = -1, A2 = A3 = 0, finite and harmless)."""
+    mask_dn = (offs_d < dim)[:, None] & (offs_n < dstate)[None, :]
+    par = offs_d[:, None] * dstate + offs_n[None, :]
+    A1 = tl.load(A1_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
+    A2 = tl.load(A2_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
+    A3 = tl.load(A3_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
+    A4 = tl.load(A4_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
+    return mask_dn, par, A1, A2, A3, A4
+
+
+@triton.jit
+def _diagonal_tile(s, c0, v_hi, t0, offs_c, offs_d, mask_dn, dirn, bi, T, V, dim):
+    """The tile of cells c0.. of diagonal s of the rows from t0: v, ok (v <= v_hi), the row r
+    within them, t = t0 + r, vp (v mirrored for the backward-v direction), the (cells,
+    channels, states) and (cells, channels) masks, and each cell's offset in a (b, T, V, d)
+    array."""
+    v = c0 + offs_c
+    ok = v <= v_hi
+    r = s - v
+    t = t0 + r
+    vp = tl.where(dirn == 0, v, V - 1 - v)
+    m3 = ok[:, None, None] & mask_dn[None, :, :]
+    m2 = ok[:, None] & (offs_d < dim)[None, :]
+    cell = ((bi * T + t.to(tl.int64)) * V + vp.to(tl.int64)) * dim
+    return v, ok, r, t, vp, m3, m2, cell
+
+
+@triton.jit
+def _cell_inputs(x_ptr, B1_ptr, B2_ptr, dtt_ptr, dtv_ptr, cell, bi, t, vp, offs_d, offs_n,
+                 sB1, sB2, sdt_t, sdt_v, m2, m3, DT_SOFTPLUS: tl.constexpr):
+    """What a tile of cells reads to update its states: x and the two steps as (cells,
+    channels, 1), the raw steps (cells, channels), B1 and B2 (cells, channels, states)."""
+    xv = tl.load(x_ptr + cell[:, None] + offs_d[None, :], mask=m2, other=0.0)
+    rawt, dtt = _cell_step(dtt_ptr, bi, t, vp, offs_d, sdt_t, m2, DT_SOFTPLUS)
+    rawv, dtv = _cell_step(dtv_ptr, bi, t, vp, offs_d, sdt_v, m2, DT_SOFTPLUS)
+    B1 = _operand(B1_ptr, bi, t, vp, offs_d, offs_n, sB1, m3)
+    B2 = _operand(B2_ptr, bi, t, vp, offs_d, offs_n, sB2, m3)
+    return (xv.to(tl.float32)[:, :, None], dtt[:, :, None], dtv[:, :, None], rawt, rawv, B1,
+            B2)
 
 
 @triton.jit
@@ -100,12 +163,14 @@ def _ssm2d_wavefront_kernel(
     offs_c = tl.arange(0, BLOCK_C)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_dn = (offs_d < dim)[:, None] & (offs_n < dstate)[None, :]
-    par = offs_d[:, None] * dstate + offs_n[None, :]
-    A1 = tl.load(A1_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
-    A2 = tl.load(A2_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
-    A3 = tl.load(A3_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
-    A4 = tl.load(A4_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
+    mask_dn, _, A1, A2, A3, A4 = _load_A(A1_ptr, A2_ptr, A3_ptr, A4_ptr, offs_d, offs_n, dim,
+                                         dstate)
+    sB1 = (sB1_b, sB1_t, sB1_v, sB1_d, sB1_n)
+    sB2 = (sB2_b, sB2_t, sB2_v, sB2_d, sB2_n)
+    sC1 = (sC1_b, sC1_t, sC1_v, sC1_d, sC1_n)
+    sC2 = (sC2_b, sC2_t, sC2_v, sC2_d, sC2_n)
+    sdt_t = (sdt_t_b, sdt_t_t, sdt_t_v, sdt_t_d)
+    sdt_v = (sdt_v_b, sdt_v_t, sdt_v_v, sdt_v_d)
 
     # this program's slots: [buffer 2][state 2][V + 1][BLOCK_D][BLOCK_N]
     prog = (dirn * nb + bi) * tl.num_programs(0) + pid_d
@@ -120,25 +185,11 @@ def _ssm2d_wavefront_kernel(
         v_lo = tl.maximum(s - T + 1, 0)
         v_hi = tl.minimum(s, V - 1)
         for c0 in range(v_lo, v_hi + 1, BLOCK_C):
-            v = c0 + offs_c
-            ok = v <= v_hi
-            t = s - v
-            vp = tl.where(dirn == 0, v, V - 1 - v)
-            m3 = ok[:, None, None] & mask_dn[None, :, :]
-            m2 = ok[:, None] & (offs_d < dim)[None, :]
-            cell = ((bi * T + t.to(tl.int64)) * V + vp.to(tl.int64)) * dim
-            xv = tl.load(x_ptr + cell[:, None] + offs_d[None, :], mask=m2, other=0.0)
-            xv = xv.to(tl.float32)[:, :, None]
-            dtt = _operand(dtt_ptr, bi, t, vp, offs_d, offs_n, sdt_t_b, sdt_t_t, sdt_t_v,
-                           sdt_t_d, 0, m3)
-            dtv = _operand(dtv_ptr, bi, t, vp, offs_d, offs_n, sdt_v_b, sdt_v_t, sdt_v_v,
-                           sdt_v_d, 0, m3)
-            dtt = _step(dtt, DT_SOFTPLUS)
-            dtv = _step(dtv, DT_SOFTPLUS)
-            B1 = _operand(B1_ptr, bi, t, vp, offs_d, offs_n, sB1_b, sB1_t, sB1_v, sB1_d, sB1_n,
-                          m3)
-            B2 = _operand(B2_ptr, bi, t, vp, offs_d, offs_n, sB2_b, sB2_t, sB2_v, sB2_d, sB2_n,
-                          m3)
+            v, _, _, t, vp, m3, m2, cell = _diagonal_tile(s, c0, v_hi, 0, offs_c, offs_d,
+                                                          mask_dn, dirn, bi, T, V, dim)
+            xv, dtt, dtv, _, _, B1, B2 = _cell_inputs(
+                x_ptr, B1_ptr, B2_ptr, dtt_ptr, dtv_ptr, cell, bi, t, vp, offs_d, offs_n,
+                sB1, sB2, sdt_t, sdt_v, m2, m3, DT_SOFTPLUS)
             slot_up = (v + 1).to(tl.int64)[:, None, None] * (BLOCK_D * BLOCK_N) + tile
             slot_left = v.to(tl.int64)[:, None, None] * (BLOCK_D * BLOCK_N) + tile
             up1 = tl.load(rd + slot_up, mask=m3, other=0.0)
@@ -149,10 +200,8 @@ def _ssm2d_wavefront_kernel(
             h2 = _axis_update(left2, left1, xv, dtv, A4, A3, B2)
             tl.store(wr + slot_up, h1, mask=m3)
             tl.store(wr + plane + slot_up, h2, mask=m3)
-            C1 = _operand(C1_ptr, bi, t, vp, offs_d, offs_n, sC1_b, sC1_t, sC1_v, sC1_d, sC1_n,
-                          m3)
-            C2 = _operand(C2_ptr, bi, t, vp, offs_d, offs_n, sC2_b, sC2_t, sC2_v, sC2_d, sC2_n,
-                          m3)
+            C1 = _operand(C1_ptr, bi, t, vp, offs_d, offs_n, sC1, m3)
+            C2 = _operand(C2_ptr, bi, t, vp, offs_d, offs_n, sC2, m3)
             y = tl.sum(C1 * h1 + C2 * h2, axis=2)
             tl.store(out + cell[:, None] + offs_d[None, :], y, mask=m2)
         tl.debug_barrier()  # the next diagonal reads what every thread wrote
@@ -183,6 +232,22 @@ def _strides_dt(name, t, b, T, V, d):
     return t, tuple(t.stride())
 
 
+def _operand_args(b, T, V, d, N, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v) -> dict:
+    """The arguments both kernels (forward and backward) take for A1..A4 (fp32), B1, B2, C1,
+    C2 and the steps (any of their forms, checked here): pointers and strides."""
+    args = {f"{nm}_ptr": A.float().contiguous()
+            for nm, A in (("A1", A1), ("A2", A2), ("A3", A3), ("A4", A4))}
+    for nm, t in (("B1", B1), ("B2", B2), ("C1", C1), ("C2", C2)):
+        t, st = _strides_bc(nm, t, b, T, V, d, N)
+        args[f"{nm}_ptr"] = t
+        args.update({f"s{nm}_{ax}": s for ax, s in zip("btvdn", st)})
+    for nm, t, ptr, key in (("dt_t", dt_t, "dtt_ptr", "sdt_t"), ("dt_v", dt_v, "dtv_ptr", "sdt_v")):
+        t, st = _strides_dt(nm, t, b, T, V, d)
+        args[ptr] = t
+        args.update({f"{key}_{ax}": s for ax, s in zip("btvd", st)})
+    return args
+
+
 def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
                          bidirectional=False, dt_softplus=False,
                          config: Ssm2dWavefrontConfig | None = None):
@@ -198,11 +263,9 @@ def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
     check_tensor("D", D, dims=(("dim", d),), dtypes=FLOAT_DTYPES, optional=True)
     check_flag("bidirectional", bidirectional)
     check_flag("dt_softplus", dt_softplus)
-    bc = {nm: _strides_bc(nm, t, b, T, V, d, N)
-          for nm, t in (("B1", B1), ("B2", B2), ("C1", C1), ("C2", C2))}
-    dts = {nm: _strides_dt(nm, t, b, T, V, d) for nm, t in (("dt_t", dt_t), ("dt_v", dt_v))}
-    check_same_device("x", x, A1=A1, A2=A2, A3=A3, A4=A4, D=D,
-                      **{k: v[0] for k, v in {**bc, **dts}.items()})
+    args = _operand_args(b, T, V, d, N, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v)
+    check_same_device("x", x, A1=A1, A2=A2, A3=A3, A4=A4, D=D, B1=B1, B2=B2, C1=C1, C2=C2,
+                      dt_t=dt_t, dt_v=dt_v)
     ndir = 2 if bidirectional else 1
     block_d = min(config.block_d, next_pow2(d))
     block_n = next_pow2(N)
@@ -211,17 +274,8 @@ def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
     out = torch.empty((ndir, b, T, V, d), **f32)
     programs = grid[0] * grid[1] * grid[2]
     ws = torch.zeros((programs, 2, 2, V + 1, block_d, block_n), **f32)
-    params = {f"{nm}_ptr": A.float().contiguous()
-              for nm, A in (("A1", A1), ("A2", A2), ("A3", A3), ("A4", A4))}
-    args = {"x_ptr": x.contiguous(), "out_ptr": out, "ws_ptr": ws, **params}
-    for nm, (t, _) in bc.items():
-        args[f"{nm}_ptr"] = t
-    args["dtt_ptr"], args["dtv_ptr"] = dts["dt_t"][0], dts["dt_v"][0]
-    args.update({"T": T, "V": V, "dim": d, "dstate": N})
-    for nm, (_, st) in bc.items():
-        args.update({f"s{nm}_{ax}": s for ax, s in zip("btvdn", st)})
-    for nm, key in (("dt_t", "sdt_t"), ("dt_v", "sdt_v")):
-        args.update({f"{key}_{ax}": s for ax, s in zip("btvd", dts[nm][1])})
+    args.update({"x_ptr": x.contiguous(), "out_ptr": out, "ws_ptr": ws,
+                 "T": T, "V": V, "dim": d, "dstate": N})
     launch = KernelLaunch(_ssm2d_wavefront_kernel, grid, args,
                           {"BLOCK_C": config.block_c, "BLOCK_D": block_d, "BLOCK_N": block_n,
                            "DT_SOFTPLUS": dt_softplus},
