@@ -111,14 +111,13 @@ def plrnn_bwd_op(gz: Tensor, s: Tensor, A: Tensor, W: Tensor, C: Tensor, z0: Opt
 
     b, L, Mn = z.shape
     f32 = torch.float32
+    Af, Wo = A.to(f32).contiguous(), offdiag(W.to(f32)).contiguous()
     if b == 0 or L == 0:
         G = s.new_zeros(b, L, Mn, dtype=f32)
     else:
         G = torch.empty(b, L, Mn, dtype=f32)
         _backward_kernel(Mn, _config(config), resolve_cache(cache))(
-            gz.to(f32).contiguous(), z.contiguous(), A.to(f32).contiguous(),
-            offdiag(W.to(f32)).contiguous(), G)
-    Af, Wo = A.to(f32), offdiag(W.to(f32))
+            gz.to(f32).contiguous(), z.contiguous(), Af, Wo, G)
     z_first = torch.zeros(b, 1, Mn, dtype=f32) if z0 is None else \
         z0.to(f32).expand(b, Mn)[:, None]
     zprev = torch.cat([z_first, z[:, :-1]], dim=1)
