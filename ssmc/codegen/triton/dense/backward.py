@@ -37,7 +37,8 @@ from torch import Tensor
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, grid_dim,
                                         interpreting, next_pow2)
 from ssmc.codegen.triton.dense.sequential import (VALUES_PER_WARP, DenseSequentialConfig,
-                                                  _pad_blocks, _scan_operands,
+                                                  _built_transition, _group_tiles, _load_built,
+                                                  _pad_blocks, _readout, _scan_operands,
                                                   dense_scan_sequential)
 
 
@@ -51,21 +52,13 @@ def _dense_scan_bwd_kernel(
 ):
     pid_n = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
-    offs_i = tl.arange(0, BS)
-    mask_n = offs_n < nb
     N = nb * BS
-    col = offs_n[:, None] * BS + offs_i[None, :]
-    mask_ni = mask_n[:, None] & (offs_i < BS)[None, :]
-    ent = (offs_n[:, None, None] * BS + offs_i[None, :, None]) * BS + offs_i[None, None, :]
-    mask_ent = mask_n[:, None, None] & (offs_i < BS)[None, :, None] & (offs_i < BS)[None, None, :]
+    col, mask_ni, ent, mask_ent = _group_tiles(pid_n, nb, BLOCK_NB, BS)
     offs_k = tl.arange(0, BLOCK_K)
     mask_k = offs_k < K
     if not GIVEN:
-        A0 = tl.load(A0_ptr + ent, mask=mask_ent, other=0.0)
-        Ak_off = offs_k[:, None, None, None] * (N * BS) + ent[None, :, :, :]
-        mask_kent = mask_k[:, None, None, None] & mask_ent[None, :, :, :]
-        Ak = tl.load(Ak_ptr + Ak_off, mask=mask_kent, other=0.0)
+        A0, Ak, Ak_off, mask_kent = _load_built(A0_ptr, Ak_ptr, ent, mask_ent, offs_k, mask_k,
+                                                N, BS)
         gAk = tl.zeros((BLOCK_K, BLOCK_NB, BS, BS), dtype=tl.float32)
         gA0 = tl.zeros((BLOCK_NB, BS, BS), dtype=tl.float32)
         x_row = x_ptr + row * seqlen * K + offs_k
@@ -87,8 +80,7 @@ def _dense_scan_bwd_kernel(
                          other=0.0).to(tl.float32)
             tl.store(gAt_ptr + (row * seqlen + t) * (N * BS) + ent, gA, mask=mask_ent)
         else:
-            xt = tl.load(x_row + t * K, mask=mask_k, other=0.0).to(tl.float32)
-            At = A0 + tl.sum(xt[:, None, None, None] * Ak, axis=0)
+            xt, At = _built_transition(x_row, t, K, mask_k, A0, Ak)
             gA0 += gA
             gAk += xt[:, None, None, None] * gA[None, :, :, :]
             gx = tl.sum(tl.sum(tl.sum(Ak * gA[None, :, :, :], axis=3), axis=2), axis=1)
@@ -245,13 +237,9 @@ def dense_ssm_trainable(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=N
     if x.dtype not in FLOAT_DTYPES or not applies(x):
         return dense_ssm_associative(x, A_k, W_B, W_C, D, mode, initial_state,
                                      return_final_state, A_0)
-    f32 = torch.float32
     ops = _scan_operands(x, A_k, W_B, mode, initial_state, A_0, config)
     h = dense_scan_trainable(**ops, config=config)
-    y = h @ W_C.to(f32).t()
-    if D is not None:
-        y = y + x.to(f32) * D.to(f32)
-    y = y.to(x.dtype)
+    y = _readout(h, x, W_C, D)
     return (y, h[:, -1]) if return_final_state else y
 
 

@@ -44,6 +44,38 @@ class DenseSequentialConfig(KernelConfig):
 
 
 @triton.jit
+def _group_tiles(pid_n, nb, BLOCK_NB: tl.constexpr, BS: tl.constexpr):
+    """The program's group of blocks: each state's column n * BS + i in a (.., N) row and each
+    block entry's offset (n, i, j) in a (.., nb, bs, bs) array, with their masks."""
+    offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
+    offs_i = tl.arange(0, BS)
+    mask_n = offs_n < nb
+    col = offs_n[:, None] * BS + offs_i[None, :]
+    mask_ni = mask_n[:, None] & (offs_i < BS)[None, :]
+    ent = (offs_n[:, None, None] * BS + offs_i[None, :, None]) * BS + offs_i[None, None, :]
+    mask_ent = mask_n[:, None, None] & (offs_i < BS)[None, :, None] & (offs_i < BS)[None, None, :]
+    return col, mask_ni, ent, mask_ent
+
+
+@triton.jit
+def _load_built(A0_ptr, Ak_ptr, ent, mask_ent, offs_k, mask_k, N, BS: tl.constexpr):
+    """A0 (group, bs, bs) and A_k (K, group, bs, bs), what the transitions are built from,
+    and A_k's offsets and mask (where the backward writes dA_k)."""
+    A0 = tl.load(A0_ptr + ent, mask=mask_ent, other=0.0)
+    Ak_off = offs_k[:, None, None, None] * (N * BS) + ent[None, :, :, :]
+    mask_kent = mask_k[:, None, None, None] & mask_ent[None, :, :, :]
+    Ak = tl.load(Ak_ptr + Ak_off, mask=mask_kent, other=0.0)
+    return A0, Ak, Ak_off, mask_kent
+
+
+@triton.jit
+def _built_transition(x_row, t, K, mask_k, A0, Ak):
+    """(x_t, A_t = A0 + sum_k x_t^k A_k) of step t."""
+    xt = tl.load(x_row + t * K, mask=mask_k, other=0.0).to(tl.float32)
+    return xt, A0 + tl.sum(xt[:, None, None, None] * Ak, axis=0)
+
+
+@triton.jit
 def _dense_scan_kernel(
     u_ptr, out_ptr, x_ptr, Ak_ptr, A0_ptr, At_ptr, h0_ptr,
     seqlen, nb, K,
@@ -52,22 +84,13 @@ def _dense_scan_kernel(
 ):
     pid_n = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
-    offs_i = tl.arange(0, BS)
-    mask_n = offs_n < nb
     N = nb * BS
-    # state n, i of the group at column n * BS + i of a (.., N) row
-    col = offs_n[:, None] * BS + offs_i[None, :]
-    mask_ni = mask_n[:, None] & (offs_i < BS)[None, :]
-    # entry (n, i, j) of the group's blocks in a (.., nb, bs, bs) array
-    ent = (offs_n[:, None, None] * BS + offs_i[None, :, None]) * BS + offs_i[None, None, :]
-    mask_ent = mask_n[:, None, None] & (offs_i < BS)[None, :, None] & (offs_i < BS)[None, None, :]
+    # state n, i of the group at column n * BS + i; entry (n, i, j) of its blocks at ent
+    col, mask_ni, ent, mask_ent = _group_tiles(pid_n, nb, BLOCK_NB, BS)
     if not GIVEN:
         offs_k = tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        A0 = tl.load(A0_ptr + ent, mask=mask_ent, other=0.0)
-        Ak = tl.load(Ak_ptr + offs_k[:, None, None, None] * (N * BS) + ent[None, :, :, :],
-                     mask=mask_k[:, None, None, None] & mask_ent[None, :, :, :], other=0.0)
+        A0, Ak, _, _ = _load_built(A0_ptr, Ak_ptr, ent, mask_ent, offs_k, mask_k, N, BS)
         x_row = x_ptr + row * seqlen * K + offs_k
     h = tl.zeros((BLOCK_NB, BS), dtype=tl.float32)
     if HAS_H0:
@@ -78,8 +101,7 @@ def _dense_scan_kernel(
             At = tl.load(At_ptr + (row * seqlen + t) * (N * BS) + ent, mask=mask_ent,
                          other=0.0).to(tl.float32)
         else:
-            xt = tl.load(x_row + t * K, mask=mask_k, other=0.0).to(tl.float32)
-            At = A0 + tl.sum(xt[:, None, None, None] * Ak, axis=0)
+            _, At = _built_transition(x_row, t, K, mask_k, A0, Ak)
         ut = tl.load(u_ptr + io + t * N, mask=mask_ni, other=0.0).to(tl.float32)
         h = tl.sum(At * h[:, None, :], axis=2) + ut
         tl.store(out_ptr + io + t * N, h, mask=mask_ni)
@@ -212,6 +234,15 @@ def _scan_operands(x, A_k, W_B, mode, initial_state, A_0, config) -> dict:
     return ops
 
 
+def _readout(h, x, W_C, D):
+    """The layer's output from the scan's states: h W_C^T + D x (fp32), in x's dtype."""
+    f32 = torch.float32
+    y = h @ W_C.to(f32).t()
+    if D is not None:
+        y = y + x.to(f32) * D.to(f32)
+    return y.to(x.dtype)
+
+
 def plan_dense_ssm(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=None,
                    return_final_state=False, A_0=None, config=None):
     """The scan's launch plan for `dense_ssm_sequential`'s arguments (what the AOT compile and
@@ -235,13 +266,9 @@ def dense_ssm_sequential(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=
     if x.dtype not in FLOAT_DTYPES:
         return dense_ssm_associative(x, A_k, W_B, W_C, D, mode, initial_state,
                                      return_final_state, A_0)
-    f32 = torch.float32
     ops = _scan_operands(x, A_k, W_B, mode, initial_state, A_0, config)
     h = dense_scan_sequential(**ops, config=config)
-    y = h @ W_C.to(f32).t()
-    if D is not None:
-        y = y + x.to(f32) * D.to(f32)
-    y = y.to(x.dtype)
+    y = _readout(h, x, W_C, D)
     if not return_final_state:
         return y
     if L > 0:

@@ -34,7 +34,8 @@ from torch import Tensor
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, grid_dim,
                                         interpreting, next_pow2)
 from ssmc.codegen.triton.plrnn.sequential import (PlrnnSequentialConfig, _auto_block_b,
-                                                  _auto_warps, plrnn_sequential)
+                                                  _auto_warps, _load_params, _trajectory_tiles,
+                                                  plrnn_sequential)
 
 
 @triton.jit
@@ -46,26 +47,15 @@ def _plrnn_bwd_kernel(
     HAS_Z0: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_b = offs_b < batch
+    b64, offs_m, offs_k, mask_bm, mask_bk = _trajectory_tiles(pid, batch, M, K_in, BLOCK_B,
+                                                              BLOCK_M, BLOCK_K)
+    # padded units and trajectories: zero parameters and gz, so their adjoint stays 0;
+    # z_first: z before step 1
+    A, W, C, z_first = _load_params(A_ptr, W_ptr, C_ptr, z0_ptr, z0_sb, b64, offs_m, offs_k,
+                                    mask_bm, M, K_in, BLOCK_B, BLOCK_M, HAS_Z0)
     mask_m = offs_m < M
-    mask_k = offs_k < K_in
-    mask_bm = mask_b[:, None] & mask_m[None, :]
-    mask_bk = mask_b[:, None] & mask_k[None, :]
     mask_mm = mask_m[:, None] & mask_m[None, :]
-    mask_mk = mask_m[:, None] & mask_k[None, :]
-    # padded units and trajectories: zero parameters and gz, so their adjoint stays 0
-    A = tl.load(A_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
-    W = tl.load(W_ptr + offs_m[:, None] * M + offs_m[None, :], mask=mask_mm, other=0.0)[None, :, :]
-    C = tl.load(C_ptr + offs_m[:, None] * K_in + offs_k[None, :], mask=mask_mk,
-                other=0.0)[None, :, :]
-    b64 = offs_b.to(tl.int64)
-    z_first = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)  # z before step 1
-    if HAS_Z0:
-        z_first = tl.load(z0_ptr + b64[:, None] * z0_sb + offs_m[None, :], mask=mask_bm,
-                          other=0.0)
+    mask_mk = mask_m[:, None] & (offs_k < K_in)[None, :]
     seq_row = b64[:, None] * seqlen * M + offs_m[None, :]  # (b, t = 0, m) of a (b, L, M) array
     s_row = b64[:, None] * seqlen * K_in + offs_k[None, :]
 

@@ -47,6 +47,38 @@ class PlrnnSequentialConfig(KernelConfig):
 
 
 @triton.jit
+def _trajectory_tiles(pid, batch, M, K_in, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    """The program's trajectories (int64), latent units and inputs, and the masks of the
+    (trajectories, units) and (trajectories, inputs) tiles."""
+    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_b = offs_b < batch
+    mask_bm = mask_b[:, None] & (offs_m < M)[None, :]
+    mask_bk = mask_b[:, None] & (offs_k < K_in)[None, :]
+    return offs_b.to(tl.int64), offs_m, offs_k, mask_bm, mask_bk
+
+
+@triton.jit
+def _load_params(A_ptr, W_ptr, C_ptr, z0_ptr, z0_sb, b64, offs_m, offs_k, mask_bm, M, K_in,
+                 BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, HAS_Z0: tl.constexpr):
+    """A (1, M), W_o (1, M, M), C (1, M, K_in) (masked rows/columns 0: the padded latent units
+    stay 0 for ever) and the state before step 1 (0 without z0; z0_sb = 0: one initial state
+    for every trajectory)."""
+    mask_m = offs_m < M
+    A = tl.load(A_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
+    W = tl.load(W_ptr + offs_m[:, None] * M + offs_m[None, :],
+                mask=mask_m[:, None] & mask_m[None, :], other=0.0)[None, :, :]
+    C = tl.load(C_ptr + offs_m[:, None] * K_in + offs_k[None, :],
+                mask=mask_m[:, None] & (offs_k < K_in)[None, :], other=0.0)[None, :, :]
+    z = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
+    if HAS_Z0:
+        z = tl.load(z0_ptr + b64[:, None] * z0_sb + offs_m[None, :], mask=mask_bm, other=0.0)
+    return A, W, C, z
+
+
+@triton.jit
 def _plrnn_kernel(
     s_ptr, z_ptr, zc_ptr, A_ptr, W_ptr, h0_ptr, C_ptr, z0_ptr, H_ptr,
     batch, seqlen, M, K_in,
@@ -54,26 +86,11 @@ def _plrnn_kernel(
     BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     TAPS: tl.constexpr, HAS_Z0: tl.constexpr, WRITE_Z: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_b = offs_b < batch
-    mask_m = offs_m < M
-    mask_bm = mask_b[:, None] & mask_m[None, :]
-    mask_bk = mask_b[:, None] & (offs_k < K_in)[None, :]
-    # parameters (masked rows/columns 0: the padded latent units stay 0 for ever)
-    A = tl.load(A_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
-    h0 = tl.load(h0_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
-    W = tl.load(W_ptr + offs_m[:, None] * M + offs_m[None, :],
-                mask=mask_m[:, None] & mask_m[None, :], other=0.0)[None, :, :]
-    C = tl.load(C_ptr + offs_m[:, None] * K_in + offs_k[None, :],
-                mask=mask_m[:, None] & (offs_k < K_in)[None, :], other=0.0)[None, :, :]
-
-    b64 = offs_b.to(tl.int64)
-    z = tl.zeros((BLOCK_B, BLOCK_M), dtype=tl.float32)
-    if HAS_Z0:  # z0_sb = 0: one initial state for every trajectory
-        z = tl.load(z0_ptr + b64[:, None] * z0_sb + offs_m[None, :], mask=mask_bm, other=0.0)
+    b64, offs_m, offs_k, mask_bm, mask_bk = _trajectory_tiles(tl.program_id(0), batch, M, K_in,
+                                                              BLOCK_B, BLOCK_M, BLOCK_K)
+    A, W, C, z = _load_params(A_ptr, W_ptr, C_ptr, z0_ptr, z0_sb, b64, offs_m, offs_k, mask_bm,
+                              M, K_in, BLOCK_B, BLOCK_M, HAS_Z0)
+    h0 = tl.load(h0_ptr + offs_m, mask=offs_m < M, other=0.0)[None, :]
     s_row = s_ptr + b64[:, None] * s_sb + offs_k[None, :] * s_sk
     out_row = b64[:, None] * seqlen * M + offs_m[None, :]
     if TAPS > 0:
