@@ -25,10 +25,21 @@ TRITON_FAMILY = {
     ("recurrence", "sequential"): "plrnn.sequential",
     ("selective_ssm/dense", "sequential"): "dense.sequential",
 }
-# node family -> the Triton family of its backward (training); real A only (complex A runs the
-# torch reverse scan).  SSD's is the Mamba-1 backward kernel in its SSD mode.
-TRITON_BACKWARD = {"selective_ssm/mamba1": "selective_scan.backward",
-                   "selective_ssm/ssd": "ssd.backward"}
+# (node family, algorithm) -> the Triton family of its backward, the kernel training launches
+# (SSD's is the Mamba-1 backward kernel in its SSD mode; S4D's FFT path differentiates its
+# Vandermonde kernel).  The selective scans' takes real A only: complex A trains on the torch
+# reverse scan.
+TRITON_BACKWARD = {
+    ("selective_ssm/mamba1", "sequential"): "selective_scan.backward",
+    ("selective_ssm/mamba1", "associative"): "selective_scan.backward",
+    ("selective_ssm/mamba1", "chunked"): "selective_scan.backward",
+    ("selective_ssm/ssd", "chunked"): "ssd.backward",
+    ("diagonal_ssm", "fft"): "s4d.vandermonde_bwd",
+    ("ssm2d", "wavefront"): "ssm2d.backward",
+    ("recurrence", "sequential"): "plrnn.backward",
+    ("selective_ssm/dense", "sequential"): "dense.backward",
+}
+REAL_A_BACKWARD = ("selective_ssm/mamba1", "selective_ssm/ssd")
 TORCH_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -102,7 +113,9 @@ def emit(lowered, target, out_dir, dtype: str = "float32") -> dict:
         node_dir = out_dir / qname.replace("*", "all").replace(".", "_")
         if target.is_gpu and (fam, alg) in TRITON_FAMILY:
             tfam = TRITON_FAMILY[(fam, alg)]
-            bfam = TRITON_BACKWARD.get(fam) if not getattr(node, "complex", False) else None
+            bfam = TRITON_BACKWARD.get((fam, alg))
+            if fam in REAL_A_BACKWARD and getattr(node, "complex", False):
+                bfam = None
             todo = [f for f in (tfam, bfam) if f is not None and f not in done]
             if todo:
                 from ssmc.codegen.triton.aot import compile_families

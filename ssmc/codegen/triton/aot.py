@@ -35,7 +35,9 @@ import torch
 from ssmc.codegen.triton.common import interpreting
 from ssmc.errors import SsmcError
 
-DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# fp64: the families that compute in it (s4d.vandermonde_bwd, for float64 gradchecks)
+DTYPE_NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+               "fp64": torch.float64}
 
 
 @dataclass

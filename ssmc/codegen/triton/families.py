@@ -12,10 +12,14 @@ from typing import Callable
 
 import torch
 
-from ssmc.codegen.triton.dense.sequential import DenseSequentialConfig, plan_dense_ssm
+from ssmc.codegen.triton.dense.backward import plan_dense_scan_backward
+from ssmc.codegen.triton.dense.sequential import (DenseSequentialConfig, _scan_operands,
+                                                  plan_dense_ssm)
+from ssmc.codegen.triton.plrnn.backward import plan_plrnn_backward
 from ssmc.codegen.triton.plrnn.sequential import PlrnnSequentialConfig, plan_plrnn
 from ssmc.codegen.triton.s4d.recurrent import S4dRecurrentConfig, plan_s4d_recurrent
 from ssmc.codegen.triton.s4d.vandermonde import VandermondeConfig, plan_s4d_conv
+from ssmc.codegen.triton.s4d.vandermonde_bwd import VandermondeBwdConfig, plan_vandermonde_bwd
 from ssmc.codegen.triton.selective_scan.associative import AssociativeScanConfig, \
     plan_associative
 from ssmc.codegen.triton.selective_scan.backward import SelectiveScanBwdConfig, \
@@ -27,6 +31,7 @@ from ssmc.codegen.triton.selective_scan.sequential import SequentialScanConfig, 
 from ssmc.codegen.triton.ssd.backward import SsdBwdConfig, plan_ssd_backward, \
     ssd_backward_problem
 from ssmc.codegen.triton.ssd.chunked import SsdChunkedConfig, plan_ssd_chunked
+from ssmc.codegen.triton.ssm2d.backward import Ssm2dWavefrontBwdConfig, plan_ssm2d_wavefront_bwd
 from ssmc.codegen.triton.ssm2d.wavefront import Ssm2dWavefrontConfig, plan_ssm2d_wavefront
 from ssmc.codegen.triton.ssd.problem import ssd_problem
 from ssmc.errors import SsmcError, did_you_mean
@@ -119,6 +124,16 @@ def _vandermonde_example(dtype, device="meta"):
                 D=torch.empty(d, dtype=torch.float32, device=device))
 
 
+def _vandermonde_bwd_example(dtype, device="meta"):
+    """The transposed Vandermonde of `_vandermonde_example`'s kernel, as S4D's training runs
+    it: complex64 Abar and K's gradient (d, L) fp32 (complex128 / fp64 for fp64, the
+    gradchecks' dtype, which runs its own tile)."""
+    d, N, L = 1024, 64, 4096
+    cplx = torch.complex128 if dtype == torch.float64 else torch.complex64
+    return dict(Abar=torch.empty(d, N, dtype=cplx, device=device),
+                gK=torch.empty(d, L, dtype=dtype, device=device))
+
+
 def _ssm2d_example(dtype, device="meta"):
     """Chimera's selective 2-D SSM: 64 variates x 1024 steps, d 16, N 16, both v directions."""
     b, T, V, d, N = 2, 1024, 64, 16, 16
@@ -129,6 +144,14 @@ def _ssm2d_example(dtype, device="meta"):
                 **{p: torch.empty(b, T, V, N, **t) for p in ("B1", "B2", "C1", "C2")},
                 dt_t=torch.empty(b, T, V, d, **t), dt_v=torch.empty(b, T, V, d, **t),
                 D=torch.empty(d, **f32), bidirectional=True)
+
+
+def _ssm2d_bwd_example(dtype, device="meta"):
+    """The backward of `_ssm2d_example`'s problem with Chimera's softplus steps (D's terms are
+    torch's)."""
+    kw = _ssm2d_example(dtype, device)
+    del kw["D"]
+    return dict(grad_y=torch.empty_like(kw["x"], dtype=torch.float32), **kw, dt_softplus=True)
 
 
 def _plrnn_example(dtype, device="meta"):
@@ -142,6 +165,16 @@ def _plrnn_example(dtype, device="meta"):
                 return_trajectory=False)
 
 
+def _plrnn_bwd_example(dtype, device="meta"):
+    """The adjoint of `_plrnn_example`'s recurrence, as training runs it (the trajectory z
+    from the fp32 forward, the HRF conv in torch after it, no initial state)."""
+    fwd = _plrnn_example(dtype, device)
+    b, L, _ = fwd["s"].shape
+    M = fwd["A"].shape[0]
+    z = torch.empty(b, L, M, dtype=torch.float32, device=device)
+    return dict(gz=torch.empty_like(z), z=z, s=fwd["s"], A=fwd["A"], W=fwd["W"], C=fwd["C"])
+
+
 def _dense_example(dtype, device="meta"):
     """The linear CDE (ir/lcde.yaml) at the issue's size: d 32, N 16 in blocks of 4, L 4096."""
     b, L, d, N, bs = 8, 4096, 32, 16, 4
@@ -150,6 +183,16 @@ def _dense_example(dtype, device="meta"):
                 A_k=torch.empty(d, N // bs, bs, bs, **f32), W_B=torch.empty(N, d, **f32),
                 W_C=torch.empty(d, N, **f32), D=torch.empty(d, **f32),
                 A_0=torch.empty(N // bs, bs, bs, **f32))
+
+
+def _dense_bwd_example(dtype, device="meta"):
+    """The adjoint scan of `_dense_example`'s layer, as training runs it: the scan's operands
+    (A_k built into the transitions in the kernel) and its trajectory h (b, L, N) fp32."""
+    fwd = _dense_example(dtype, device)
+    ops = _scan_operands(fwd["x"], fwd["A_k"], fwd["W_B"], "linear", None, fwd["A_0"], None)
+    h = torch.empty_like(ops["u"], dtype=torch.float32)
+    del ops["u"]
+    return dict(gh=torch.empty_like(h), h=h, **ops)
 
 
 # ----------------------------------------------------------------- plans from launcher kwargs
@@ -197,6 +240,19 @@ FAMILIES = {f.name: f for f in [
                  lambda kw, cfg: plan_plrnn(**kw, config=cfg), _plrnn_example),
     KernelFamily("dense.sequential", DenseSequentialConfig, "triton_dense_sequential.yaml",
                  lambda kw, cfg: plan_dense_ssm(**kw, config=cfg), _dense_example),
+    # training's backward kernels (the selective scan's and SSD's are above)
+    KernelFamily("s4d.vandermonde_bwd", VandermondeBwdConfig,
+                 "triton_s4d_vandermonde_bwd.yaml",
+                 lambda kw, cfg: plan_vandermonde_bwd(**kw, config=cfg), _vandermonde_bwd_example,
+                 dtypes=(torch.float32, torch.float64)),
+    KernelFamily("ssm2d.backward", Ssm2dWavefrontBwdConfig, "triton_ssm2d_backward.yaml",
+                 lambda kw, cfg: plan_ssm2d_wavefront_bwd(**kw, config=cfg), _ssm2d_bwd_example),
+    # the adjoint kernels cast their inputs to fp32: one kernel whatever the model's dtype
+    KernelFamily("plrnn.backward", PlrnnSequentialConfig, "triton_plrnn_backward.yaml",
+                 lambda kw, cfg: plan_plrnn_backward(**kw, config=cfg), _plrnn_bwd_example,
+                 dtypes=(torch.float32,)),
+    KernelFamily("dense.backward", DenseSequentialConfig, "triton_dense_backward.yaml",
+                 lambda kw, cfg: plan_dense_scan_backward(**kw, config=cfg), _dense_bwd_example),
 ]}
 
 

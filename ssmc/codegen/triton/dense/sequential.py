@@ -90,7 +90,7 @@ def _dense_scan_kernel(
     if not GIVEN:
         offs_k = tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        A0, Ak, _, _ = _load_built(A0_ptr, Ak_ptr, ent, mask_ent, offs_k, mask_k, N, BS)
+        A0, Ak, Ak_off, mask_kent = _load_built(A0_ptr, Ak_ptr, ent, mask_ent, offs_k, mask_k, N, BS)
         x_row = x_ptr + row * seqlen * K + offs_k
     h = tl.zeros((BLOCK_NB, BS), dtype=tl.float32)
     if HAS_H0:
@@ -101,7 +101,7 @@ def _dense_scan_kernel(
             At = tl.load(At_ptr + (row * seqlen + t) * (N * BS) + ent, mask=mask_ent,
                          other=0.0).to(tl.float32)
         else:
-            _, At = _built_transition(x_row, t, K, mask_k, A0, Ak)
+            xt, At = _built_transition(x_row, t, K, mask_k, A0, Ak)
         ut = tl.load(u_ptr + io + t * N, mask=mask_ni, other=0.0).to(tl.float32)
         h = tl.sum(At * h[:, None, :], axis=2) + ut
         tl.store(out_ptr + io + t * N, h, mask=mask_ni)

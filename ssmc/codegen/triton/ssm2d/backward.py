@@ -49,8 +49,8 @@ from ssmc.codegen.ssm2d_recurrence import recompute_rows
 from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
                                         interpreting, next_pow2, pow2_field)
 from ssmc.codegen.triton.ssm2d.wavefront import (_axis_terms, _axis_update, _cell_inputs,
-                                                 _diagonal_tile, _load_A, _operand,
-                                                 _operand_args, ssm2d_wavefront)
+                                                 _diagonal_tile, _operand, _operand_args,
+                                                 _program_tile, ssm2d_wavefront)
 
 # B/C forms (constexpr): where a cell's gradient term goes
 BC_PARAM, BC_SHARED, BC_FULL = 0, 1, 2
@@ -140,11 +140,8 @@ def _ssm2d_wavefront_bwd_kernel(
     nb = tl.num_programs(1)
     nblk = tl.num_programs(0)
     ndir = tl.num_programs(2)
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_dn, par, A1, A2, A3, A4 = _load_A(A1_ptr, A2_ptr, A3_ptr, A4_ptr, offs_d, offs_n, dim,
-                                           dstate)
+    offs_c, offs_d, offs_n, mask_dn, par, A1, A2, A3, A4 = _program_tile(
+        A1_ptr, A2_ptr, A3_ptr, A4_ptr, pid_d, dim, dstate, BLOCK_C, BLOCK_D, BLOCK_N)
     sB1 = (sB1_b, sB1_t, sB1_v, sB1_d, sB1_n)
     sB2 = (sB2_b, sB2_t, sB2_v, sB2_d, sB2_n)
     sC1 = (sC1_b, sC1_t, sC1_v, sC1_d, sC1_n)
@@ -185,7 +182,7 @@ def _ssm2d_wavefront_bwd_kernel(
             for c0 in range(v_lo, v_hi + 1, BLOCK_C):
                 v, ok, r, t, vp, m3, m2, cell = _diagonal_tile(s, c0, v_hi, t0, offs_c, offs_d,
                                                                mask_dn, dirn, bi, T, V, dim)
-                xv, dtt, dtv, _, _, B1, B2 = _cell_inputs(
+                xv, dtt, dtv, rawt, rawv, B1, B2 = _cell_inputs(
                     x_ptr, B1_ptr, B2_ptr, dtt_ptr, dtv_ptr, cell, bi, t, vp, offs_d, offs_n,
                     sB1, sB2, sdt_t, sdt_v, m2, m3, DT_SOFTPLUS)
                 here = Hb + (r + 1).to(tl.int64)[:, None, None] * RS \

@@ -98,16 +98,21 @@ def _cell_step(ptr, bi, t, vp, offs_d, s, m2, DT_SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _load_A(A1_ptr, A2_ptr, A3_ptr, A4_ptr, offs_d, offs_n, dim, dstate):
-    """(mask, offsets) of the program's (channels, states) parameter tile and A1..A4 as
-    (1, channels, states) (masked: A1 = A4 = -1, A2 = A3 = 0, finite and harmless)."""
+def _program_tile(A1_ptr, A2_ptr, A3_ptr, A4_ptr, pid_d, dim, dstate, BLOCK_C: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's offsets (cells of a tile, channels, states), the mask and offsets of its
+    (channels, states) parameter tile, and A1..A4 as (1, channels, states) (masked: A1 = A4 =
+    -1, A2 = A3 = 0, finite and harmless)."""
+    offs_c = tl.arange(0, BLOCK_C)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
     mask_dn = (offs_d < dim)[:, None] & (offs_n < dstate)[None, :]
     par = offs_d[:, None] * dstate + offs_n[None, :]
     A1 = tl.load(A1_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
     A2 = tl.load(A2_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
     A3 = tl.load(A3_ptr + par, mask=mask_dn, other=0.0)[None, :, :]
     A4 = tl.load(A4_ptr + par, mask=mask_dn, other=-1.0)[None, :, :]
-    return mask_dn, par, A1, A2, A3, A4
+    return offs_c, offs_d, offs_n, mask_dn, par, A1, A2, A3, A4
 
 
 @triton.jit
@@ -160,11 +165,8 @@ def _ssm2d_wavefront_kernel(
     bi = tl.program_id(1).to(tl.int64)
     dirn = tl.program_id(2)
     nb = tl.num_programs(1)
-    offs_c = tl.arange(0, BLOCK_C)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_dn, _, A1, A2, A3, A4 = _load_A(A1_ptr, A2_ptr, A3_ptr, A4_ptr, offs_d, offs_n, dim,
-                                         dstate)
+    offs_c, offs_d, offs_n, mask_dn, par, A1, A2, A3, A4 = _program_tile(
+        A1_ptr, A2_ptr, A3_ptr, A4_ptr, pid_d, dim, dstate, BLOCK_C, BLOCK_D, BLOCK_N)
     sB1 = (sB1_b, sB1_t, sB1_v, sB1_d, sB1_n)
     sB2 = (sB2_b, sB2_t, sB2_v, sB2_d, sB2_n)
     sC1 = (sC1_b, sC1_t, sC1_v, sC1_d, sC1_n)
@@ -185,9 +187,10 @@ def _ssm2d_wavefront_kernel(
         v_lo = tl.maximum(s - T + 1, 0)
         v_hi = tl.minimum(s, V - 1)
         for c0 in range(v_lo, v_hi + 1, BLOCK_C):
-            v, _, _, t, vp, m3, m2, cell = _diagonal_tile(s, c0, v_hi, 0, offs_c, offs_d,
-                                                          mask_dn, dirn, bi, T, V, dim)
-            xv, dtt, dtv, _, _, B1, B2 = _cell_inputs(
+            # (no `_` for unused values: the compiler would see one loop variable change type)
+            v, ok, r, t, vp, m3, m2, cell = _diagonal_tile(s, c0, v_hi, 0, offs_c, offs_d,
+                                                           mask_dn, dirn, bi, T, V, dim)
+            xv, dtt, dtv, rawt, rawv, B1, B2 = _cell_inputs(
                 x_ptr, B1_ptr, B2_ptr, dtt_ptr, dtv_ptr, cell, bi, t, vp, offs_d, offs_n,
                 sB1, sB2, sdt_t, sdt_v, m2, m3, DT_SOFTPLUS)
             slot_up = (v + 1).to(tl.int64)[:, None, None] * (BLOCK_D * BLOCK_N) + tile
