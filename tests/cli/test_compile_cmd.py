@@ -73,26 +73,32 @@ def test_compile_bad_target_exits_2(tmp_path, capsys):
     assert "did you mean" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name,family,kernel", [
-    ("convssm", "plrnn.sequential", "_plrnn_kernel"),
-    ("lcde", "dense.sequential", "_dense_scan_kernel"),
+@pytest.mark.parametrize("name,family,kernel,bwd_family,bwd_kernel", [
+    ("convssm", "plrnn.sequential", "_plrnn_kernel", "plrnn.backward", "_plrnn_bwd_kernel"),
+    ("lcde", "dense.sequential", "_dense_scan_kernel", "dense.backward",
+     "_dense_scan_bwd_kernel"),
 ])
-def test_compile_issue10_models_for_sm90_lists_their_triton_kernel(tmp_path, capsys, name,
-                                                                    family, kernel):
+def test_compile_issue10_models_for_sm90_lists_their_triton_kernels(tmp_path, capsys, name,
+                                                                     family, kernel,
+                                                                     bwd_family, bwd_kernel):
     """convSSM's PLRNN (with the HRF folded in) and the linear CDE's dense scan: compiled
-    ahead of time for sm_90, registers and spills listed, no eager-reference line."""
+    ahead of time for sm_90 with the adjoint kernel their training launches, registers and
+    spills listed, no eager-reference line."""
     assert main(["compile", str(zoo_dir() / f"{name}.yaml"), "--target", "sm_90",
                  "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "eager reference" not in out
     assert f"{kernel}: " in out and " regs, 0 spill bytes" in out
+    assert f"{bwd_kernel} (backward): " in out
     manifest = json.loads((tmp_path / "manifest.json").read_text(), parse_constant=_not_json)
     (node,) = manifest["nodes"]
     assert node["algorithm"] == "sequential" and "runs" not in node
-    assert node["triton"]["family"] == family
-    (k,) = node["triton"]["kernels"]
-    assert k["kernel"] == kernel and k["n_spills"] == 0 and k["fits"]
-    assert Path(k["files"]["cubin"]).stat().st_size > 0
+    for key, fam, kname in (("triton", family, kernel),
+                            ("triton_backward", bwd_family, bwd_kernel)):
+        assert node[key]["family"] == fam
+        (k,) = node[key]["kernels"]
+        assert k["kernel"] == kname and k["n_spills"] == 0 and k["fits"]
+        assert Path(k["files"]["cubin"]).stat().st_size > 0
 
 
 def test_compile_mamba2_for_sm90_lists_the_ssd_backward(tmp_path, capsys):

@@ -13,6 +13,8 @@ from ssmc.codegen.triton.dense import (DenseSequentialConfig, dense_scan_sequent
 from ssmc.codegen.triton.dense.sequential import builds_in_kernel
 from ssmc.semantics.dense import dense_scan_ref, dense_ssm, dense_transitions
 
+from .kernelutil import compiled_with_reference
+
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
 DEV = "cuda" if not interpreting() else "cpu"
@@ -161,15 +163,8 @@ def test_bad_arguments_name_the_argument(kw, name):
 
 @pytest.fixture(scope="module")
 def lcde_sm90():
-    import ssmc
-    from ssmc.paths import zoo_dir
-    from ssmc.semantics.model import build_reference
-
-    torch.manual_seed(3)
-    model = ssmc.compile(zoo_dir() / "lcde.yaml", "sm_90", seqlen=256).eval()
-    ref = build_reference(model.source_graph).eval()
-    ref.load_state_dict(model.state_dict())
-    return model, ref
+    model, ref = compiled_with_reference("lcde", "sm_90", seed=3, seqlen=256)
+    return model.eval(), ref.eval()
 
 
 @pytest.mark.skipif(not interpreting(), reason="the interpreter runs CPU tensors")

@@ -12,21 +12,16 @@ from ssmc.codegen.triton.plrnn import (FUSE_MAX_TAPS, PlrnnSequentialConfig, pla
                                        plrnn_sequential)
 from ssmc.semantics.recurrence import causal_conv_direct, hrf_double_gamma, plrnn_ref
 
+from .kernelutil import compiled_with_reference, plrnn_operands
+
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
 DEV = "cuda" if not interpreting() else "cpu"
 
 
 def make(b, L, k_in, M, seed=0, dtype=torch.float32):
-    """Parameters as semantics.modules_misc.PLRNN initialises them (a stable A, a small W),
-    with a non-zero h0 and a W diagonal the kernel must ignore."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(b, L, k_in, generator=g).to(dtype)
-    A = 0.5 + 0.4 * torch.rand(M, generator=g)
-    W = torch.randn(M, M, generator=g) * (0.3 / M ** 0.5) + 5 * torch.eye(M)
-    h0 = 0.1 * torch.randn(M, generator=g)
-    C = torch.randn(M, k_in, generator=g) / k_in ** 0.5
-    return tuple(t.to(DEV) for t in (s, A, W, h0, C))
+    """s, A, W, h0, C on DEV (kernelutil.plrnn_operands)."""
+    return tuple(t.to(DEV) for t in plrnn_operands(b, L, k_in, M, None, seed, dtype)[:5])
 
 
 def check(got, want, tol):
@@ -159,15 +154,8 @@ def test_config_knobs_are_powers_of_two():
 
 @pytest.fixture(scope="module")
 def convssm_sm90():
-    import ssmc
-    from ssmc.paths import zoo_dir
-    from ssmc.semantics.model import build_reference
-
-    torch.manual_seed(0)
-    model = ssmc.compile(zoo_dir() / "convssm.yaml", "sm_90", seqlen=64, batch=2).eval()
-    ref = build_reference(model.source_graph).eval()
-    ref.load_state_dict(model.state_dict())
-    return model, ref
+    model, ref = compiled_with_reference("convssm", "sm_90", seqlen=64, batch=2)
+    return model.eval(), ref.eval()
 
 
 @pytest.mark.skipif(not interpreting(), reason="the interpreter runs CPU tensors")

@@ -2,14 +2,11 @@
 the forward's trajectory), through the interpreter, against autograd through the oracle
 plrnn_ref: the gradients of s, A, W, h0, C and z0 (per trajectory, shared, none) at L in
 {1, 7, 100}, M from 1 to 64 (padded to powers of two), blocks of trajectories with a ragged
-tail; a compiled convSSM for sm_90 training through it (a launch counter); its compile for
-sm_90 / gfx942 (slow); and a device run (gpu)."""
+tail; a compiled convSSM for sm_90 training through it (a launch counter); the compile for
+sm_90 / gfx942 of its variant with z0 (slow; the family plrnn.backward's is in
+test_triton_aot.py); and a device run (gpu)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +16,8 @@ from ssmc.codegen.triton.plrnn import backward as pbw
 from ssmc.codegen.triton.plrnn.sequential import PlrnnSequentialConfig
 from ssmc.semantics.recurrence import plrnn_ref
 
+from .kernelutil import compile_plans, compiled_with_reference, plrnn_operands, spy
+
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
 DEV = "cuda" if not interpreting() else "cpu"
@@ -26,17 +25,8 @@ NAMES = ("s", "A", "W", "h0", "C", "z0")
 
 
 def make(b, L, k_in, M, z0=None, seed=0, dtype=torch.float32):
-    """Parameters like semantics.modules_misc.PLRNN's (a stable A, a small W, with a diagonal
-    the kernel must ignore), a non-zero h0, an initial state of either shape."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(b, L, k_in, generator=g).to(dtype)
-    A = 0.5 + 0.4 * torch.rand(M, generator=g)
-    W = torch.randn(M, M, generator=g) * (0.3 / M ** 0.5) + 5 * torch.eye(M)
-    h0 = 0.1 * torch.randn(M, generator=g)
-    C = torch.randn(M, k_in, generator=g) / k_in ** 0.5
-    z0 = {None: None, "batch": torch.randn(b, M, generator=g),
-          "shared": torch.randn(M, generator=g)}[z0]
-    return [None if t is None else t.to(DEV) for t in (s, A, W, h0, C, z0)]
+    return [None if t is None else t.to(DEV)
+            for t in plrnn_operands(b, L, k_in, M, z0, seed, dtype)]
 
 
 def grads(fn, ins, gz, wanted=NAMES):
@@ -113,15 +103,7 @@ def test_empty_sequence_has_no_kernel():
 
 @pytest.fixture(scope="module")
 def convssm_sm90():
-    import ssmc
-    from ssmc.paths import zoo_dir
-    from ssmc.semantics.model import build_reference
-
-    torch.manual_seed(0)
-    model = ssmc.compile(zoo_dir() / "convssm.yaml", "sm_90", seqlen=64, batch=2)
-    ref = build_reference(model.source_graph)
-    ref.load_state_dict(model.state_dict())
-    return model, ref
+    return compiled_with_reference("convssm", "sm_90", seqlen=64, batch=2)
 
 
 @pytest.mark.skipif(not interpreting(), reason="the interpreter runs CPU tensors")
@@ -132,13 +114,7 @@ def test_compiled_convssm_trains_on_the_triton_backward(convssm_sm90, learnable_
     backward launch), then the HRF conv in torch: the reference's gradients, the HRF's too
     when it is learnable."""
     model, ref = convssm_sm90
-    plans, real = [], pbw.plan_plrnn_backward
-
-    def spy(*a, **k):
-        plans.append(real(*a, **k))
-        return plans[-1]
-
-    monkeypatch.setattr(pbw, "plan_plrnn_backward", spy)
+    plans = spy(monkeypatch, pbw, "plan_plrnn_backward")
     hrf = [p for n, p in model.named_parameters() if n.endswith("kernel")]
     hrf_ref = [p for n, p in ref.named_parameters() if n.endswith("kernel")]
     for p in hrf + hrf_ref:
@@ -162,31 +138,17 @@ def test_compiled_convssm_trains_on_the_triton_backward(convssm_sm90, learnable_
 
 # ---- compiled for real targets; on a device --------------------------------------------------
 
-AOT_SCRIPT = """
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from ssmc.codegen.triton.aot import _ast_source
-from ssmc.codegen.triton.plrnn.backward import plan_plrnn_backward
-m = dict(device="meta")
-b, L, M, k = 64, 1024, 16, 3
-plan = plan_plrnn_backward(*(torch.empty(*s, **m) for s in
-                             [(b, L, M), (b, L, M), (b, L, k), (M,), (M, M), (M, k), (b, M)]))
-for tgt in (GPUTarget("cuda", 90, 32), GPUTarget("hip", "gfx942", 64)):
-    (launch,) = plan.launches
-    triton.compile(_ast_source(launch, tgt), target=tgt,
-                   options={"num_warps": launch.num_warps, "num_stages": 1})
-print("compiled")
-"""
-
-
 @pytest.mark.slow
-def test_backward_kernel_compiles_for_sm90_and_gfx942():
-    """The interpreter accepts Python control flow a real compile rejects: compile the kernel
-    (no GPU needed; in a subprocess without TRITON_INTERPRET)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+def test_backward_kernel_with_z0_compiles_for_sm90_and_gfx942():
+    """The variant with an initial state per trajectory (the registered family compiles the
+    one without, in test_triton_aot.py): no spills."""
+    compiled = compile_plans("""
+from ssmc.codegen.triton.plrnn.backward import plan_plrnn_backward
+b, L, M, k = 64, 1024, 16, 3
+plans = [plan_plrnn_backward(e(b, L, M), e(b, L, M), e(b, L, k), e(M), e(M, M), e(M, k),
+                             e(b, M))]
+""")
+    assert len(compiled) == 2 and all(row[-1] == 0 for row in compiled), compiled
 
 
 @pytest.mark.gpu
