@@ -289,4 +289,7 @@ def test_convssm_trains_under_torch_compile_fullgraph(convssm, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(compiled(s), yw, rtol=1e-5, atol=1e-5)
     assert calls == ["fwd"]
+    s2 = torch.randn(3, 13, 3)  # another shape: a recompile with symbolic sizes
+    torch.testing.assert_close(compiled(s2).pow(2).sum(), model(s2).pow(2).sum(), rtol=1e-5,
+                               atol=1e-5)
     torch._dynamo.reset()

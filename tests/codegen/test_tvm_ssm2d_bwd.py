@@ -272,12 +272,18 @@ def test_chimera_trains_under_torch_compile_fullgraph(chimera, monkeypatch):
     gw = torch.autograd.grad(want, params)
     torch._dynamo.reset()
     calls.clear()
-    got = torch.compile(model, fullgraph=True, backend="aot_eager")(x).square().mean()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got = compiled(x).square().mean()
     gg = torch.autograd.grad(got, params)
     assert calls == ["fwd", "bwd"]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for (name, _), a, b in zip(model.named_parameters(), gg, gw):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    # another shape: the recompile has symbolic sizes (the wrapper's shape checks once
+    # rejected them while tracing)
+    x2 = torch.randn(3, 7, 5, 1)
+    got, want = compiled(x2).square().mean(), model(x2).square().mean()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
 
 

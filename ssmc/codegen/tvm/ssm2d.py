@@ -39,10 +39,16 @@ def _shape(t) -> str:
     return f"shape {tuple(t.shape)} dtype {str(t.dtype).replace('torch.', '')} device {t.device}"
 
 
+def _same_shape(shape, want) -> bool:
+    # element by element: torch.compile traced `tuple(shape) in [...]` to False when the
+    # sizes were symbolic (a model compiled after another one with other input ranks)
+    return len(shape) == len(want) and all(a == b for a, b in zip(shape, want))
+
+
 def _check(name: str, t, shapes: list, text: str) -> torch.Tensor:
     """t must be a CPU float tensor of one of `shapes`."""
     ok = (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in FLOAT_DTYPES
-          and tuple(t.shape) in [tuple(s) for s in shapes])
+          and any(_same_shape(t.shape, s) for s in shapes))
     if not ok:
         raise ValueError(f"ssm2d: {name} must be a CPU float32/float16/bfloat16 tensor of "
                          f"{text}; got {_shape(t)}")
@@ -76,11 +82,9 @@ def get_kernel(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, target=None,
 
 def _bc_form(name, t, b, T, V, d, N) -> int:
     text = f"(d, N)=({d}, {N}), (b, T, V, N)=({b}, {T}, {V}, {N}) or (b, T, V, d, N)"
-    forms = {(d, N): tirb.BC_PARAM, (b, T, V, N): tirb.BC_SHARED,
-             (b, T, V, d, N): tirb.BC_FULL}
-    _check(name, t, list(forms), text)
-    # (d, N) and (b, T, V, N) cannot coincide (different ranks); the first match wins
-    return forms[tuple(t.shape)]
+    _check(name, t, [(d, N), (b, T, V, N), (b, T, V, d, N)], text)
+    # the rank tells the form ((d, N) and (b, T, V, N) cannot coincide)
+    return {2: tirb.BC_PARAM, 4: tirb.BC_SHARED, 5: tirb.BC_FULL}[t.dim()]
 
 
 def _dt_cell(name, t, b, T, V, d) -> bool:
