@@ -65,6 +65,17 @@ def compiled_with_reference(spec: str, target: str, seed=0, **kw):
     return model, ref
 
 
+def assert_param_grads_close(model, ref, tol):
+    """Every parameter of `model` has the gradient `ref`'s has, within the fp32 tolerance (atol
+    relative to the gradient's magnitude: sums over many cells reach O(100))."""
+    got = dict(model.named_parameters())
+    for name, p in ref.named_parameters():
+        assert got[name].grad is not None, name
+        scale = max(1.0, p.grad.abs().max().item() / 10)
+        torch.testing.assert_close(got[name].grad, p.grad, rtol=tol[torch.float32]["rtol"],
+                                   atol=tol[torch.float32]["atol"] * scale, msg=name)
+
+
 def spy(monkeypatch, module, name: str) -> list:
     """Replace module.name (a function) by one that records what each call returns."""
     seen, real = [], getattr(module, name)

@@ -11,6 +11,8 @@ from ssmc.codegen.triton.ssm2d import (Ssm2dWavefrontConfig, plan_ssm2d_wavefron
                                        ssm2d_wavefront)
 from ssmc.semantics.ssm2d import ssm2d_ref
 
+from .kernelutil import compiled_with_reference, ssm2d_operands
+
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
 DEV = "cuda" if not interpreting() else "cpu"
@@ -18,20 +20,8 @@ SMALL = Ssm2dWavefrontConfig(block_c=4, block_d=2)
 
 
 def make(b, T, V, d, N, bc="d", dt="d", seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-
-    def rn(*s):
-        return torch.randn(*s, generator=g)
-
-    x = rn(b, T, V, d).to(dtype)
-    A1, A4 = -(0.5 + torch.rand(d, N, generator=g)), -(0.5 + torch.rand(d, N, generator=g))
-    A2, A3 = 0.3 * rn(d, N), 0.3 * rn(d, N)
-    shape = {"d": (d, N), "cell": (b, T, V, N), "full": (b, T, V, d, N)}[bc]
-    B1, B2, C1, C2 = (rn(*shape).to(dtype) for _ in range(4))
-    dshape = (d,) if dt == "d" else (b, T, V, d)
-    dtt = (torch.rand(*dshape, generator=g) * 1.5 + 1e-3).to(dtype)
-    dtv = (torch.rand(*dshape, generator=g) * 1.5 + 1e-3).to(dtype)
-    args = (x, A1, A2, A3, A4, B1, B2, C1, C2, dtt, dtv)
+    """kernelutil.ssm2d_operands without D, on DEV: one form for B1..C2, one for the steps."""
+    args = ssm2d_operands(b, T, V, d, N, (bc,) * 4, (dt, dt), seed, dtype=dtype)[:11]
     return tuple(a.to(DEV) for a in args)
 
 
@@ -117,16 +107,11 @@ def test_config_knobs_are_powers_of_two():
 def test_compiled_chimera_for_sm90_runs_the_triton_kernel(tol):
     """ssmc.compile for a GPU target picks the wavefront and its executor drives the Triton
     kernel (here through the interpreter, on CPU tensors)."""
-    import ssmc
-    from ssmc.paths import zoo_dir
-    from ssmc.semantics.model import build_reference
-
-    torch.manual_seed(0)
-    model = ssmc.compile(zoo_dir() / "chimera.yaml", "sm_90", dims={"variates": 3},
-                         seqlen=3, batch=1).eval()
+    model, ref = compiled_with_reference("chimera", "sm_90", dims={"variates": 3}, seqlen=3,
+                                         batch=1)
+    model.eval()
+    ref.eval()
     assert model.kernels == {"ssm2d": "triton:ssm2d/wavefront"}
-    ref = build_reference(model.source_graph).eval()
-    ref.load_state_dict(model.state_dict())
     x = torch.randn(1, 3, 3, 1)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), **tol[torch.float32])

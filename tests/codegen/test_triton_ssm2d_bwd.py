@@ -21,6 +21,9 @@ from ssmc.codegen.triton.ssm2d.backward import (Ssm2dWavefrontBwdConfig,
                                                 ssm2d_wavefront_autograd)
 from ssmc.semantics.ssm2d import ssm2d_ref, ssm2d_wavefront as ssm2d_wavefront_ref
 
+from .kernelutil import (assert_param_grads_close, compile_plans, compiled_with_reference,
+                         spy, ssm2d_operands)
+
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
 DEV = "cuda" if not interpreting() else "cpu"
@@ -31,25 +34,8 @@ TIME_INVARIANT = dict(bc=("d",) * 4, dt=("d", "d"))
 
 
 def make(b, T, V, d, N, bc=("d",) * 4, dt=("d", "d"), seed=0, softplus=False):
-    """Random operands: bc / dt give each operand's form, 'd' per channel, 'cell' per cell
-    (B/C shared by the channels), 'full' (b, T, V, d, N); steps from tiny (expm1 near 0) to
-    large, or their pre-softplus values (some above the threshold 20)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rn(*s):
-        return torch.randn(*s, generator=g)
-
-    x = rn(b, T, V, d)
-    A1, A4 = -(0.5 + torch.rand(d, N, generator=g)), -(0.5 + torch.rand(d, N, generator=g))
-    A2, A3 = 0.3 * rn(d, N), 0.3 * rn(d, N)
-    shapes = {"d": (d, N), "cell": (b, T, V, N), "full": (b, T, V, d, N)}
-    B1, B2, C1, C2 = (rn(*shapes[f]) for f in bc)
-    dts = []
-    for f in dt:
-        u = torch.rand(*((d,) if f == "d" else (b, T, V, d)), generator=g)
-        dts.append(u * 1.5 + 1e-3 if not softplus else torch.where(u > 0.9, 21 + u, 4 * u - 3))
-    D = rn(d)
-    return [a.to(DEV) for a in (x, A1, A2, A3, A4, B1, B2, C1, C2, *dts, D)]
+    """kernelutil.ssm2d_operands (D included) on DEV."""
+    return [a.to(DEV) for a in ssm2d_operands(b, T, V, d, N, bc, dt, seed, softplus)]
 
 
 def grads(args, bidirectional, softplus=False, chunk=None, seed=0, has_D=True):
@@ -182,10 +168,7 @@ def test_half_inputs(tol):
 
 def test_only_requested_gradients_and_no_grad_path(monkeypatch):
     """No backward kernel without grad mode; with only x requiring grad, the others get none."""
-    calls = []
-    real = bwd.ssm2d_wavefront_backward
-    monkeypatch.setattr(bwd, "ssm2d_wavefront_backward",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = spy(monkeypatch, bwd, "ssm2d_wavefront_backward")
     args = make(1, 2, 2, 2, 2)
     args[0].requires_grad_(True)
     with torch.no_grad():
@@ -193,7 +176,7 @@ def test_only_requested_gradients_and_no_grad_path(monkeypatch):
     assert y.grad_fn is None
     y = ssm2d_wavefront_autograd(*args[:11], D=args[11], config=FWD)
     y.sum().backward()
-    assert calls == [1] and args[0].grad is not None and args[1].grad is None
+    assert len(calls) == 1 and args[0].grad is not None and args[1].grad is None
 
 
 def test_recompute_rows():
@@ -228,72 +211,36 @@ def test_compiled_chimera_for_sm90_trains_through_the_triton_backward(tol, monke
     """A training step of chimera compiled for sm_90 runs the Triton forward and backward
     (here through the interpreter, on CPU tensors), and every parameter's gradient matches
     the eager reference model's."""
-    import ssmc
-    from ssmc.paths import zoo_dir
-    from ssmc.semantics.model import build_reference
-
-    torch.manual_seed(0)
-    model = ssmc.compile(zoo_dir() / "chimera.yaml", "sm_90", dims={"variates": 3},
-                         seqlen=3, batch=1).train()
+    model, ref = compiled_with_reference("chimera", "sm_90", dims={"variates": 3}, seqlen=3,
+                                         batch=1)
+    model.train()
+    ref.train()
     assert model.kernels == {"ssm2d": "triton:ssm2d/wavefront"}
-    ref = build_reference(model.source_graph).train()
-    ref.load_state_dict(model.state_dict())
-    calls = []
-    real = bwd.ssm2d_wavefront_backward
-    monkeypatch.setattr(bwd, "ssm2d_wavefront_backward",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = spy(monkeypatch, bwd, "ssm2d_wavefront_backward")
     x = torch.randn(1, 3, 3, 1)
     model(x).square().mean().backward()
     ref(x).square().mean().backward()
-    assert calls == [1]
-    got = dict(model.named_parameters())
-    for name, p in ref.named_parameters():
-        assert got[name].grad is not None, name
-        scale = max(1.0, p.grad.abs().max().item() / 10)
-        torch.testing.assert_close(got[name].grad, p.grad, rtol=tol[torch.float32]["rtol"],
-                                   atol=tol[torch.float32]["atol"] * scale, msg=name)
+    assert len(calls) == 1
+    assert_param_grads_close(model, ref, tol)
 
 
 # ------------------------------------------------------------------- bigger: -m slow / gpu
-AOT_SCRIPT = """
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from ssmc.codegen.triton.aot import _ast_source, _ptxas_usage
-from ssmc.codegen.triton.families import _ssm2d_example
-from ssmc.codegen.triton.ssm2d.backward import plan_ssm2d_wavefront_bwd
-kw = _ssm2d_example(torch.float16, "meta")
-del kw["D"]
-p = torch.empty(16, 16, device="meta")
-lti = dict(kw, B1=p, B2=p, C1=p, C2=p, dt_t=p[0], dt_v=p[0])
-for args in (kw, lti):
-    plan = plan_ssm2d_wavefront_bwd(torch.empty_like(kw["x"]), **args, dt_softplus=True)
-    (launch,) = plan.launches
-    for tgt in (GPUTarget("cuda", 90, 32), GPUTarget("hip", "gfx942", 64)):
-        c = triton.compile(_ast_source(launch, tgt), target=tgt,
-                           options={"num_warps": launch.num_warps, "num_stages": 1})
-        if "ptx" in c.asm:
-            print("sm_90 regs %d spills %d" % _ptxas_usage(c.asm["ptx"], 90))
-print("compiled")
-"""
-
-
 @pytest.mark.slow
-def test_backward_kernel_compiles_for_sm90_and_gfx942():
-    """Chimera's selective and time-invariant forms through a real compile, in a subprocess
-    without TRITON_INTERPRET (no GPU needed): no register spills on sm_90 at the default
-    tiles.  (gfx942 spills some SGPRs into VGPR lanes -- the ~50 scalar arguments -- which is
-    not memory traffic, so it is only compiled.)"""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
-    spills = [int(line.split()[-1]) for line in out.stdout.splitlines()
-              if line.startswith("sm_90")]
-    assert spills == [0, 0], out.stdout
+def test_time_invariant_backward_compiles_for_sm90_and_gfx942():
+    """Chimera's time-invariant form (B/C per channel, one step per channel), which the
+    registered family (ssm2d.backward: the selective form, in test_triton_aot.py) does not
+    compile: no register spills on sm_90.  (gfx942 spills some SGPRs into VGPR lanes -- the
+    ~50 scalar arguments -- which is not memory traffic, so it is only compiled.)"""
+    compiled = compile_plans("""
+from ssmc.codegen.triton.families import _ssm2d_bwd_example
+from ssmc.codegen.triton.ssm2d.backward import plan_ssm2d_wavefront_bwd
+p = e(16, 16)
+kw = dict(_ssm2d_bwd_example(torch.float16), B1=p, B2=p, C1=p, C2=p, dt_t=p[0], dt_v=p[0])
+plans = [plan_ssm2d_wavefront_bwd(**kw)]
+""")
+    assert [row[1:3] for row in compiled] == [("cuda", "_ssm2d_wavefront_bwd_kernel"),
+                                              ("hip", "_ssm2d_wavefront_bwd_kernel")]
+    assert compiled[0][-1] == 0, compiled
 
 
 @pytest.mark.slow

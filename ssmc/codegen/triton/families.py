@@ -247,7 +247,7 @@ FAMILIES = {f.name: f for f in [
                  dtypes=(torch.float32, torch.float64)),
     KernelFamily("ssm2d.backward", Ssm2dWavefrontBwdConfig, "triton_ssm2d_backward.yaml",
                  lambda kw, cfg: plan_ssm2d_wavefront_bwd(**kw, config=cfg), _ssm2d_bwd_example),
-    # the adjoint kernels cast their inputs to fp32: one kernel whatever the model's dtype
+    # the PLRNN's adjoint casts all its inputs to fp32: one kernel whatever the model's dtype
     KernelFamily("plrnn.backward", PlrnnSequentialConfig, "triton_plrnn_backward.yaml",
                  lambda kw, cfg: plan_plrnn_backward(**kw, config=cfg), _plrnn_bwd_example,
                  dtypes=(torch.float32,)),
