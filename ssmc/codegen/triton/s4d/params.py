@@ -40,3 +40,22 @@ def readout_scale(Abar, Bbar, C, conj_pair: bool) -> float:
 
 def state_is_complex(Abar, Bbar) -> bool:
     return Abar.is_complex() or Bbar.is_complex()
+
+
+def polar_powers(Abar: torch.Tensor, L: int, block_l: int, cplx=torch.complex64):
+    """What the Vandermonde kernels (forward and backward) need for Abar^l with l = l0 + j,
+    l0 a tile start (a multiple of block_l) and 0 <= j < block_l: (log|Abar|, arg Abar) (dim, N)
+    for the in-tile power exp(j log|Abar|) (cos, sin)(j arg) and Q (tiles, dim, N, 2) = Abar^l0
+    as (re, im), all taken on the host in float64 and then rounded to `cplx`'s precision.  The
+    split keeps the kernel's fp32 angle j * arg small for any L: l * arg in fp32 loses about
+    l * 6e-8 rad (a relative error near 5e-4 at L 8192 with |Abar| near 1)."""
+    A = Abar.to(torch.complex128)
+    log_A = torch.log(A)  # log|Abar| + i arg(Abar); a real negative Abar has arg pi
+    # Abar == 0: log -inf; a finite floor keeps 0^0 = 1 (not nan) and 0^j = 0
+    log_abs = log_A.real.clamp(min=-1e30)
+    tiles = max(1, -(-int(L) // int(block_l)))
+    e = (torch.arange(tiles, dtype=torch.float64, device=Abar.device) * block_l)[:, None, None]
+    Q = torch.exp(e * log_abs) * torch.exp(1j * (e * log_A.imag))  # (tiles, dim, N)
+    real = torch.float64 if cplx == torch.complex128 else torch.float32
+    return (log_abs.to(real).contiguous(), log_A.imag.to(real).contiguous(),
+            torch.view_as_real(Q.to(cplx)).contiguous())

@@ -2,12 +2,13 @@
 
 K[d, l] = scale Re sum_n (C Bbar)_{d,n} Abar_{d,n}^l   (MODELS.md section 1)
 
-Abar^l is evaluated in polar form, exp(l log|Abar|) (cos(l arg Abar) + i sin(l arg Abar)), not
-by repeated multiplication: every (d, l) is independent, so a program computes a
-(BLOCK_D, BLOCK_L) tile of K and walks the N modes, and rounding does not accumulate along l.
-The logarithm of the (dim, N) parameters is taken once on the host in float64 (a real negative
-Abar has arg = pi, which gives the (-1)^l of a real power).  Special-function cost: one exp,
-cos and sin per (d, n, l).  Oracles: `ssmc.semantics.diagonal.s4d_kernel`, `s4d_fft_conv`.
+Abar^l is evaluated in polar form, not by repeated multiplication: every (d, l) is independent,
+so a program computes a (BLOCK_D, BLOCK_L) tile of K and walks the N modes, and rounding does
+not accumulate along l.  The power is split at the tile start l0: Abar^(l0 + j) = Abar^l0 *
+exp(j log|Abar|) (cos(j arg Abar) + i sin(j arg Abar)), with Abar^l0 and the logarithm taken
+on the host in float64 (params.polar_powers, shared with the backward; a real negative Abar has
+arg = pi, which gives the (-1)^l of a real power), so the fp32 angle stays below BLOCK_L * pi
+for any L.  Special-function cost: one exp, cos and sin per (d, n, l).  Oracles: `ssmc.semantics.diagonal.s4d_kernel`, `s4d_fft_conv`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import triton.language as tl
 
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelConfig, KernelLaunch, LaunchPlan,
                                         check_same_device, check_tensor, grid_dim, pow2_field)
-from ssmc.codegen.triton.s4d.params import as_pairs, check_params, readout_scale
+from ssmc.codegen.triton.s4d.params import as_pairs, check_params, polar_powers, readout_scale
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class VandermondeConfig(KernelConfig):
 
 @triton.jit
 def _s4d_vandermonde_kernel(
-    log_abs_ptr, arg_ptr, CB_ptr, K_ptr,
+    log_abs_ptr, arg_ptr, Q_ptr, CB_ptr, K_ptr,
     dim, dstate, seqlen, scale,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -42,7 +43,7 @@ def _s4d_vandermonde_kernel(
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = offs_d < dim
-    ell = offs_l.to(tl.float32)[None, :]
+    jf = tl.arange(0, BLOCK_L).to(tl.float32)[None, :]
     K = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for n in range(0, dstate):
         mode = offs_d * dstate + n
@@ -50,9 +51,15 @@ def _s4d_vandermonde_kernel(
         arg = tl.load(arg_ptr + mode, mask=mask_d, other=0.0)[:, None]
         cb_re = tl.load(CB_ptr + mode * 2, mask=mask_d, other=0.0)[:, None]
         cb_im = tl.load(CB_ptr + mode * 2 + 1, mask=mask_d, other=0.0)[:, None]
-        magnitude = tl.exp(ell * log_abs)
-        phase = ell * arg
-        K += magnitude * (cb_re * tl.cos(phase) - cb_im * tl.sin(phase))
+        # w = CB * Abar^l0 (this tile's start), then Re(w * Abar^j)
+        q = (pid_l.to(tl.int64) * dim + offs_d) * dstate + n
+        q_re = tl.load(Q_ptr + q * 2, mask=mask_d, other=0.0)[:, None]
+        q_im = tl.load(Q_ptr + q * 2 + 1, mask=mask_d, other=0.0)[:, None]
+        w_re = cb_re * q_re - cb_im * q_im
+        w_im = cb_re * q_im + cb_im * q_re
+        magnitude = tl.exp(jf * log_abs)
+        phase = jf * arg
+        K += magnitude * (w_re * tl.cos(phase) - w_im * tl.sin(phase))
     tl.store(K_ptr + offs_d[:, None].to(tl.int64) * seqlen + offs_l[None, :], K * scale,
              mask=mask_d[:, None] & (offs_l < seqlen)[None, :])
 
@@ -64,16 +71,12 @@ def plan_vandermonde(Abar, Bbar, C, L: int, conj_pair=True,
     if not isinstance(L, int) or L < 0:
         raise ValueError(f"L: expected a non-negative int, got {L!r}")
     check_same_device("Abar", Abar, Bbar=Bbar, C=C)
-    log_A = torch.log(Abar.to(torch.complex128))  # log|Abar| + i arg(Abar), once per mode
-    # Abar == 0 has log -inf; a finite floor keeps 0^0 = exp(0 * floor) = 1 (not nan) and
-    # 0^l = exp(l * floor) = 0.
-    log_abs = log_A.real.clamp(min=-1e30).float().contiguous()
-    arg = log_A.imag.float().contiguous()
+    log_abs, arg, Q = polar_powers(Abar, L, config.block_l)
     CB = as_pairs(C.to(torch.complex64) * Bbar.to(torch.complex64))
     K = torch.empty((dim, L), dtype=torch.float32, device=Abar.device)
     launch = KernelLaunch(
         _s4d_vandermonde_kernel, (grid_dim(L, config.block_l), grid_dim(dim, config.block_d)),
-        {"log_abs_ptr": log_abs, "arg_ptr": arg, "CB_ptr": CB, "K_ptr": K,
+        {"log_abs_ptr": log_abs, "arg_ptr": arg, "Q_ptr": Q, "CB_ptr": CB, "K_ptr": K,
          "dim": dim, "dstate": dstate, "seqlen": L,
          "scale": readout_scale(Abar, Bbar, C, conj_pair)},
         {"BLOCK_D": config.block_d, "BLOCK_L": config.block_l},

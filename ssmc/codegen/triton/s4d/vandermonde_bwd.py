@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, check_tensor,
                                         grid_dim, pow2_field)
-from ssmc.codegen.triton.s4d.params import PARAM_DTYPES
+from ssmc.codegen.triton.s4d.params import PARAM_DTYPES, polar_powers
 
 BWD_DTYPES = (torch.float32, torch.float64)
 
@@ -122,19 +122,11 @@ def plan_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None) -
     # no more tiles per program than there are (the loop is unrolled over TILES)
     per_program = min(config.tiles, triton.next_power_of_2(tiles))
     programs = grid_dim(tiles, per_program)
-    A = Abar.to(torch.complex128)
-    log_A = torch.log(A)  # log|Abar| + i arg(Abar); a real negative Abar has arg pi
-    # Abar == 0: log -inf; a finite floor keeps 0^0 = 1 (not nan) and 0^j = 0
-    log_abs = log_A.real.clamp(min=-1e30)
-    e = (torch.arange(tiles, dtype=torch.float64, device=Abar.device)
-         * config.block_l)[:, None, None]
-    Q = torch.exp(e * log_abs) * torch.exp(1j * (e * log_A.imag))  # (tiles, dim, N)
-    Q = torch.view_as_real(Q.to(cplx)).contiguous()
+    log_abs, arg, Q = polar_powers(Abar, L, config.block_l, cplx)
     S = torch.zeros((programs, dim, dstate, 4), dtype=real, device=Abar.device)
     launch = KernelLaunch(
         _s4d_vandermonde_bwd_kernel, (programs, grid_dim(dim, config.block_d)),
-        {"log_abs_ptr": log_abs.to(real).contiguous(), "arg_ptr": log_A.imag.to(real).contiguous(),
-         "Q_ptr": Q, "G_ptr": gK.to(real).contiguous(), "S_ptr": S,
+        {"log_abs_ptr": log_abs, "arg_ptr": arg, "Q_ptr": Q, "G_ptr": gK.to(real).contiguous(), "S_ptr": S,
          "dim": dim, "dstate": dstate, "seqlen": L, "n_tiles": tiles},
         {"BLOCK_D": config.block_d, "BLOCK_L": config.block_l, "TILES": per_program},
         config.num_warps, config.num_stages)
