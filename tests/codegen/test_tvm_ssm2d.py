@@ -18,26 +18,14 @@ from ssmc.paths import zoo_dir  # noqa: E402
 from ssmc.semantics.model import build_reference  # noqa: E402
 from ssmc.semantics.ssm2d import ssm2d_ref  # noqa: E402
 
+from .kernelutil import ssm2d_operands  # noqa: E402
+
 WAVEFRONT, ROWS = Ssm2dConfig(order="wavefront"), Ssm2dConfig(order="rows")
 
 
 def make(b, T, V, d, N, bc=("d",) * 4, dt=("d", "d"), seed=0, dtype=torch.float32):
-    """Random operands; bc / dt give each operand's form: 'd' per channel ((d, N) / (d,)),
-    'cell' per cell ((b, T, V, N) shared by the channels / (b, T, V, d)), 'full' (b, T, V, d, N)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rn(*s):
-        return torch.randn(*s, generator=g)
-
-    x = rn(b, T, V, d).to(dtype)
-    A1, A4 = -(0.5 + torch.rand(d, N, generator=g)), -(0.5 + torch.rand(d, N, generator=g))
-    A2, A3 = 0.3 * rn(d, N), 0.3 * rn(d, N)
-    shapes = {"d": (d, N), "cell": (b, T, V, N), "full": (b, T, V, d, N)}
-    B1, B2, C1, C2 = (rn(*shapes[f]).to(dtype) for f in bc)
-    # steps from tiny (expm1 near 0) to large (|dt A| > 1)
-    dts = [(torch.rand(*((d,) if f == "d" else (b, T, V, d)), generator=g) * 1.5 + 1e-3)
-           .to(dtype) for f in dt]
-    return (x, A1, A2, A3, A4, B1, B2, C1, C2, dts[0], dts[1])
+    """Random operands without D (kernelutil.ssm2d_operands: bc / dt give each one's form)."""
+    return tuple(ssm2d_operands(b, T, V, d, N, bc, dt, seed=seed, dtype=dtype)[:11])
 
 
 def check(args, tol, D=None, bidirectional=False, config=WAVEFRONT, dtype=torch.float32):

@@ -26,6 +26,8 @@ from ssmc.runtime import ssm2d_op  # noqa: E402  (defines the ssmc::ssm2d ops)
 from ssmc.semantics.model import build_reference  # noqa: E402
 from ssmc.semantics.ssm2d import ssm2d_ref  # noqa: E402
 
+from .kernelutil import assert_param_grads_close  # noqa: E402
+
 
 def make(b, T, V, d, N, bc=("d",) * 4, dt=("d", "d"), seed=0):
     """Random operands (as test_tvm_ssm2d.make): bc / dt give each operand's form, 'd' per
@@ -243,12 +245,7 @@ def test_chimera_training_gradients_come_from_the_kernel(chimera, tol, monkeypat
     model(x).square().mean().backward()
     ref(x).square().mean().backward()
     assert calls == [1]
-    got = dict(model.named_parameters())
-    for name, p in ref.named_parameters():
-        assert got[name].grad is not None, name
-        scale = max(1.0, p.grad.abs().max().item() / 10)
-        torch.testing.assert_close(got[name].grad, p.grad, rtol=tol[torch.float32]["rtol"],
-                                   atol=tol[torch.float32]["atol"] * scale, msg=name)
+    assert_param_grads_close(model, ref, tol)
     model.zero_grad(set_to_none=True)
     ref.zero_grad(set_to_none=True)
 
