@@ -88,6 +88,36 @@ def spy(monkeypatch, module, name: str) -> list:
     return seen
 
 
+# Under the interpreter a Triton kernel reads real data pointers, so the fake-tensor and AOT
+# parts of opcheck need a device; the schema and the autograd registration do not.
+INTERPRETER_OPCHECK = ("test_schema", "test_autograd_registration")
+
+
+def opcheck_backward_op(monkeypatch, module, run) -> None:
+    """opcheck of module.triton_bwd_op() (a triton_op) on the arguments a real backward passes
+    it (captured while `run()` trains through it): every part on a device, the parts that
+    need none under the interpreter."""
+    import torch
+
+    from ssmc.codegen.triton.common import interpreting
+
+    real, calls = module.triton_bwd_op, []
+
+    def recording():
+        op = real()
+
+        def call(*a):
+            calls.append(a)
+            return op(*a)
+        return call
+
+    monkeypatch.setattr(module, "triton_bwd_op", recording)
+    run()
+    assert calls, "the backward op was not called"
+    kw = {"test_utils": INTERPRETER_OPCHECK} if interpreting() else {}
+    torch.library.opcheck(real(), calls[0], **kw)
+
+
 _COMPILE = """
 import torch, triton
 from triton.backends.compiler import GPUTarget

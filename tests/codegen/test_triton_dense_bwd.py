@@ -17,7 +17,7 @@ from ssmc.codegen.triton.dense import backward as dbw
 from ssmc.codegen.triton.dense.sequential import DenseSequentialConfig
 from ssmc.semantics.dense import dense_scan_ref, dense_ssm
 
-from .kernelutil import compile_plans, compiled_with_reference, spy
+from .kernelutil import compile_plans, compiled_with_reference, opcheck_backward_op, spy
 
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -219,3 +219,22 @@ def test_gpu_layer_against_oracle(L, tol):
                         [gy.cpu()])
     torch.testing.assert_close(y.cpu(), ry, **tol[torch.float32])
     check_all(got, want, tol)
+
+
+def _opcheck(monkeypatch):
+    ins = scan_inputs(2, 7, 3, 8, 4, False, True, seed=1)
+    gh = torch.randn(2, 7, 8, device=DEV)
+    opcheck_backward_op(monkeypatch, dbw, lambda: grads(
+        lambda **kw: dbw.dense_scan_trainable(**kw), ins, [gh]))
+
+
+def test_opcheck_backward_op(monkeypatch):
+    """ssmc::dense_scan_bwd_triton's schema on the arguments a training call passes it."""
+    _opcheck(monkeypatch)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck(monkeypatch):
+    if interpreting():
+        pytest.skip("the device run of opcheck (fake tensors, AOT dispatch)")
+    _opcheck(monkeypatch)

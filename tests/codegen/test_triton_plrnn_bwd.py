@@ -16,7 +16,8 @@ from ssmc.codegen.triton.plrnn import backward as pbw
 from ssmc.codegen.triton.plrnn.sequential import PlrnnSequentialConfig
 from ssmc.semantics.recurrence import plrnn_ref
 
-from .kernelutil import compile_plans, compiled_with_reference, plrnn_operands, spy
+from .kernelutil import (compile_plans, compiled_with_reference, opcheck_backward_op,
+                         plrnn_operands, spy)
 
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -159,3 +160,21 @@ def test_gpu_against_oracle(L, tol):
     """Realistic sizes on a device: many trajectories, M 16, z0; the fp32 oracle on the CPU."""
     ins = make(256, L, 3, 16, "batch", seed=L)
     compare(ins, torch.randn(256, L, 16, device=DEV), tol)
+
+
+def _opcheck(monkeypatch):
+    ins = make(2, 7, 3, 4, z0="batch")
+    gz = torch.randn(2, 7, 4, device=DEV)
+    opcheck_backward_op(monkeypatch, pbw, lambda: grads(pbw.plrnn_trainable, ins, gz))
+
+
+def test_opcheck_backward_op(monkeypatch):
+    """ssmc::plrnn_bwd_triton's schema on the arguments a training call passes it."""
+    _opcheck(monkeypatch)
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck(monkeypatch):
+    if interpreting():
+        pytest.skip("the device run of opcheck (fake tensors, AOT dispatch)")
+    _opcheck(monkeypatch)
