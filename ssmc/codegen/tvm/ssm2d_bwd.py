@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from ssmc.codegen.ssm2d_recurrence import recompute_rows
 from ssmc.codegen.tvm import ssm2d_bwd_tir as tirb
 from ssmc.codegen.tvm import ssm2d_tir as fw
 from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
@@ -46,12 +47,10 @@ def get_kernel(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, target=None,
 
 def chunk_rows(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, T: int, V: int,
                budget: int = TASK_CACHE) -> int:
-    """Rows per recompute chunk: T when a task's states fit `budget` bytes, else
-    max(ceil(sqrt(T)), the rows that fit)."""
+    """Rows per recompute chunk (ssm2d_recurrence.recompute_rows, the rule the Triton backward
+    shares) for a task's rows of (V + 1) cells x 2 states x N x its channel block, fp32."""
     row = (V + 1) * 2 * sig.N * fw.blocks(sig.d, config).cb * 4
-    if (T + 1) * row <= budget:
-        return max(T, 1)
-    return min(T, max(math.isqrt(T - 1) + 1, budget // row - 1))
+    return recompute_rows(T, row, budget)
 
 
 def partial_shapes(sig: fw.Ssm2dSignature, config: fw.Ssm2dConfig, b: int, T: int,
