@@ -228,13 +228,10 @@ def _opcheck(monkeypatch):
         lambda **kw: dbw.dense_scan_trainable(**kw), ins, [gh]))
 
 
-def test_opcheck_backward_op(monkeypatch):
-    """ssmc::dense_scan_bwd_triton's schema on the arguments a training call passes it."""
-    _opcheck(monkeypatch)
-
-
-@pytest.mark.gpu
-def test_gpu_opcheck(monkeypatch):
-    if interpreting():
-        pytest.skip("the device run of opcheck (fake tensors, AOT dispatch)")
+@pytest.mark.parametrize("tier", ["interpreter", pytest.param("device", marks=pytest.mark.gpu)])
+def test_opcheck_backward_op(monkeypatch, tier):
+    """opcheck of ssmc::dense_scan_bwd_triton on the arguments a training call passes it: all of it on a
+    device (gpu tier), the schema and autograd registration under the interpreter."""
+    if (tier == "device") == interpreting():
+        pytest.skip(f"the {tier} run")
     _opcheck(monkeypatch)

@@ -168,13 +168,10 @@ def _opcheck(monkeypatch):
     opcheck_backward_op(monkeypatch, pbw, lambda: grads(pbw.plrnn_trainable, ins, gz))
 
 
-def test_opcheck_backward_op(monkeypatch):
-    """ssmc::plrnn_bwd_triton's schema on the arguments a training call passes it."""
-    _opcheck(monkeypatch)
-
-
-@pytest.mark.gpu
-def test_gpu_opcheck(monkeypatch):
-    if interpreting():
-        pytest.skip("the device run of opcheck (fake tensors, AOT dispatch)")
+@pytest.mark.parametrize("tier", ["interpreter", pytest.param("device", marks=pytest.mark.gpu)])
+def test_opcheck_backward_op(monkeypatch, tier):
+    """opcheck of ssmc::plrnn_bwd_triton on the arguments a training call passes it: all of it on a
+    device (gpu tier), the schema and autograd registration under the interpreter."""
+    if (tier == "device") == interpreting():
+        pytest.skip(f"the {tier} run")
     _opcheck(monkeypatch)
