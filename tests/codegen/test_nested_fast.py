@@ -367,3 +367,12 @@ def test_compiled_beam_model_trains_through_the_tree_program():
     grads = dict(ref.named_parameters())
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=2e-3, atol=2e-5, msg=name)
+
+
+def test_nested_tree_op_rejects_bad_arguments():
+    """The op's plan arguments are checked with a clear error, not a crash in the kernels."""
+    args = list(_op_args(keep=False))
+    bad = list(args)
+    bad[11] = "beam"  # inner (x2, 6 weights, eps, lengths, L, chunk, inner): no static plan
+    with pytest.raises(ValueError, match="inner must be 'bbt' or 'rnn'"):
+        torch.ops.ssmc.nested_tree(*bad)
