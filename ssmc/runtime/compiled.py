@@ -30,6 +30,7 @@ class _Runner:
         if hit is None:
             return "reference"
         node.meta["run"] = (hit[0], hit[1], node.meta.get("config", {}))
+        executors.node_config(node, self.backend, node.meta["run"][2])
         epi = node.meta.get("epilogue")
         fused = f" + {epi.OP} '{epi.name}'" if epi is not None else ""
         return f"{self.backend}:{node.meta.get('kernel')}{fused}"

@@ -83,6 +83,28 @@ def triton_config(family: str, algorithm: str, config: dict | None):
     return cls.from_dict(knobs) if knobs else None
 
 
+def node_config(node, backend: str, config: dict):
+    """The Config dataclass of the node's kernel (its Triton family's, `triton_config`;
+    ssm2d's, `ssm2d_config`, both backends) or None, made once and kept on the node:
+    torch.compile's trace cannot build the frozen dataclasses, so compiled.Runner.add makes
+    it before the first call."""
+    cfg = node.meta.get("kernel_config", False)
+    if cfg is False:
+        from ssmc.passes.select_algorithm import family
+
+        fam, alg = family(node), node.meta.get("algorithm")
+        if fam == "selective_ssm/ssd":
+            alg = "chunked"  # the one Triton SSD kernel, whichever algorithm the cost model named
+        if fam == "ssm2d":
+            from ssmc.codegen.ssm2d_recurrence import ssm2d_config
+
+            cfg = ssm2d_config(backend, alg, config)
+        else:
+            cfg = triton_config(fam, alg, config) if backend == "triton" else None
+        node.meta["kernel_config"] = cfg
+    return cfg
+
+
 def start_prologue(mod, ins: dict) -> dict:
     """START (MODELS.md section 10) in front of the Mamba-1 kernel, in training mode: saliency,
     top-k and perturbation of semantics.start.start_perturb on the same (b, d, L) / (b, [g,] N, L)
@@ -134,7 +156,7 @@ def mamba1(node, mod, ins: dict, fn, backend: str, config: dict):
         Bs, Cs = Bs[:, 0], Cs[:, 0]
     out = fn(x.transpose(1, 2), delta.transpose(1, 2), mod.A(), Bs, Cs,
              z=None if z is None else z.transpose(1, 2),
-             config=triton_config("selective_ssm/mamba1", node.meta.get("algorithm"), config), **kw)
+             config=node_config(node, backend, config), **kw)
     if node.final_state:
         return out[0].transpose(1, 2), out[1]
     return out.transpose(1, 2)
@@ -151,7 +173,7 @@ def ssd(node, mod, ins: dict, fn, backend: str, config: dict):
     h, p, g, n = mod.heads, mod.head_dim, mod.groups, mod.d_state
     A = -torch.exp(mod.A_log.float())  # SSDSSM keeps A_log (heads,)
     cfg = tvm_config(config) if backend == "tvm" else \
-        triton_config("selective_ssm/ssd", "chunked", config)
+        node_config(node, backend, config)
     out = fn(x.reshape(b, L, h, p), dt, A, B.reshape(b, L, g, n), C.reshape(b, L, g, n),
              chunk_size=node.chunk_size or config.get("CHUNK") or config.get("chunk", 64), D=mod.D,
              z=None if z is None else z.reshape(b, L, h, p), dt_bias=mod.dt_bias,
@@ -177,16 +199,16 @@ def nested(node, mod, ins: dict, fn, backend: str, config: dict):
 
 
 def dense(node, mod, ins: dict, fn, backend: str, config: dict):
-    """Dense selective SSM.  Triton: the sequential kernel at inference; with gradients its
-    Triton forward + adjoint backward pair (triton.dense.backward.dense_ssm_trainable) where
-    the kernels run (_triton_trains).  TVM: with gradients the sequential kernel and its
+    """Dense selective SSM.  Triton: the sequential kernel at inference; with gradients or
+    under torch.compile its Triton forward + adjoint backward pair (ops:
+    triton.dense.backward.dense_ssm_trainable) where the kernels run (_triton_trains).  TVM: with gradients the sequential kernel and its
     adjoint kernel (tvm.dense_scan_bwd) where _tvm_dense_trains says so.  Otherwise with
     gradients, and wherever the Triton kernels cannot run, the (differentiable) associative
     torch scan."""
     x = ins["x"]
     kw = {}
     if backend == "triton" and (_triton_runs(mod, ins, x) or _triton_trains(x)):
-        kw = _config_kw(triton_config("selective_ssm/dense", node.meta.get("algorithm"), config))
+        kw = _config_kw(node_config(node, backend, config))
         if not _triton_runs(mod, ins, x):
             from ssmc.codegen.triton.dense.backward import dense_ssm_trainable as fn
     elif backend == "tvm" and _grad_needed(mod, [x]) and _tvm_dense_trains(x):
@@ -218,7 +240,7 @@ def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
     u = ins["u"]
     Abar, Bbar, C = mod.discrete()
     if backend == "triton" and _triton_takes(mod, u):
-        cfg = triton_config("diagonal_ssm", node.meta.get("algorithm"), config)
+        cfg = node_config(node, backend, config)
         # the Triton S4D kernels take u channels-first (b, d, L)
         y = fn(u.transpose(1, 2), Abar, Bbar, C, D=mod.D, conj_pair=mod.conj_pair,
                **_config_kw(cfg))
@@ -242,13 +264,13 @@ def _triton_runs(mod, ins: dict, x) -> bool:
 
 
 def _triton_trains(x) -> bool:
-    """Whether a Triton forward + backward pair (an autograd.Function the executor calls) can
-    run a call _triton_runs turns away for its gradients: fp32/fp16/bf16 on a GPU (or the CPU
-    under TRITON_INTERPRET=1), not traced by torch.compile."""
+    """Whether a Triton forward + backward pair (ops whose autograd formula is the backward
+    kernel: triton_ops that torch.compile traces) can run a call _triton_runs turns away for
+    its gradients or for torch.compile: fp32/fp16/bf16 on a GPU (or the CPU under
+    TRITON_INTERPRET=1)."""
     from ssmc.runtime.library import KERNEL_DTYPES, _device_ok
 
-    return (x.dtype in KERNEL_DTYPES and _device_ok("triton", x)
-            and not torch.compiler.is_compiling())
+    return x.dtype in KERNEL_DTYPES and _device_ok("triton", x)
 
 
 def _triton_takes(mod, u) -> bool:
@@ -264,18 +286,16 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
     """Chimera's 2-D SSM.  Differentiable on both backends, the operands' torch preparation
     (x_proj / dt_proj included) differentiated by autograd: TVM on the CPU
     (ssmc.codegen.tvm.ssm2d_bwd: the adjoint kernel), Triton on a GPU or the CPU under
-    TRITON_INTERPRET=1 (ssmc.codegen.triton.ssm2d.backward: the reverse wavefront).  TVM
-    also under torch.compile (its kernels are the ssmc::ssm2d / ssm2d_bwd ops:
-    ssmc.runtime.ssm2d_op).  The reference runs fp64 (the kernels are fp32), gradients on a
-    device the backend does not run on, and Triton gradients under torch.compile (its
-    autograd.Function is opaque to dynamo)."""
+    TRITON_INTERPRET=1 (ssmc.codegen.triton.ssm2d.backward: the reverse wavefront).  Both
+    also under torch.compile: their kernels are ops (ssmc::ssm2d / ssm2d_bwd:
+    ssmc.runtime.ssm2d_op; ssmc::ssm2d_wavefront_triton / _bwd_triton, triton_ops on a
+    device).  The reference runs fp64 (the kernels are fp32) and gradients on a device the
+    backend does not run on."""
     x = ins["x"]
     if x.dtype == torch.float64:
         return NotImplemented
-    if _grad_needed(mod, [x]):
+    if _grad_needed(mod, [x]) or torch.compiler.is_compiling():
         if backend == "triton":
-            if torch.compiler.is_compiling():
-                return NotImplemented
             from ssmc.codegen.triton.ssm2d.backward import applies
             from ssmc.codegen.triton.ssm2d.backward import ssm2d_wavefront_autograd as fn
 
@@ -283,11 +303,11 @@ def ssm2d(node, mod, ins: dict, fn, backend: str, config: dict):
                 return NotImplemented
         elif backend != "tvm" or x.device.type != "cpu":
             return NotImplemented
-    from ssmc.codegen.ssm2d_recurrence import ssm2d_config, ssm2d_operands
+    from ssmc.codegen.ssm2d_recurrence import ssm2d_operands
 
     args, dt_softplus = ssm2d_operands(mod, x)
     return fn(*args, D=mod.D, bidirectional=mod.bidirectional, dt_softplus=dt_softplus,
-              config=ssm2d_config(backend, node.meta.get("algorithm"), config)).to(x.dtype)
+              config=node_config(node, backend, config)).to(x.dtype)
 
 
 def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
@@ -318,10 +338,11 @@ def _recurrence_triton(node, mod, s, epi, fn, config):
     """The Triton PLRNN kernel at inference, with the folded HRF conv in its register ring
     (only the convolved trajectory is written).  With gradients (of the PLRNN's or a learnable
     HRF's parameters, or of s) the Triton forward + adjoint backward pair
-    (triton.plrnn.backward.plrnn_trainable) runs the recurrence and the epilogue module its
-    convolution (torch, autograd differentiates it).  Under torch.compile, for fp64 or off the
-    GPU the reference runs the node and then its epilogue."""
-    cfg = _config_kw(triton_config("recurrence", node.meta.get("algorithm"), config))
+    (triton.plrnn.backward.plrnn_trainable, ops that torch.compile traces, so also under
+    torch.compile) runs the recurrence and the epilogue module its convolution (torch,
+    autograd differentiates it).  For fp64 or off the GPU the reference runs the node and then
+    its epilogue."""
+    cfg = _config_kw(node_config(node, "triton", config))
     k = None if epi is None else epi.kernel
     if k is not None and (k.dtype not in (torch.float32, torch.float16, torch.bfloat16)
                           or k.device != s.device):

@@ -714,23 +714,17 @@ ssd_op.register_autograd(_ssd_backward, setup_context=_ssd_setup)
 _TRITON_OPS: dict = {}
 
 
-def _launch(launch):
-    """Run one KernelLaunch so that torch.compile sees it (wrap_triton)."""
-    launch.run(traceable=True)
-
-
 def _triton_scan_chunk(u, delta, A, B, C, D, z, delta_bias, h0, softplus, conj_pair, algorithm,
                        config):
     """One sequential-scan plan on (b, d, L) inputs -> (y, last)."""
+    from ssmc.codegen.triton.common import run_traceable
     from ssmc.codegen.triton.selective_scan.problem import selective_scan_problem
     from ssmc.codegen.triton.selective_scan.sequential import plan_sequential
 
     prob = selective_scan_problem(u, delta, A, B, C, D, z, delta_bias, softplus, True, h0,
                                   conj_pair)
     plan = plan_sequential(prob, _triton_config("selective_scan", "sequential", config))
-    for launch in plan.launches:
-        _launch(launch)
-    out, h_out = plan.outputs
+    out, h_out = run_traceable(plan)
     return out, prob.last_state_view(h_out)
 
 
@@ -773,6 +767,7 @@ def _ssd_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
                 dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
                 checkpoint_every: int, backend: str, config: str
                 ) -> tuple[Tensor, Tensor, Tensor]:
+    from ssmc.codegen.triton.common import run_traceable
     from ssmc.codegen.triton.ssd.chunked import plan_ssd_chunked
     from ssmc.codegen.triton.ssd.problem import ssd_problem
 
@@ -795,9 +790,7 @@ def _ssd_triton(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
                            (dt_lo, dt_hi), True)
         plan = plan_ssd_chunked(prob, cfg, chunk_size) if cfg is not None else \
             plan_ssd_chunked(prob, None, chunk_size)
-        for launch in plan.launches:
-            _launch(launch)
-        y, hst = plan.outputs
+        y, hst = run_traceable(plan)
         ys.append(y)
     y = torch.cat(ys, dim=1) if ys else x.new_empty(x.shape)
     last = hst.contiguous() if return_final_states else x.new_empty((0,), dtype=torch.float32)
@@ -811,11 +804,11 @@ def register_triton_ops() -> dict:
     the same autograd formulas as the generic ops.  Idempotent; imports triton."""
     if _TRITON_OPS:
         return _TRITON_OPS
-    from torch.library import triton_op
+    from ssmc.codegen.triton.common import library_op
 
-    ss = triton_op("ssmc::selective_scan_triton", _selective_scan_triton, mutates_args=())
+    ss = library_op("ssmc::selective_scan_triton", _selective_scan_triton)
     ss.register_autograd(_ss_backward, setup_context=_ss_setup)
-    sd = triton_op("ssmc::ssd_triton", _ssd_triton, mutates_args=())
+    sd = library_op("ssmc::ssd_triton", _ssd_triton)
     sd.register_autograd(_ssd_backward, setup_context=_ssd_setup)
     _TRITON_OPS.update(selective_scan=ss, ssd=sd)
     return _TRITON_OPS

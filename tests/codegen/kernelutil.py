@@ -70,6 +70,9 @@ def assert_param_grads_close(model, ref, tol):
     relative to the gradient's magnitude: sums over many cells reach O(100))."""
     got = dict(model.named_parameters())
     for name, p in ref.named_parameters():
+        if not p.requires_grad:  # a frozen one (convssm's fixed HRF) gets none in either
+            assert got[name].grad is None and not got[name].requires_grad, name
+            continue
         assert got[name].grad is not None, name
         scale = max(1.0, p.grad.abs().max().item() / 10)
         torch.testing.assert_close(got[name].grad, p.grad, rtol=tol[torch.float32]["rtol"],
@@ -88,34 +91,34 @@ def spy(monkeypatch, module, name: str) -> list:
     return seen
 
 
-# Under the interpreter a Triton kernel reads real data pointers, so the fake-tensor and AOT
-# parts of opcheck need a device; the schema and the autograd registration do not.
-INTERPRETER_OPCHECK = ("test_schema", "test_autograd_registration")
-
-
-def opcheck_backward_op(monkeypatch, module, run) -> None:
-    """opcheck of module.triton_bwd_op() (a triton_op) on the arguments a real backward passes
-    it (captured while `run()` trains through it): every part on a device, the parts that
-    need none under the interpreter."""
+def opcheck_triton_ops(monkeypatch, module, run) -> None:
+    """opcheck of module.triton_op() (the forward, its autograd formula included: the inputs
+    keep requires_grad) and module.triton_bwd_op() on the arguments a training call passes
+    them (captured while `run()` trains through them).  Both are triton_ops on a device and
+    opaque custom_ops under the interpreter (ssmc.codegen.triton.common.library_op)."""
     import torch
 
-    from ssmc.codegen.triton.common import interpreting
+    calls: dict = {}
+    for getter in ("triton_op", "triton_bwd_op"):
+        real = getattr(module, getter)
+        calls[real] = []
 
-    real, calls = module.triton_bwd_op, []
+        def recording(real=real):
+            op = real()
 
-    def recording():
-        op = real()
+            def call(*a):
+                calls[real].append(a)
+                return op(*a)
+            return call
 
-        def call(*a):
-            calls.append(a)
-            return op(*a)
-        return call
-
-    monkeypatch.setattr(module, "triton_bwd_op", recording)
+        monkeypatch.setattr(module, getter, recording)
     run()
-    assert calls, "the backward op was not called"
-    kw = {"test_utils": INTERPRETER_OPCHECK} if interpreting() else {}
-    torch.library.opcheck(real(), calls[0], **kw)
+    (fwd, f_calls), (bwd, b_calls) = calls.items()
+    assert f_calls and b_calls, "the forward or the backward op was not called"
+    torch.library.opcheck(fwd(), f_calls[0])
+    # detached: a backward op is not differentiated again (no double backward)
+    torch.library.opcheck(bwd(), tuple(a.detach() if isinstance(a, torch.Tensor) else a
+                                       for a in b_calls[0]))
 
 
 _COMPILE = """

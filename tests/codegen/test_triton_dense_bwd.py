@@ -17,7 +17,7 @@ from ssmc.codegen.triton.dense import backward as dbw
 from ssmc.codegen.triton.dense.sequential import DenseSequentialConfig
 from ssmc.semantics.dense import dense_scan_ref, dense_ssm
 
-from .kernelutil import compile_plans, compiled_with_reference, opcheck_backward_op, spy
+from .kernelutil import compile_plans, compiled_with_reference, opcheck_triton_ops, spy
 
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -224,14 +224,15 @@ def test_gpu_layer_against_oracle(L, tol):
 def _opcheck(monkeypatch):
     ins = scan_inputs(2, 7, 3, 8, 4, False, True, seed=1)
     gh = torch.randn(2, 7, 8, device=DEV)
-    opcheck_backward_op(monkeypatch, dbw, lambda: grads(
+    opcheck_triton_ops(monkeypatch, dbw, lambda: grads(
         lambda **kw: dbw.dense_scan_trainable(**kw), ins, [gh]))
 
 
 @pytest.mark.parametrize("tier", ["interpreter", pytest.param("device", marks=pytest.mark.gpu)])
-def test_opcheck_backward_op(monkeypatch, tier):
-    """opcheck of ssmc::dense_scan_bwd_triton on the arguments a training call passes it: all of it on a
-    device (gpu tier), the schema and autograd registration under the interpreter."""
+def test_opcheck_triton_ops(monkeypatch, tier):
+    """opcheck of ssmc::dense_scan_triton (its autograd formula too) and
+    ssmc::dense_scan_bwd_triton on the arguments a training call passes them: triton_ops on a
+    device (gpu tier), custom_ops under the interpreter."""
     if (tier == "device") == interpreting():
         pytest.skip(f"the {tier} run")
     _opcheck(monkeypatch)

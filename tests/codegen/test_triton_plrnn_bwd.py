@@ -16,7 +16,7 @@ from ssmc.codegen.triton.plrnn import backward as pbw
 from ssmc.codegen.triton.plrnn.sequential import PlrnnSequentialConfig
 from ssmc.semantics.recurrence import plrnn_ref
 
-from .kernelutil import (compile_plans, compiled_with_reference, opcheck_backward_op,
+from .kernelutil import (compile_plans, compiled_with_reference, opcheck_triton_ops,
                          plrnn_operands, spy)
 
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
@@ -165,13 +165,14 @@ def test_gpu_against_oracle(L, tol):
 def _opcheck(monkeypatch):
     ins = make(2, 7, 3, 4, z0="batch")
     gz = torch.randn(2, 7, 4, device=DEV)
-    opcheck_backward_op(monkeypatch, pbw, lambda: grads(pbw.plrnn_trainable, ins, gz))
+    opcheck_triton_ops(monkeypatch, pbw, lambda: grads(pbw.plrnn_trainable, ins, gz))
 
 
 @pytest.mark.parametrize("tier", ["interpreter", pytest.param("device", marks=pytest.mark.gpu)])
-def test_opcheck_backward_op(monkeypatch, tier):
-    """opcheck of ssmc::plrnn_bwd_triton on the arguments a training call passes it: all of it on a
-    device (gpu tier), the schema and autograd registration under the interpreter."""
+def test_opcheck_triton_ops(monkeypatch, tier):
+    """opcheck of ssmc::plrnn_triton (its autograd formula too) and ssmc::plrnn_bwd_triton on
+    the arguments a training call passes them: triton_ops on a device (gpu tier), custom_ops
+    under the interpreter."""
     if (tier == "device") == interpreting():
         pytest.skip(f"the {tier} run")
     _opcheck(monkeypatch)

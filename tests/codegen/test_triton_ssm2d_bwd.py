@@ -22,7 +22,7 @@ from ssmc.codegen.triton.ssm2d.backward import (Ssm2dWavefrontBwdConfig,
 from ssmc.semantics.ssm2d import ssm2d_ref, ssm2d_wavefront as ssm2d_wavefront_ref
 
 from .kernelutil import (assert_param_grads_close, compile_plans, compiled_with_reference,
-                         spy, ssm2d_operands)
+                         opcheck_triton_ops, spy, ssm2d_operands)
 
 pytestmark = pytest.mark.skipif(not interpreting() and not torch.cuda.is_available(),
                                 reason="needs a GPU or TRITON_INTERPRET=1")
@@ -177,6 +177,17 @@ def test_only_requested_gradients_and_no_grad_path(monkeypatch):
     y = ssm2d_wavefront_autograd(*args[:11], D=args[11], config=FWD)
     y.sum().backward()
     assert len(calls) == 1 and args[0].grad is not None and args[1].grad is None
+
+
+@pytest.mark.parametrize("tier", ["interpreter", pytest.param("device", marks=pytest.mark.gpu)])
+def test_opcheck_triton_ops(monkeypatch, tier):
+    """opcheck of ssmc::ssm2d_wavefront_triton (its autograd formula too) and
+    ssmc::ssm2d_wavefront_bwd_triton on the arguments a training call passes them, with the
+    selective forms and D: triton_ops on a device (gpu tier), custom_ops under the
+    interpreter."""
+    if (tier == "device") == interpreting():
+        pytest.skip(f"the {tier} run")
+    opcheck_triton_ops(monkeypatch, bwd, lambda: grads(make(1, 2, 3, 2, 2, **SELECTIVE), True))
 
 
 def test_recompute_rows():

@@ -174,21 +174,14 @@ def test_triton_ops_match_the_torch_engine():
     torch.testing.assert_close(f1, f2, rtol=6e-4, atol=2e-3)
 
 
-# Under the interpreter the Triton kernels read real data pointers, so the fake-tensor and AOT
-# parts of opcheck need a GPU (wrap_triton); the schema and the autograd registration do not.
-INTERPRETER_OPCHECK = ("test_schema", "test_autograd_registration")
-
-
 def test_opcheck_triton_ops_interpreter():
     lib.register_triton_ops()
     args = _scan_args(b=1, d=4, L=5, N=2, grad=True)
     torch.library.opcheck(torch.ops.ssmc.selective_scan_triton.default,
-                          (*args, True, False, "bld", True, 2, "triton", "", ""),
-                          test_utils=INTERPRETER_OPCHECK)
+                          (*args, True, False, "bld", True, 2, "triton", "", ""))
     sargs = _ssd_args(grad=True, b=1, L=5, h=2, p=2, n=2)
     torch.library.opcheck(torch.ops.ssmc.ssd_triton.default,
-                          (*sargs, None, 16, True, 0.0, float("inf"), True, 4, "triton", ""),
-                          test_utils=INTERPRETER_OPCHECK)
+                          (*sargs, None, 16, True, 0.0, float("inf"), True, 4, "triton", ""))
 
 
 def test_triton_op_gradients_interpreter():

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import os
 from dataclasses import dataclass, field, fields
@@ -157,6 +158,8 @@ class KernelLaunch:
         """Launch it.  traceable: through torch.library.wrap_triton, so that torch.compile
         sees the kernel inside a triton_op (the interpreter's kernels are not JITFunctions and
         run as they are)."""
+        if interpreting() and _any_fake(self.args.values()):
+            return  # tracing a triton_op under the interpreter: shapes only, nothing to run
         for seen in _RECORDERS:
             seen.add(self.kernel)
         kernel = self.kernel
@@ -166,6 +169,45 @@ class KernelLaunch:
             kernel = wrap_triton(kernel)
         kernel[self.grid](**self.args, **self.constexprs,
                           num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def _any_fake(values) -> bool:
+    """Whether a launch's arguments are fake tensors (torch.compile / opcheck tracing a
+    triton_op): wrap_triton records such a launch on a device; the interpreter would read
+    their (absent) data."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(isinstance(v, torch.Tensor) and (v.device.type == "meta" or is_fake(v))
+               for v in values)
+
+
+@torch.compiler.assume_constant_result
+def config_json(config) -> str:
+    """A KernelConfig's knobs as an op's JSON string ('' for None): a constant to
+    torch.compile (its trace cannot run json or build the frozen dataclasses)."""
+    return json.dumps(config.as_dict()) if config is not None else ""
+
+
+def run_traceable(plan: "LaunchPlan") -> tuple:
+    """Run a plan's launches through wrap_triton (inside a triton_op: torch.compile sees the
+    kernels) and return its outputs."""
+    for launch in plan.launches:
+        launch.run(traceable=True)
+    return plan.outputs
+
+
+def library_op(name: str, fn):
+    """`fn` (its launches through `run_traceable`) as the operator `name`.  On a device a
+    torch.library.triton_op: torch.compile traces into it and sees the kernels.  Under the
+    interpreter, whose kernels wrap_triton does not take, an opaque custom_op whose fake impl
+    is fn itself on fake tensors (its launches skipped: KernelLaunch.run)."""
+    if interpreting():
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fn)
+        return op
+    from torch.library import triton_op
+
+    return triton_op(name, fn, mutates_args=())
 
 
 # Active record_launches() blocks: each a set of the JIT functions launched in it.

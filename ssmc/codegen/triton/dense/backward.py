@@ -18,15 +18,17 @@ torch (deterministic, no atomics), as ssmc.codegen.triton.selective_scan.backwar
 dA_k, dA0 per batch row ((b, K, nb, bs, bs), (b, nb, bs, bs): a program owns its group's
 blocks), dx per (step, group) ((b, L, groups, K)).
 
-`dense_scan_trainable` is `dense_scan_sequential` that autograd differentiates (a
-torch.autograd.Function: the Triton forward, this kernel as the backward through the
-``torch.library.triton_op`` ``ssmc::dense_scan_bwd_triton``); `dense_ssm_trainable` the whole
+`dense_scan_trainable` is `dense_scan_sequential` that autograd differentiates: the op
+``ssmc::dense_scan_triton`` (the Triton forward) whose autograd formula is the op
+``ssmc::dense_scan_bwd_triton`` (this kernel), both triton_ops on a device (common.library_op,
+so torch.compile traces training through them); `dense_ssm_trainable` the whole
 layer around it, whose projections (W_B, W_C, D) and transition building outside the kernel
 ("expm", A_k too big for registers) are torch ops autograd differentiates.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import torch
@@ -34,12 +36,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, grid_dim,
-                                        interpreting, next_pow2)
+from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, config_json,
+                                        grid_dim, interpreting, library_op, next_pow2,
+                                        run_traceable)
 from ssmc.codegen.triton.dense.sequential import (VALUES_PER_WARP, DenseSequentialConfig,
                                                   _built_transition, _group_tiles, _load_built,
                                                   _pad_blocks, _readout, _scan_operands,
-                                                  dense_scan_sequential)
+                                                  dense_scan_sequential, plan_dense_scan)
 
 
 @triton.jit
@@ -148,10 +151,7 @@ def dense_scan_bwd_triton(gh: Tensor, h: Tensor, x: Optional[Tensor], A_k: Optio
     """(du, dx, dA_k, dA0, dA, dinitial_state), fp32; an empty tensor for what the call has
     not got.  num_warps 0: the launcher's choice."""
     cfg = DenseSequentialConfig(block_nb=block_nb, num_warps=num_warps or None)
-    plan = plan_dense_scan_backward(gh, h, x, A_k, A0, A, initial_state, cfg)
-    for launch in plan.launches:
-        launch.run(traceable=True)
-    out = plan.outputs[0]
+    out = run_traceable(plan_dense_scan_backward(gh, h, x, A_k, A0, A, initial_state, cfg))[0]
     def empty():  # a fresh one each: an op's outputs must not alias one another
         return h.new_empty((0,))
 
@@ -162,40 +162,50 @@ def dense_scan_bwd_triton(gh: Tensor, h: Tensor, x: Optional[Tensor], A_k: Optio
     return (out["gu"], *built, out["gh0"] if out["gh0"] is not None else empty())
 
 
-_OP = []
+def dense_scan_triton(u: Tensor, x: Optional[Tensor], A_k: Optional[Tensor],
+                      A0: Optional[Tensor], A: Optional[Tensor],
+                      initial_state: Optional[Tensor], config: str) -> Tensor:
+    """ssmc::dense_scan_triton's body: `dense_scan_sequential` on power-of-two blocks, h (b, L,
+    N) fp32; config: DenseSequentialConfig's knobs as JSON."""
+    cfg = DenseSequentialConfig.from_dict(json.loads(config)) if config else None
+    (h,) = run_traceable(plan_dense_scan(u, x, A_k, A0, A, initial_state, cfg))
+    return h
+
+
+def _setup(ctx, inputs, output):
+    *tensors, config = inputs
+    u, x, A_k, A0, A, initial_state = tensors
+    ctx.save_for_backward(output, x, A_k, A0, A, initial_state)
+    ctx.config = DenseSequentialConfig.from_dict(json.loads(config)) if config else \
+        DenseSequentialConfig()
+    ctx.dtypes = [None if t is None else t.dtype for t in tensors]
+
+
+def _backward(ctx, gh):
+    """The adjoint kernel (ssmc::dense_scan_bwd_triton); gradients in the inputs' dtypes."""
+    h, x, A_k, A0, A, h0 = ctx.saved_tensors
+    cfg = ctx.config
+    grads = triton_bwd_op()(gh, h, x, A_k, A0, A, h0, cfg.block_nb, cfg.num_warps or 0)
+    grads = [None if dt is None or not need else g.to(dt)
+             for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
+    return (*grads, None)
+
+
+# defined at import, not on first use: torch.compile's trace cannot define an op
+_BWD_OP = library_op("ssmc::dense_scan_bwd_triton", dense_scan_bwd_triton)
+_FWD_OP = library_op("ssmc::dense_scan_triton", dense_scan_triton)
+_FWD_OP.register_autograd(_backward, setup_context=_setup)
 
 
 def triton_bwd_op():
-    """ssmc::dense_scan_bwd_triton (a torch.library.triton_op), defined on first use."""
-    if not _OP:
-        from torch.library import triton_op
-
-        _OP.append(triton_op("ssmc::dense_scan_bwd_triton", dense_scan_bwd_triton,
-                             mutates_args=()))
-    return _OP[0]
+    """ssmc::dense_scan_bwd_triton (common.library_op)."""
+    return _BWD_OP
 
 
-class _DenseScanFunction(torch.autograd.Function):
-    """h = dense_scan_sequential(u, x, A_k, A0, A, initial_state) (power-of-two blocks) with
-    the adjoint kernel as its backward; gradients in the inputs' dtypes."""
-
-    @staticmethod
-    def forward(ctx, u, x, A_k, A0, A, initial_state, config):
-        h = dense_scan_sequential(u, x=x, A_k=A_k, A0=A0, A=A, initial_state=initial_state,
-                                  config=config)
-        ctx.save_for_backward(h, x, A_k, A0, A, initial_state)
-        ctx.config = config or DenseSequentialConfig()
-        ctx.dtypes = [None if t is None else t.dtype for t in (u, x, A_k, A0, A, initial_state)]
-        return h
-
-    @staticmethod
-    def backward(ctx, gh):
-        h, x, A_k, A0, A, h0 = ctx.saved_tensors
-        cfg = ctx.config
-        grads = triton_bwd_op()(gh, h, x, A_k, A0, A, h0, cfg.block_nb, cfg.num_warps or 0)
-        grads = [None if dt is None or not need else g.to(dt)
-                 for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
-        return (*grads, None)
+def triton_op():
+    """ssmc::dense_scan_triton (common.library_op) with the adjoint kernel as its autograd formula:
+    torch.compile traces training through both kernels."""
+    return _FWD_OP
 
 
 def applies(u) -> bool:
@@ -223,7 +233,7 @@ def dense_scan_trainable(u, *, x=None, A_k=None, A0=None, A=None, initial_state=
         h = dense_scan_trainable(p[0], x=p[1], A_k=p[2], A0=p[3], A=p[4], initial_state=p[5],
                                  config=config)
         return h.reshape(b, L, nb, BS)[..., :bs].reshape(b, L, N)
-    return _DenseScanFunction.apply(u, x, A_k, A0, A, initial_state, config)
+    return triton_op()(u, x, A_k, A0, A, initial_state, config_json(config))
 
 
 def dense_ssm_trainable(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=None,
@@ -243,5 +253,5 @@ def dense_ssm_trainable(x, A_k, W_B, W_C, D=None, mode="linear", initial_state=N
     return (y, h[:, -1]) if return_final_state else y
 
 
-__all__ = ["dense_scan_bwd_triton", "dense_scan_trainable", "dense_ssm_trainable",
-           "plan_dense_scan_backward", "triton_bwd_op"]
+__all__ = ["dense_scan_bwd_triton", "dense_scan_trainable", "dense_scan_triton",
+           "dense_ssm_trainable", "plan_dense_scan_backward", "triton_bwd_op", "triton_op"]

@@ -18,12 +18,14 @@ parameter sums over trajectories and time are per-program partials in registers,
 at the end and summed in torch (deterministic, no atomics), as in
 ssmc.codegen.triton.selective_scan.backward.
 
-`plrnn_trainable` is the differentiable entry (a torch.autograd.Function: the Triton forward,
-the backward below as the ``torch.library.triton_op`` ``ssmc::plrnn_bwd_triton``).
+`plrnn_trainable` is the differentiable entry: the op ``ssmc::plrnn_triton`` (the Triton
+forward) whose autograd formula is the op ``ssmc::plrnn_bwd_triton`` (the kernel below); both
+are triton_ops on a device (common.library_op), so torch.compile traces training through them.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 import torch
@@ -31,11 +33,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, grid_dim,
-                                        interpreting, next_pow2)
+from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, config_json,
+                                        grid_dim, interpreting, library_op, next_pow2,
+                                        run_traceable)
 from ssmc.codegen.triton.plrnn.sequential import (PlrnnSequentialConfig, _auto_block_b,
                                                   _auto_warps, _load_params, _trajectory_tiles,
-                                                  plrnn_sequential)
+                                                  plan_plrnn, plrnn_sequential)
 
 
 @triton.jit
@@ -131,54 +134,60 @@ def plrnn_bwd_triton(gz: Tensor, z: Tensor, s: Tensor, A: Tensor, W: Tensor, C: 
     """(ds, dA, dW, dh0, dC, dz0) in fp32, dz0 per trajectory (b, M) (empty without z0);
     block_b / num_warps 0: the launcher's choice."""
     cfg = PlrnnSequentialConfig(block_b=block_b or None, num_warps=num_warps or None)
-    plan = plan_plrnn_backward(gz, z, s, A, W, C, z0, cfg)
-    for launch in plan.launches:
-        launch.run(traceable=True)
-    out = plan.outputs[0]
+    out = run_traceable(plan_plrnn_backward(gz, z, s, A, W, C, z0, cfg))[0]
     M = A.shape[0]
     eye = torch.eye(M, dtype=torch.float32, device=z.device)
     return (out["gs"], out["gA"].sum(0), out["gW"].sum(0) * (1 - eye), out["gh0"].sum(0),
             out["gC"].sum(0), out["gz0"] if z0 is not None else z.new_empty((0,)))
 
 
-_OP = []
+def plrnn_triton(s: Tensor, A: Tensor, W: Tensor, h0: Tensor, C: Tensor, z0: Optional[Tensor],
+                 config: str) -> Tensor:
+    """ssmc::plrnn_triton's body: the Triton forward in fp32 (s cast up, so the backward's
+    relu masks are this forward's exactly); config: PlrnnSequentialConfig's knobs as JSON."""
+    cfg = PlrnnSequentialConfig.from_dict(json.loads(config)) if config else None
+    z, _ = run_traceable(plan_plrnn(s.float(), A, W, h0, C, z0, config=cfg))
+    return z
+
+
+def _setup(ctx, inputs, output):
+    s, A, W, h0, C, z0, config = inputs
+    ctx.save_for_backward(s, A, W, C, z0, output)
+    ctx.config = PlrnnSequentialConfig.from_dict(json.loads(config)) if config else \
+        PlrnnSequentialConfig()
+    ctx.dtypes = [None if t is None else t.dtype for t in (s, A, W, h0, C, z0)]
+    ctx.z0_shared = z0 is not None and z0.dim() == 1
+
+
+def _backward(ctx, gz):
+    """The adjoint kernel (ssmc::plrnn_bwd_triton); gradients in the inputs' dtypes."""
+    s, A, W, C, z0, z = ctx.saved_tensors
+    cfg = ctx.config
+    grads = list(triton_bwd_op()(gz, z, s, A, W, C, z0, cfg.block_b or 0, cfg.num_warps or 0))
+    if z0 is None:
+        grads[5] = None
+    elif ctx.z0_shared:
+        grads[5] = grads[5].sum(0)
+    grads = [None if g is None or not need else g.to(dt)
+             for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
+    return (*grads, None)
+
+
+# defined at import, not on first use: torch.compile's trace cannot define an op
+_BWD_OP = library_op("ssmc::plrnn_bwd_triton", plrnn_bwd_triton)
+_FWD_OP = library_op("ssmc::plrnn_triton", plrnn_triton)
+_FWD_OP.register_autograd(_backward, setup_context=_setup)
 
 
 def triton_bwd_op():
-    """ssmc::plrnn_bwd_triton (a torch.library.triton_op), defined on first use."""
-    if not _OP:
-        from torch.library import triton_op
-
-        _OP.append(triton_op("ssmc::plrnn_bwd_triton", plrnn_bwd_triton, mutates_args=()))
-    return _OP[0]
+    """ssmc::plrnn_bwd_triton (common.library_op)."""
+    return _BWD_OP
 
 
-class _PlrnnTritonFunction(torch.autograd.Function):
-    """z = PLRNN(s; A, W, h0, C, z0) on the Triton forward (fp32), the adjoint kernel as its
-    backward.  Gradients in the inputs' dtypes."""
-
-    @staticmethod
-    def forward(ctx, s, A, W, h0, C, z0, config):
-        z = plrnn_sequential(s.float(), A, W, h0, C, z0, config=config)
-        ctx.save_for_backward(s, A, W, C, z0, z)
-        ctx.config = config or PlrnnSequentialConfig()
-        ctx.dtypes = [None if t is None else t.dtype for t in (s, A, W, h0, C, z0)]
-        ctx.z0_shared = z0 is not None and z0.dim() == 1
-        return z
-
-    @staticmethod
-    def backward(ctx, gz):
-        s, A, W, C, z0, z = ctx.saved_tensors
-        cfg = ctx.config
-        grads = list(triton_bwd_op()(gz, z, s, A, W, C, z0, cfg.block_b or 0,
-                                     cfg.num_warps or 0))
-        if z0 is None:
-            grads[5] = None
-        elif ctx.z0_shared:
-            grads[5] = grads[5].sum(0)
-        grads = [None if g is None or not need else g.to(dt)
-                 for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
-        return (*grads, None)
+def triton_op():
+    """ssmc::plrnn_triton (common.library_op) with the adjoint kernel as its autograd formula:
+    torch.compile traces training through both kernels."""
+    return _FWD_OP
 
 
 def applies(s) -> bool:
@@ -193,7 +202,8 @@ def plrnn_trainable(s, A, W, h0, C, z0=None, *, config: PlrnnSequentialConfig | 
     in s's dtype.  Empty batches or sequences return zeros (nothing to differentiate)."""
     if not applies(s):
         return plrnn_sequential(s, A, W, h0, C, z0, config=config)
-    return _PlrnnTritonFunction.apply(s, A, W, h0, C, z0, config).to(s.dtype)
+    return triton_op()(s, A, W, h0, C, z0, config_json(config)).to(s.dtype)
 
 
-__all__ = ["plan_plrnn_backward", "plrnn_bwd_triton", "plrnn_trainable", "triton_bwd_op"]
+__all__ = ["plan_plrnn_backward", "plrnn_bwd_triton", "plrnn_trainable", "plrnn_triton",
+           "triton_bwd_op", "triton_op"]

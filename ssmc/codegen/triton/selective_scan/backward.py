@@ -58,8 +58,8 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelConfig, KernelLaunch, LaunchPlan,
-                                        auto_block_d, grid_dim, interpreting, next_pow2,
-                                        pow2_field)
+                                        auto_block_d, grid_dim, interpreting, library_op,
+                                        next_pow2, pow2_field, run_traceable)
 from ssmc.codegen.triton.elementwise import LOG2E, softplus
 from ssmc.codegen.triton.selective_scan.problem import _operand
 
@@ -484,12 +484,6 @@ def finish(p: BwdProblem, out: dict, A, B, C, D, z, delta_bias, initial_state) -
     )
 
 
-def _run(plan: LaunchPlan) -> None:
-    """Launch through wrap_triton (torch.compile sees the kernel)."""
-    for launch in plan.launches:
-        launch.run(traceable=True)
-
-
 def _config(config: str) -> SelectiveScanBwdConfig | None:
     if not config:
         return None
@@ -510,21 +504,17 @@ def selective_scan_bwd_triton(grad_y: Tensor, grad_last: Optional[Tensor], u: Te
     config: JSON knobs of SelectiveScanBwdConfig ('' for the defaults)."""
     p = backward_problem(grad_y, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state,
                          checkpoints, delta_softplus, layout, checkpoint_every)
-    plan = plan_backward(p, _config(config))
-    _run(plan)
-    return finish(p, plan.outputs[0], A, B, C, D, z, delta_bias, initial_state)
+    out = run_traceable(plan_backward(p, _config(config)))[0]
+    return finish(p, out, A, B, C, D, z, delta_bias, initial_state)
 
 
 _OP = []
 
 
 def triton_bwd_op():
-    """ssmc::selective_scan_bwd_triton (a torch.library.triton_op), defined on first use."""
+    """ssmc::selective_scan_bwd_triton (common.library_op), defined on first use."""
     if not _OP:
-        from torch.library import triton_op
-
-        _OP.append(triton_op("ssmc::selective_scan_bwd_triton", selective_scan_bwd_triton,
-                             mutates_args=()))
+        _OP.append(library_op("ssmc::selective_scan_bwd_triton", selective_scan_bwd_triton))
     return _OP[0]
 
 

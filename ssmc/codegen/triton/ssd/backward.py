@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ssmc.codegen import ssd_bwd_common as common
-from ssmc.codegen.triton.common import interpreting
+from ssmc.codegen.triton.common import interpreting, library_op, run_traceable
 from ssmc.codegen.triton.selective_scan import backward as sbw
 from ssmc.codegen.triton.selective_scan.problem import _operand
 
@@ -88,9 +88,7 @@ def ssd_scan_backward(grad_y, grad_final, x, dt_eff, A, B, C, D=None, z=None,
     n = B.shape[-1]
     prob = ssd_backward_problem(grad_y, grad_final, x, dt_eff, A, B, C, D, z, initial_states,
                                 seq_idx, checkpoints, chunk)
-    plan = plan_ssd_backward(prob, sbw._config(config))
-    sbw._run(plan)
-    out = plan.outputs[0]
+    out = run_traceable(plan_ssd_backward(prob, sbw._config(config)))[0]
     return common.reduce_channels(
         (b, L, h, p, n), gu=out["gu"], gdt=out["gdelta"], gA=out["gA"],
         gB=sbw._reduce_bc(out["gB"], prob.B_shape, "bld", b, L),
@@ -116,11 +114,9 @@ _OP = []
 
 
 def triton_bwd_op():
-    """ssmc::ssd_bwd_triton (a torch.library.triton_op), defined on first use."""
+    """ssmc::ssd_bwd_triton (common.library_op), defined on first use."""
     if not _OP:
-        from torch.library import triton_op
-
-        _OP.append(triton_op("ssmc::ssd_bwd_triton", ssd_bwd_triton, mutates_args=()))
+        _OP.append(library_op("ssmc::ssd_bwd_triton", ssd_bwd_triton))
     return _OP[0]
 
 

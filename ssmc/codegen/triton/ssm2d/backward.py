@@ -39,18 +39,23 @@ shared B/C (b, T, V, N) per (direction, cell, channel block); full B/C per (dire
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ssmc.codegen.ssm2d_recurrence import recompute_rows
 from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
-                                        interpreting, next_pow2, pow2_field)
-from ssmc.codegen.triton.ssm2d.wavefront import (_axis_terms, _axis_update, _cell_inputs,
-                                                 _diagonal_tile, _operand, _operand_args,
-                                                 _program_tile, ssm2d_wavefront)
+                                        config_json, interpreting, library_op, next_pow2,
+                                        pow2_field, run_traceable)
+from ssmc.codegen.triton.ssm2d.wavefront import (Ssm2dWavefrontConfig, _axis_terms,
+                                                 _axis_update, _cell_inputs, _diagonal_tile,
+                                                 _operand, _operand_args, _program_tile,
+                                                 ssm2d_wavefront)
 
 # B/C forms (constexpr): where a cell's gradient term goes
 BC_PARAM, BC_SHARED, BC_FULL = 0, 1, 2
@@ -376,7 +381,8 @@ def finish(outputs, grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D) ->
 
 def ssm2d_wavefront_backward(grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
                              bidirectional=False, dt_softplus=False,
-                             config: Ssm2dWavefrontBwdConfig | None = None) -> tuple:
+                             config: Ssm2dWavefrontBwdConfig | None = None,
+                             traceable: bool = False) -> tuple:
     """Gradients of `ssm2d_wavefront`'s y (its arguments) for output gradient grad_y, in
     INPUT_NAMES order (None for an absent D)."""
     ins = (x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v)
@@ -385,42 +391,78 @@ def ssm2d_wavefront_backward(grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt
             (None if D is None else torch.zeros_like(D),)
     plan = plan_ssm2d_wavefront_bwd(grad_y, *ins, bidirectional=bidirectional,
                                     dt_softplus=dt_softplus, config=config)
-    return finish(plan.run(), grad_y, *ins, D)
+    return finish(run_traceable(plan) if traceable else plan.run(), grad_y, *ins, D)
 
 
-class Ssm2dWavefrontFunction(torch.autograd.Function):
-    """y = the Triton wavefront (wavefront.ssm2d_wavefront) with this file's kernel as its
-    backward; inputs INPUT_NAMES (the forward's arguments, any of its forms and dtypes)."""
+def ssm2d_wavefront_triton(x: Tensor, A1: Tensor, A2: Tensor, A3: Tensor, A4: Tensor,
+                           B1: Tensor, B2: Tensor, C1: Tensor, C2: Tensor, dt_t: Tensor,
+                           dt_v: Tensor, D: Optional[Tensor], bidirectional: bool,
+                           dt_softplus: bool, config: str, bwd_config: str) -> Tensor:
+    """ssmc::ssm2d_wavefront_triton's body: `ssm2d_wavefront`; config / bwd_config: the
+    forward's and the backward's knobs as JSON ('' for the defaults)."""
+    cfg = Ssm2dWavefrontConfig.from_dict(json.loads(config)) if config else None
+    return ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D, bidirectional,
+                           dt_softplus, cfg, traceable=True)
 
-    @staticmethod
-    def forward(ctx, opts, *inputs):
-        bidirectional, dt_softplus, config, bwd_config = opts
-        y = ssm2d_wavefront(*inputs[:11], D=inputs[11], bidirectional=bidirectional,
-                            dt_softplus=dt_softplus, config=config)
-        ctx.save_for_backward(*inputs)
-        ctx.opts = opts
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        bidirectional, dt_softplus, _, bwd_config = ctx.opts
-        ins = ctx.saved_tensors
-        grads = ssm2d_wavefront_backward(gy, *ins, bidirectional=bidirectional,
-                                         dt_softplus=dt_softplus, config=bwd_config)
-        need = ctx.needs_input_grad[1:]
-        return (None, *[g if w else None for g, w in zip(grads, need)])
+def ssm2d_wavefront_bwd_triton(grad_y: Tensor, x: Tensor, A1: Tensor, A2: Tensor, A3: Tensor,
+                               A4: Tensor, B1: Tensor, B2: Tensor, C1: Tensor, C2: Tensor,
+                               dt_t: Tensor, dt_v: Tensor, D: Optional[Tensor],
+                               bidirectional: bool, dt_softplus: bool, config: str
+                               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                          Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """ssmc::ssm2d_wavefront_bwd_triton's body: the gradients of every input in INPUT_NAMES
+    order (D's empty without D); config: Ssm2dWavefrontBwdConfig's knobs as JSON."""
+    cfg = Ssm2dWavefrontBwdConfig.from_dict(json.loads(config)) if config else None
+    grads = ssm2d_wavefront_backward(grad_y, x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D,
+                                     bidirectional, dt_softplus, cfg, traceable=True)
+    # an op's outputs may not alias one another: the (d, N) ones (A's, B/C's per channel) are
+    # views of one sum
+    return tuple(x.new_empty((0,)) if g is None else g.clone() if g.dim() == 2 else g
+                 for g in grads)
+
+
+def _setup(ctx, inputs, output):
+    *ins, bidirectional, dt_softplus, _, bwd_config = inputs
+    ctx.save_for_backward(*ins)
+    ctx.opts = (bidirectional, dt_softplus, bwd_config)
+
+
+def _backward(ctx, gy):
+    grads = triton_bwd_op()(gy, *ctx.saved_tensors, *ctx.opts)
+    need = ctx.needs_input_grad
+    return (*[g if w else None for g, w in zip(grads, need[:12])], None, None, None, None)
+
+
+# defined at import, not on first use: torch.compile's trace cannot define an op
+_BWD_OP = library_op("ssmc::ssm2d_wavefront_bwd_triton", ssm2d_wavefront_bwd_triton)
+_FWD_OP = library_op("ssmc::ssm2d_wavefront_triton", ssm2d_wavefront_triton)
+_FWD_OP.register_autograd(_backward, setup_context=_setup)
+
+
+def triton_bwd_op():
+    """ssmc::ssm2d_wavefront_bwd_triton (common.library_op)."""
+    return _BWD_OP
+
+
+def triton_op():
+    """ssmc::ssm2d_wavefront_triton (common.library_op) with the reverse wavefront as its
+    autograd formula: torch.compile traces training through both kernels."""
+    return _FWD_OP
 
 
 def ssm2d_wavefront_autograd(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
                              bidirectional=False, dt_softplus=False, config=None,
                              bwd_config: Ssm2dWavefrontBwdConfig | None = None):
-    """`ssm2d_wavefront` (same arguments and result), differentiable: with grad mode on and an
-    input that requires grad it runs inside Ssm2dWavefrontFunction."""
+    """`ssm2d_wavefront` (same arguments and result), differentiable and traceable: with grad
+    mode on and an input that requires grad, or under torch.compile, through the op
+    ssmc::ssm2d_wavefront_triton; otherwise the kernel directly (no op overhead)."""
     ins = (x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D)
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
-                                       for t in ins):
-        return Ssm2dWavefrontFunction.apply(
-            (bool(bidirectional), bool(dt_softplus), config, bwd_config), *ins)
+    grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in ins)
+    if grad or torch.compiler.is_compiling():
+        return triton_op()(*ins, bool(bidirectional), bool(dt_softplus), config_json(config),
+                           config_json(bwd_config))
     return ssm2d_wavefront(*ins[:11], D=D, bidirectional=bidirectional,
                            dt_softplus=dt_softplus, config=config)
 
@@ -430,5 +472,6 @@ def applies(x) -> bool:
     return x.device.type == "cuda" or (x.device.type == "cpu" and interpreting())
 
 
-__all__ = ["Ssm2dWavefrontBwdConfig", "Ssm2dWavefrontFunction", "applies", "finish",
-           "plan_ssm2d_wavefront_bwd", "ssm2d_wavefront_autograd", "ssm2d_wavefront_backward"]
+__all__ = ["Ssm2dWavefrontBwdConfig", "applies", "finish", "plan_ssm2d_wavefront_bwd",
+           "ssm2d_wavefront_autograd", "ssm2d_wavefront_backward", "ssm2d_wavefront_bwd_triton",
+           "ssm2d_wavefront_triton", "triton_bwd_op", "triton_op"]

@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelConfig, KernelLaunch, LaunchPlan,
                                         check_flag, check_same_device, check_tensor, grid_dim,
-                                        next_pow2, pow2_field)
+                                        next_pow2, pow2_field, run_traceable)
 
 EXPM1_SMALL = tl.constexpr(0.25)  # |x| below: x (1 + x/2 + ... + x^5/720), truncation < 5e-8 relative
 
@@ -288,17 +288,17 @@ def plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
 
 def ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
                     bidirectional=False, dt_softplus=False,
-                    config: Ssm2dWavefrontConfig | None = None):
+                    config: Ssm2dWavefrontConfig | None = None, traceable: bool = False):
     """2-D SSM by wavefront (the oracle `ssm2d_ref`'s arguments and result): x (b, T, V, d);
     A1..A4 (d, N); B1, B2, C1, C2 (d, N), (b, T, V, N) or (b, T, V, d, N); dt_t, dt_v (d,) or
     (b, T, V, d), positive (or, with dt_softplus, their pre-activation); D (d,).  Returns
-    y (b, T, V, d) in x's dtype."""
+    y (b, T, V, d) in x's dtype.  traceable: launch through wrap_triton (inside a triton_op)."""
     if isinstance(x, torch.Tensor) and x.dim() == 4 and 0 in x.shape:
         check_tensor("x", x, dtypes=FLOAT_DTYPES)
         return x.new_zeros(x.shape)
     plan = plan_ssm2d_wavefront(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D,
                                 bidirectional, dt_softplus, config)
-    (out,) = plan.run()
+    (out,) = run_traceable(plan) if traceable else plan.run()
     y = out.sum(0) if out.shape[0] > 1 else out[0]
     if D is not None:
         y = y + x.float() * D.float()
