@@ -210,6 +210,23 @@ def library_op(name: str, fn):
     return triton_op(name, fn, mutates_args=())
 
 
+def trainable_ops(name: str, forward, backward, formula, setup_context):
+    """The ops ssmc::{name}_triton (`forward`) and ssmc::{name}_bwd_triton (`backward`), both
+    `library_op`s, the first with `formula` (which calls the second) as its autograd formula.
+    Call at import: torch.compile's trace cannot define an op."""
+    bwd = library_op(f"ssmc::{name}_bwd_triton", backward)
+    fwd = library_op(f"ssmc::{name}_triton", forward)
+    fwd.register_autograd(formula, setup_context=setup_context)
+    return fwd, bwd
+
+
+def cast_grads(grads, dtypes, needed) -> list:
+    """An op's fp32 gradients in the inputs' dtypes; None where no gradient is wanted or the
+    input was absent (dtype None)."""
+    return [None if g is None or dt is None or not need else g.to(dt)
+            for g, dt, need in zip(grads, dtypes, needed)]
+
+
 # Active record_launches() blocks: each a set of the JIT functions launched in it.
 _RECORDERS: list[set] = []
 

@@ -36,9 +36,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, config_json,
-                                        grid_dim, interpreting, library_op, next_pow2,
-                                        run_traceable)
+from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, cast_grads,
+                                        config_json, grid_dim, interpreting, next_pow2,
+                                        run_traceable, trainable_ops)
 from ssmc.codegen.triton.dense.sequential import (VALUES_PER_WARP, DenseSequentialConfig,
                                                   _built_transition, _group_tiles, _load_built,
                                                   _pad_blocks, _readout, _scan_operands,
@@ -186,15 +186,11 @@ def _backward(ctx, gh):
     h, x, A_k, A0, A, h0 = ctx.saved_tensors
     cfg = ctx.config
     grads = triton_bwd_op()(gh, h, x, A_k, A0, A, h0, cfg.block_nb, cfg.num_warps or 0)
-    grads = [None if dt is None or not need else g.to(dt)
-             for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
-    return (*grads, None)
+    return (*cast_grads(grads, ctx.dtypes, ctx.needs_input_grad), None)
 
 
-# defined at import, not on first use: torch.compile's trace cannot define an op
-_BWD_OP = library_op("ssmc::dense_scan_bwd_triton", dense_scan_bwd_triton)
-_FWD_OP = library_op("ssmc::dense_scan_triton", dense_scan_triton)
-_FWD_OP.register_autograd(_backward, setup_context=_setup)
+_FWD_OP, _BWD_OP = trainable_ops("dense_scan", dense_scan_triton, dense_scan_bwd_triton,
+                                 _backward, _setup)
 
 
 def triton_bwd_op():

@@ -33,9 +33,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, config_json,
-                                        grid_dim, interpreting, library_op, next_pow2,
-                                        run_traceable)
+from ssmc.codegen.triton.common import (FLOAT_DTYPES, KernelLaunch, LaunchPlan, cast_grads,
+                                        config_json, grid_dim, interpreting, next_pow2,
+                                        run_traceable, trainable_ops)
 from ssmc.codegen.triton.plrnn.sequential import (PlrnnSequentialConfig, _auto_block_b,
                                                   _auto_warps, _load_params, _trajectory_tiles,
                                                   plan_plrnn, plrnn_sequential)
@@ -168,15 +168,11 @@ def _backward(ctx, gz):
         grads[5] = None
     elif ctx.z0_shared:
         grads[5] = grads[5].sum(0)
-    grads = [None if g is None or not need else g.to(dt)
-             for g, dt, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
-    return (*grads, None)
+    return (*cast_grads(grads, ctx.dtypes, ctx.needs_input_grad), None)
 
 
-# defined at import, not on first use: torch.compile's trace cannot define an op
-_BWD_OP = library_op("ssmc::plrnn_bwd_triton", plrnn_bwd_triton)
-_FWD_OP = library_op("ssmc::plrnn_triton", plrnn_triton)
-_FWD_OP.register_autograd(_backward, setup_context=_setup)
+_FWD_OP, _BWD_OP = trainable_ops("plrnn", plrnn_triton, plrnn_bwd_triton, _backward,
+                                 _setup)
 
 
 def triton_bwd_op():

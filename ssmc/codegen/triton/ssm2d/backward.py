@@ -49,9 +49,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmc.codegen.ssm2d_recurrence import recompute_rows
-from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, grid_dim,
-                                        config_json, interpreting, library_op, next_pow2,
-                                        pow2_field, run_traceable)
+from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, config_json,
+                                        grid_dim, interpreting, next_pow2, pow2_field,
+                                        run_traceable, trainable_ops)
 from ssmc.codegen.triton.ssm2d.wavefront import (Ssm2dWavefrontConfig, _axis_terms,
                                                  _axis_update, _cell_inputs, _diagonal_tile,
                                                  _operand, _operand_args, _program_tile,
@@ -434,10 +434,8 @@ def _backward(ctx, gy):
     return (*[g if w else None for g, w in zip(grads, need[:12])], None, None, None, None)
 
 
-# defined at import, not on first use: torch.compile's trace cannot define an op
-_BWD_OP = library_op("ssmc::ssm2d_wavefront_bwd_triton", ssm2d_wavefront_bwd_triton)
-_FWD_OP = library_op("ssmc::ssm2d_wavefront_triton", ssm2d_wavefront_triton)
-_FWD_OP.register_autograd(_backward, setup_context=_setup)
+_FWD_OP, _BWD_OP = trainable_ops("ssm2d_wavefront", ssm2d_wavefront_triton,
+                                 ssm2d_wavefront_bwd_triton, _backward, _setup)
 
 
 def triton_bwd_op():
