@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 
-from ssmc.codegen.composite import causal_conv
-
 from ssmc.ir.graph import Graph
 from ssmc.passes import PassContext, run_pipeline
 from ssmc.passes.select_algorithm import family
@@ -49,11 +47,12 @@ class _Runner:
 
 
 def _cpu_glue(node, mod, args):
-    """Glue nodes on the CPU's faster paths (fp32; torch.compile traces the reference): a Linear
-    on oneDNN (runtime/gemm.py), and at inference the causal depthwise conv and the rmsnorm on
-    their TVM kernels (torch's depthwise conv1d took 6.7 ms for b2 c384 L1024 here, the kernel
-    well under 1 ms).  The kernels have no backward: with gradients the conv runs as k shifted
-    multiply-adds (codegen/composite/causal_conv.py) and the rmsnorm as the reference."""
+    """Glue nodes on the CPU's faster paths (fp32; torch.compile traces the reference, which
+    inductor fuses): a Linear on oneDNN (runtime/gemm.py), the causal depthwise conv and the
+    rmsnorm on their TVM kernels (torch's depthwise conv1d took 6.7 ms for b2 c384 L1024 here,
+    the kernel well under 1 ms); with gradients the same forward kernels and their TVM backward
+    kernels (fwd+bwd, one torch thread: conv b2 L1024 c384 k4 13.5 ms as k shifted
+    multiply-adds -> see causal_conv_train; rmsnorm D256 ~4 ms reference -> 0.4-0.8 ms)."""
     if node.OP not in ("linear", "conv1d", "rmsnorm"):
         return NotImplemented
     x = args[0]
@@ -63,10 +62,16 @@ def _cpu_glue(node, mod, args):
     if node.OP == "linear":
         return gemm.linear(x, mod.weight, mod.bias)
     grad = torch.is_grad_enabled() and (x.requires_grad or mod.weight.requires_grad)
-    if grad:
-        if node.OP == "conv1d" and node.activation in ("silu", "identity") \
-                and mod.weight.shape[-1] <= causal_conv.MAX_TAPS:
-            return causal_conv.causal_conv1d_shifted(x, mod.weight, mod.bias, node.activation)
+    if grad:  # the TVM forward with its backward kernel (autograd.Functions: eager only)
+        if node.OP == "conv1d" and node.activation in ("silu", "identity"):
+            from ssmc.codegen.composite.causal_conv_train import causal_conv1d_train
+
+            return causal_conv1d_train(x, mod.weight, mod.bias, node.activation,
+                                       config=_glue_config(node))
+        if node.OP == "rmsnorm":
+            from ssmc.codegen.composite.rmsnorm_train import rmsnorm_train
+
+            return rmsnorm_train(x, mod.weight, mod.eps, groups=mod.groups)
         return NotImplemented
     from ssmc.codegen.tvm import decode
 

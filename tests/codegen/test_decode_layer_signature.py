@@ -1,12 +1,11 @@
-"""The fused decode-layer signatures (codegen/tvm/decode_layer_tir.py) and the shifted causal
-conv refuse bad sizes with a message naming what is wrong."""
+"""The fused decode-layer signatures (codegen/tvm/decode_layer_tir.py) refuse bad sizes with a
+message naming what is wrong."""
 
 import pytest
 import torch
 
 tvm = pytest.importorskip("tvm")
 
-from ssmc.codegen.composite.causal_conv import causal_conv1d_shifted  # noqa: E402
 from ssmc.codegen.tvm import decode_layer_tir as layerb  # noqa: E402
 
 
@@ -26,7 +25,3 @@ def test_mamba2_layer_signature_checks_heads_and_groups():
     assert sig.heads == 8 and sig.conv_dim == 128 + 2 * 2 * 16
     assert layerb.arg_names2(sig)[0] == "h" and layerb.arg_names2(sig)[-1] == "out"
 
-
-def test_shifted_conv_refuses_an_unknown_activation():
-    with pytest.raises(ValueError, match="activation must be silu or identity"):
-        causal_conv1d_shifted(torch.randn(1, 4, 3), torch.randn(3, 1, 2), None, "gelu")

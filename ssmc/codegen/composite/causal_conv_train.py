@@ -4,8 +4,8 @@
 instead of storing it) as one torch.autograd.Function.
 
 An autograd.Function, not a torch.library custom op, on purpose: this path only runs in eager
-training.  Under torch.compile the glue traces the reference (causal_conv.causal_conv1d_shifted),
-which inductor fuses into a kernel of its own.
+training.  Under torch.compile the glue traces the reference (semantics.glue.causal_conv1d),
+which inductor compiles on its own.
 """
 
 from __future__ import annotations
