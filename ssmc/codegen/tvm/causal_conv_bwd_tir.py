@@ -28,7 +28,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ssmc.codegen.tvm import tirmath as M
-from ssmc.codegen.tvm.causal_conv_tir import ACTIVATIONS, _CpuLanes
+from ssmc.codegen.tvm.causal_conv_tir import ACTIVATIONS, channel_tasks
 from ssmc.codegen.tvm.config import Config
 from ssmc.codegen.tvm.selective_scan_tir import _unrolled
 
@@ -190,38 +190,6 @@ def _run_block(sig: ConvBwdSignature, cfg: Config, bufs, lanes, bi, c0, L):
 
 def emit(sig: ConvBwdSignature, cfg: Config, bufs, b, L):
     """The backward's statements in the current PrimFunc over `bufs` (named as
-    arg_names(sig)): tasks over batch x channel blocks, as causal_conv_tir.emit."""
-    c = sig.c
-    cb = min(cfg.channel_block, c)
-    vw = min(cfg.vector_width, cb)
-    cb = (cb // vw) * vw
-    nfull, rem = c // cb, c % cb
-    per_batch = nfull + (1 if rem else 0)
-
-    def task(blk):
-        bi = M.bind(blk // per_batch)
-        j = M.bind(blk % per_batch)
-        c0 = M.bind(tir.Cast(IDX, j * cb))
-        if not rem:
-            _run_block(sig, cfg, bufs, _CpuLanes(cb, vw), bi, c0, L)
-        elif not nfull:
-            _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
-        else:
-            with T.If(j < nfull):
-                with T.Then():
-                    _run_block(sig, cfg, bufs, _CpuLanes(cb, vw), bi, c0, L)
-                with T.Else():
-                    _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
-
-    total = b * per_batch
-    if cfg.threads <= 0:  # one task per block; TVM's pool shares them out
-        with T.parallel(0, total) as blk:
-            task(blk)
-    else:  # `threads` tasks of consecutive blocks (as the forward's)
-        chunk = (total + cfg.threads - 1) // cfg.threads
-        with T.parallel(0, cfg.threads) as t:
-            with T.serial(0, chunk) as n:
-                blk = t * chunk + n
-                with T.If(blk < total):
-                    with T.Then():
-                        task(blk)
+    arg_names(sig)): the forward's tasks over batch x channel blocks."""
+    channel_tasks(sig.c, cfg, b,
+                  lambda lanes, bi, c0: _run_block(sig, cfg, bufs, lanes, bi, c0, L))

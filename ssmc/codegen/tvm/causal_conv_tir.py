@@ -136,7 +136,15 @@ def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _CpuLanes, bi, c0, 
 def emit(sig: ConvSignature, cfg: Config, bufs, b, L):
     """The conv's statements in the current PrimFunc over `bufs` (named as arg_names(sig); x may
     be an index-mapped view)."""
-    c = sig.c
+    channel_tasks(sig.c, cfg, b, lambda lanes, bi, c0: _run_block(sig, cfg, bufs, lanes, bi, c0, L),
+                  serial=sig.step and cfg.threads == 1)  # one token: no pool launch pays
+
+
+def channel_tasks(c: int, cfg: Config, b, run_block, serial: bool = False):
+    """Tasks over batch rows x blocks of `cfg.channel_block` channels (the last one partial),
+    each `run_block(lanes, bi, c0)` with vector lanes over its block: in parallel, one task per
+    block (cfg.threads <= 0: TVM's pool shares them out) or `threads` tasks of consecutive
+    blocks, or serially.  Shared by the conv's forward and backward."""
     cb = min(cfg.channel_block, c)
     vw = min(cfg.vector_width, cb)
     cb = (cb // vw) * vw
@@ -148,18 +156,18 @@ def emit(sig: ConvSignature, cfg: Config, bufs, b, L):
         j = M.bind(blk % per_batch)
         c0 = M.bind(tir.Cast(IDX, j * cb))
         if not rem:
-            _run_block(sig, cfg, bufs, _CpuLanes(cb, vw), bi, c0, L)
+            run_block(_CpuLanes(cb, vw), bi, c0)
         elif not nfull:
-            _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
+            run_block(_CpuLanes(rem, rem), bi, c0)
         else:
             with T.If(j < nfull):
                 with T.Then():
-                    _run_block(sig, cfg, bufs, _CpuLanes(cb, vw), bi, c0, L)
+                    run_block(_CpuLanes(cb, vw), bi, c0)
                 with T.Else():
-                    _run_block(sig, cfg, bufs, _CpuLanes(rem, rem), bi, c0, L)
+                    run_block(_CpuLanes(rem, rem), bi, c0)
 
     total = b * per_batch
-    if sig.step and cfg.threads == 1:  # one token: no thread-pool launch pays for itself
+    if serial:
         with T.serial(0, total) as blk:
             task(blk)
     elif cfg.threads <= 0:  # one task per block; TVM's pool shares them out
