@@ -47,22 +47,23 @@ class _Runner:
 
 
 def _cpu_glue(node, mod, args):
-    """Glue nodes on the CPU's faster paths (fp32; torch.compile traces the reference, which
-    inductor fuses): a Linear on oneDNN (runtime/gemm.py), the causal depthwise conv and the
-    rmsnorm on their TVM kernels (torch's depthwise conv1d took 6.7 ms for b2 c384 L1024 here,
-    the kernel well under 1 ms); with gradients the same forward kernels and their TVM backward
-    kernels (fwd+bwd, one torch thread: conv b2 L1024 c384 k4 13.5 ms as k shifted
-    multiply-adds -> see causal_conv_train; rmsnorm D256 ~4 ms reference -> 0.4-0.8 ms)."""
+    """Glue nodes on the CPU's faster paths (fp32 CPU tensors): a Linear on oneDNN
+    (runtime/gemm.py; torch.compile traces F.linear), the causal depthwise conv and the rmsnorm
+    on their TVM kernels (torch's depthwise conv1d took 6.7 ms for b2 c384 L1024 here, the
+    kernel well under 1 ms).  With gradients or under torch.compile through their ops
+    (ssmc::causal_conv1d / ssmc::rmsnorm and their backward kernels; benchmarks/RESULTS.md:
+    conv fwd+bwd 9.6x, rmsnorm 2.4-2.9x the reference's autograd), else the kernels directly."""
     if node.OP not in ("linear", "conv1d", "rmsnorm"):
         return NotImplemented
     x = args[0]
     if x.dtype is not torch.float32 or mod.weight.dtype is not torch.float32 \
-            or torch.compiler.is_compiling():
+            or x.device.type != "cpu" or mod.weight.device.type != "cpu":
         return NotImplemented
+    compiling = torch.compiler.is_compiling()
     if node.OP == "linear":
-        return gemm.linear(x, mod.weight, mod.bias)
+        return NotImplemented if compiling else gemm.linear(x, mod.weight, mod.bias)
     grad = torch.is_grad_enabled() and (x.requires_grad or mod.weight.requires_grad)
-    if grad:  # the TVM forward with its backward kernel (autograd.Functions: eager only)
+    if grad or compiling:
         if node.OP == "conv1d" and node.activation in ("silu", "identity"):
             from ssmc.codegen.composite.causal_conv_train import causal_conv1d_train
 
