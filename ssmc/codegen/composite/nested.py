@@ -323,9 +323,7 @@ def tree_backward(grad_roots, store, acts, w1, w2, ln_w, ln_b, plan: TreePlan, e
     dev = store.device
     gstore = torch.zeros_like(store)
     gstore.index_add_(0, plan.roots.to(dev), grad_roots)
-    gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
-    gb1, gb2 = w1.new_zeros(w1.shape[0]), w2.new_zeros(w2.shape[0])
-    glw, glb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+    gw1 = gw2 = gb1 = gb2 = glw = glb = None  # the first level's terms start each sum
     for pairs, first in reversed(plan.levels):
         P = pairs.shape[0]
         m0 = first - plan.zero - 1
@@ -336,14 +334,21 @@ def tree_backward(grad_roots, store, acts, w1, w2, ln_w, ln_b, plan: TreePlan, e
         d_g, d_lr, d_lw, d_lb = _epilogue_backward(gout, g, lr, ln_w, ln_b, eps)
         h = F.gelu(pre)
         d_pre = torch.ops.aten.gelu_backward(d_g @ w2, pre)
-        gw2.addmm_(d_g.t(), h)
-        gb2 += d_g.sum(0)
-        gw1.addmm_(d_pre.t(), lr)
-        gb1 += d_pre.sum(0)
-        glw += d_lw
-        glb += d_lb
+        if gw1 is None:
+            gw2, gb2, gw1, gb1 = d_g.t() @ h, d_g.sum(0), d_pre.t() @ lr, d_pre.sum(0)
+            glw, glb = d_lw, d_lb
+        else:
+            gw2.addmm_(d_g.t(), h)
+            gb2 += d_g.sum(0)
+            gw1.addmm_(d_pre.t(), lr)
+            gb1 += d_pre.sum(0)
+            glw += d_lw
+            glb += d_lb
         d_lr = d_lr.addmm_(d_pre, w1)
         gstore.index_add_(0, idx, d_lr.view(2 * P, d))
+    if gw1 is None:  # no merge at all (every row one leaf)
+        gw1, gw2, gb1, gb2 = (torch.zeros_like(t) for t in (w1, w2, w1[:, 0], w2[:, 0]))
+        glw, glb = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
     return gstore[:plan.zero], gw1, gb1, gw2, gb2, glw, glb
 
 
