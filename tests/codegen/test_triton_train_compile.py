@@ -91,6 +91,8 @@ from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from torch._subclasses.fake_tensor import FakeTensorMode
 from ssmc.codegen.triton.dense import backward as dense
 from ssmc.codegen.triton.plrnn import backward as plrnn
+from ssmc.codegen.triton.selective_scan import backward as sbw
+from ssmc.codegen.triton.ssd import backward as dbw
 from ssmc.codegen.triton.ssm2d import backward as ssm2d
 from ssmc.runtime import library
 
@@ -118,6 +120,15 @@ with mode:
                        (e(2, 10, 2, 3), e(2, 10, 2), e(2), e(2, 10, 1, 4), e(2, 10, 1, 4), e(2),
                         e(2, 10, 2, 3), e(2), e(2, 2, 3, 4), None, 16, True, 0.0, float("inf"),
                         True, 0, "triton", "")),
+        "selective_scan_bwd_triton": (
+            sbw.triton_bwd_op(),
+            (e(2, 9, 4), e(2, 4, 3), e(2, 9, 4), e(2, 9, 4), e(4, 3), e(2, 9, 1, 3),
+             e(2, 9, 1, 3), e(4), e(2, 9, 4), e(4), e(2, 4, 3), None, True, "bld", 0, "")),
+        "ssd_bwd_triton": (
+            dbw.triton_bwd_op(),
+            (e(2, 10, 2, 3), e(2, 2, 3, 4), e(2, 10, 2, 3), e(2, 10, 2), e(2), e(2, 10, 1, 4),
+             e(2, 10, 1, 4), e(2), e(2, 10, 2, 3), e(2), e(2, 2, 3, 4), None, None, True, 0.0,
+             float("inf"), 0, "")),
     }
 
 
@@ -165,5 +176,8 @@ def test_device_ops_are_triton_ops_that_trace_to_their_kernels(tmp_path):
             "ssm2d_wavefront_bwd_triton": "_ssm2d_wavefront_bwd_kernel",
             "selective_scan_triton": "_selective_scan_recurrent_kernel",
             "ssd_triton": "_ssd_chunk_scan_kernel,_ssd_chunk_state_kernel,_ssd_dt_kernel,"
-                          "_ssd_state_passing_kernel"}
+                          "_ssd_state_passing_kernel",
+            # SSD's backward is the selective scan's kernel in its per-head mode
+            "selective_scan_bwd_triton": "_selective_scan_bwd_kernel",
+            "ssd_bwd_triton": "_selective_scan_bwd_kernel"}
     assert got == {name: [kernels] for name, kernels in want.items()}, run.stdout
