@@ -26,7 +26,9 @@ Two entry points share the forward / backward kernels and that algebra:
   backward op ``ssmc::s4d_vandermonde_bwd``: fake tensors and an autograd formula registered,
   so torch.compile traces a model through it (the kernels stay opaque calls).  backend: 'tvm'
   (CPU), 'triton' (CUDA, or CPU tensors under TRITON_INTERPRET=1), 'torch'; one that cannot run
-  on the tensors' device falls back to 'torch'.
+  on the tensors' device falls back to 'torch'.  Where the Triton kernels take the tensors
+  (fp32 work), `vandermonde` calls ``ssmc::s4d_vandermonde_triton`` / ``_bwd_triton`` instead:
+  triton_ops on a device, so inductor sees the kernels.
 
 `diagonal_conv` is what the diagonal executor runs with gradients: K by the op, then the FFT
 convolution of ssmc.codegen.composite.diagonal.
@@ -41,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ssmc.codegen.composite.vandermonde import torch_vandermonde_bwd
+from ssmc.codegen.triton.common import run_traceable, trainable_ops
 from ssmc.semantics.diagonal import as_work, work_dtype
 
 BACKENDS = ("tvm", "triton", "torch")
@@ -190,18 +193,47 @@ def _(Abar, gK, backend):
 
 
 def _setup(ctx, inputs, output):
-    Abar, Bbar, C, _, conj_pair, backend = inputs
+    Abar, Bbar, C, _, conj_pair, *backend = inputs  # the Triton pair has no backend argument
     ctx.save_for_backward(Abar, Bbar, C)
     ctx.conj_pair, ctx.backend = conj_pair, backend
 
 
-def _backward(ctx, gK):
+def _grads(ctx, gK, bwd_op) -> tuple:
     Abar, Bbar, C = ctx.saved_tensors
-    V0, V1 = torch.ops.ssmc.s4d_vandermonde_bwd(work_params(Abar, Bbar, C)[0], gK, ctx.backend)
-    return (*vandermonde_grads(Abar, Bbar, C, V0, V1, ctx.conj_pair), None, None, None)
+    V0, V1 = bwd_op(work_params(Abar, Bbar, C)[0], gK, *ctx.backend)
+    return vandermonde_grads(Abar, Bbar, C, V0, V1, ctx.conj_pair)
+
+
+def _backward(ctx, gK):
+    return (*_grads(ctx, gK, torch.ops.ssmc.s4d_vandermonde_bwd), None, None, None)
 
 
 vandermonde_op.register_autograd(_backward, setup_context=_setup)
+
+
+# The Triton pair as triton_ops on a device (torch.compile sees the kernels; common.library_op),
+# what `vandermonde` calls whenever the Triton kernels run the tensors.
+
+def _triton_vandermonde(Abar: Tensor, Bbar: Tensor, C: Tensor, L: int, conj_pair: bool
+                        ) -> Tensor:
+    from ssmc.codegen.triton.s4d.vandermonde import plan_vandermonde
+
+    (K,) = run_traceable(plan_vandermonde(Abar, Bbar, C, L, conj_pair))
+    return K
+
+
+def _triton_vandermonde_bwd(Abar: Tensor, gK: Tensor) -> tuple[Tensor, Tensor]:
+    from ssmc.codegen.triton.s4d.vandermonde_bwd import s4d_vandermonde_bwd
+
+    return s4d_vandermonde_bwd(Abar, gK.contiguous(), traceable=True)
+
+
+def _triton_backward(ctx, gK):
+    return (*_grads(ctx, gK, torch.ops.ssmc.s4d_vandermonde_bwd_triton), None, None)
+
+
+trainable_ops("s4d_vandermonde", _triton_vandermonde, _triton_vandermonde_bwd, _triton_backward,
+              _setup)
 
 
 def vandermonde(Abar, Bbar, C, L: int, conj_pair: bool = True, backend: str = "torch"):
@@ -210,6 +242,8 @@ def vandermonde(Abar, Bbar, C, L: int, conj_pair: bool = True, backend: str = "t
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if not isinstance(L, int) or L < 0:
         raise ValueError(f"L must be an int >= 0, got {L!r}")
+    if resolve_backend(backend, Abar.device) == "triton" and not _wide(Abar, Bbar, C) and L > 0:
+        return torch.ops.ssmc.s4d_vandermonde_triton(Abar, Bbar, C, L, bool(conj_pair))
     return torch.ops.ssmc.s4d_vandermonde(Abar, Bbar, C, L, bool(conj_pair), backend)
 
 

@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) of zoo models compiled for a GPU target whose SSM node has a
 Triton forward + backward pair as ops (common.library_op: triton_ops on a device, opaque
-custom_ops under the interpreter): dense (lcde), PLRNN (convssm) and the 2-D SSM (chimera).
+custom_ops under the interpreter): dense (lcde), PLRNN (convssm), the 2-D SSM (chimera) and
+the S4D Vandermonde kernel (s4d_complex).
 Training and inference trace without a graph break, run the Triton kernels (through the
 interpreter on CPU tensors; on a device in the gpu tier) and match the eager reference model.
 Then, with no GPU, what a device's torch.compile sees of every Triton op."""
@@ -20,6 +21,8 @@ CASES = {
     "convssm": (dict(seqlen=64, batch=2), (2, 9, 3), ("_plrnn_kernel", "_plrnn_bwd_kernel")),
     "chimera": (dict(dims={"variates": 3}, seqlen=3, batch=1), (1, 3, 3, 1),
                 ("_ssm2d_wavefront_kernel", "_ssm2d_wavefront_bwd_kernel")),
+    "s4d_complex": (dict(dims={"d_model": 8, "d_state": 8}, seqlen=64), (2, 7, 1),
+                    ("_s4d_vandermonde_kernel", "_s4d_vandermonde_bwd_kernel")),
 }
 
 
@@ -94,11 +97,11 @@ from ssmc.codegen.triton.plrnn import backward as plrnn
 from ssmc.codegen.triton.selective_scan import backward as sbw
 from ssmc.codegen.triton.ssd import backward as dbw
 from ssmc.codegen.triton.ssm2d import backward as ssm2d
-from ssmc.runtime import library
+from ssmc.runtime import library, vandermonde  # noqa: F401  (defines the s4d ops)
 
 mode = FakeTensorMode()
 with mode:
-    e = lambda *s: torch.empty(*s, device="meta")
+    e = lambda *s, dtype=torch.float32: torch.empty(*s, device="meta", dtype=dtype)
     ssm2d_in = (e(1, 3, 4, 2), *[e(2, 2)] * 8, e(2), e(2), e(2))
     cases = {
         "plrnn_triton": (plrnn.triton_op(), (e(2, 7, 3), e(4), e(4, 4), e(4), e(4, 3), None, "")),
@@ -129,6 +132,12 @@ with mode:
             (e(2, 10, 2, 3), e(2, 2, 3, 4), e(2, 10, 2, 3), e(2, 10, 2), e(2), e(2, 10, 1, 4),
              e(2, 10, 1, 4), e(2), e(2, 10, 2, 3), e(2), e(2, 2, 3, 4), None, None, True, 0.0,
              float("inf"), 0, "")),
+        "s4d_vandermonde_triton": (
+            torch.ops.ssmc.s4d_vandermonde_triton,
+            (e(4, 3, dtype=torch.complex64), e(4, 3, dtype=torch.complex64),
+             e(4, 3, dtype=torch.complex64), 10, True)),
+        "s4d_vandermonde_bwd_triton": (
+            torch.ops.ssmc.s4d_vandermonde_bwd_triton, (e(4, 3, dtype=torch.complex64), e(4, 10))),
     }
 
 
@@ -179,5 +188,7 @@ def test_device_ops_are_triton_ops_that_trace_to_their_kernels(tmp_path):
                           "_ssd_state_passing_kernel",
             # SSD's backward is the selective scan's kernel in its per-head mode
             "selective_scan_bwd_triton": "_selective_scan_bwd_kernel",
-            "ssd_bwd_triton": "_selective_scan_bwd_kernel"}
+            "ssd_bwd_triton": "_selective_scan_bwd_kernel",
+            "s4d_vandermonde_triton": "_s4d_vandermonde_kernel",
+            "s4d_vandermonde_bwd_triton": "_s4d_vandermonde_bwd_kernel"}
     assert got == {name: [kernels] for name, kernels in want.items()}, run.stdout

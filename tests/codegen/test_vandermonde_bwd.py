@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import ssmc
+from ssmc.codegen.triton.common import interpreting
 from ssmc.paths import zoo_dir
 from ssmc.runtime import vandermonde as vm
 from ssmc.semantics.diagonal import s4d_kernel
@@ -183,6 +184,19 @@ def test_opcheck():
                               (A.detach(), torch.randn(3, 10), backend), test_utils=checks)
 
 
+@pytest.mark.skipif(not interpreting(), reason="the interpreter runs CPU tensors")
+@pytest.mark.parametrize("kind", ["complex", "real"])
+def test_opcheck_triton_pair(kind):
+    """All of opcheck for ssmc::s4d_vandermonde_triton (its autograd formula too) and
+    ssmc::s4d_vandermonde_bwd_triton: custom ops under the interpreter (triton_ops on a
+    device; tests/codegen/test_triton_train_compile.py traces those)."""
+    dt = torch.complex64 if kind == "complex" else torch.float32
+    A, B, C = (t.to(dt).requires_grad_() for t in _params(3, 4, kind))
+    torch.library.opcheck(torch.ops.ssmc.s4d_vandermonde_triton.default, (A, B, C, 10, True))
+    torch.library.opcheck(torch.ops.ssmc.s4d_vandermonde_bwd_triton.default,
+                          (A.detach(), torch.randn(3, 10)))
+
+
 @pytest.mark.parametrize("opts", [
     dict(init="lin", discretization="zoh"),
     dict(init="inv", discretization="bilinear", conj_pair=False),
@@ -244,17 +258,23 @@ def test_compiled_cpu_model_trains_through_tvm_kernels(spec, d_in):
 @needs_interpreter
 def test_compiled_triton_model_trains_through_triton_kernels(monkeypatch):
     """Compiled for sm_90 (the interpreter runs it): with gradients the node runs the Triton
-    Vandermonde forward and its backward kernel (counted), with the reference's gradients."""
-    calls = []
-    fwd, bwd = vm.KERNELS["triton"]
+    Vandermonde forward and its backward kernel (counted; through the ops
+    ssmc::s4d_vandermonde_triton / _bwd_triton), with the reference's gradients."""
+    from ssmc.codegen.triton.s4d import vandermonde as tfwd
+    from ssmc.codegen.triton.s4d import vandermonde_bwd as tbwd
 
-    def counted(name, fn):
+    calls = []
+
+    def counted(module, attr, name):
+        fn = getattr(module, attr)
+
         def wrapper(*a, **k):
             calls.append(name)
             return fn(*a, **k)
-        return wrapper
+        monkeypatch.setattr(module, attr, wrapper)
 
-    monkeypatch.setitem(vm.KERNELS, "triton", (counted("fwd", fwd), counted("bwd", bwd)))
+    counted(tfwd, "plan_vandermonde", "fwd")
+    counted(tbwd, "s4d_vandermonde_bwd", "bwd")
     model, ref = _compiled("s4d_complex", "sm_90", {"d_model": 8, "d_state": 8}, 64)
     _check_training(model, ref, torch.randn(2, 7, 1))
     assert calls == ["fwd", "fwd", "bwd", "bwd"]  # two layers

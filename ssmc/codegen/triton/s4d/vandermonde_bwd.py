@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ssmc.codegen.triton.common import (KernelConfig, KernelLaunch, LaunchPlan, check_tensor,
-                                        grid_dim, pow2_field)
+                                        grid_dim, pow2_field, run_traceable)
 from ssmc.codegen.triton.s4d.params import PARAM_DTYPES, polar_powers
 
 BWD_DTYPES = (torch.float32, torch.float64)
@@ -133,7 +133,8 @@ def plan_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None) -
     return LaunchPlan([launch], (S,))
 
 
-def s4d_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None):
+def s4d_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None,
+                        traceable: bool = False):
     """(V0, V1), each (dim, N): sum_l g_l Abar^l and sum_l l g_l Abar^(l-1) for gK (dim, L)
     real; complex for a complex Abar, else real; float32 work (complex64), float64 when Abar
     or gK is 64-bit."""
@@ -142,7 +143,8 @@ def s4d_vandermonde_bwd(Abar, gK, config: VandermondeBwdConfig | None = None):
         z = torch.zeros(Abar.shape, dtype=cplx if Abar.is_complex() else real,
                         device=Abar.device)
         return z, z.clone()
-    (S,) = plan_vandermonde_bwd(Abar, gK, config).run()
+    plan = plan_vandermonde_bwd(Abar, gK, config)
+    (S,) = run_traceable(plan) if traceable else plan.run()
     S = S.to(torch.float64).sum(0)  # the programs' partials, added in float64
     if Abar.is_complex():
         V0, V1 = torch.complex(S[..., 0], S[..., 1]), torch.complex(S[..., 2], S[..., 3])
