@@ -27,7 +27,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from ssmc.codegen.tvm import tirmath as M
-from ssmc.codegen.tvm.rmsnorm_tir import F32, IDX, NormSignature
+from ssmc.codegen.tvm.rmsnorm_tir import F32, IDX, NormSignature, row_arg
 
 FUNC_NAME = "rmsnorm_bwd"
 
@@ -45,23 +45,13 @@ def build(sig: NormSignature):
         with T.prim_func():
             T.func_name(FUNC_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
-            one = tir.IntImm(IDX, 1)
-            d64 = tir.IntImm(IDX, sig.D)
-
-            def strided(name):
-                s0 = tir.Var(f"{name}_s0", IDX)
-                return T.arg(name, T.buffer((rows, d64), F32, strides=[s0, one], align=4))
-
-            def dense(name, n):
-                return T.arg(name, T.buffer((n, d64), F32, align=4))
-
-            x = strided("x")
-            z = strided("z") if sig.gated else None
-            gy = strided("gy")
+            x = row_arg("x", rows, sig.D)
+            z = row_arg("z", rows, sig.D) if sig.gated else None
+            gy = row_arg("gy", rows, sig.D)
             w = T.arg("weight", T.buffer((sig.D,), F32, align=4))
-            dx = dense("dx", rows)
-            dz = dense("dz", rows) if sig.gated else None
-            dwp = dense("dw_part", chunks)
+            dx = row_arg("dx", rows, sig.D, strided=False)
+            dz = row_arg("dz", rows, sig.D, strided=False) if sig.gated else None
+            dwp = row_arg("dw_part", chunks, sig.D, strided=False)
             emit(sig, x, z, gy, w, dx, dz, dwp, rows, chunks)
     return ib.get()
 

@@ -61,23 +61,26 @@ def arg_names(sig: NormSignature) -> list[str]:
     return ["x"] + (["z"] if sig.gated else []) + ["weight", "out"]
 
 
+def row_arg(name: str, rows, D: int, strided: bool = True):
+    """A (rows, D) fp32 argument of the current PrimFunc: any row stride (the last axis
+    contiguous: a slice of a wider tensor is read in place) or, strided=False, dense."""
+    shape = (rows, tir.IntImm(IDX, D))
+    if not strided:
+        return T.arg(name, T.buffer(shape, F32, align=4))
+    strides = [tir.Var(f"{name}_s0", IDX), tir.IntImm(IDX, 1)]
+    return T.arg(name, T.buffer(shape, F32, strides=strides, align=4))
+
+
 def build(sig: NormSignature):
     rows = tir.Var("rows", IDX)
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(FUNC_NAME)
             T.func_attr({"tirx.noalias": True, "global_symbol": FUNC_NAME})
-            one = tir.IntImm(IDX, 1)
-            d64 = tir.IntImm(IDX, sig.D)
-
-            def strided(name):
-                return T.arg(name, T.buffer((rows, d64), F32, strides=[tir.Var(f"{name}_s0", IDX), one],
-                                            align=4))
-
-            x = strided("x")
-            z = strided("z") if sig.gated else None
+            x = row_arg("x", rows, sig.D)
+            z = row_arg("z", rows, sig.D) if sig.gated else None
             w = T.arg("weight", T.buffer((sig.D,), F32, align=4))
-            out = T.arg("out", T.buffer((rows, d64), F32, align=4))
+            out = row_arg("out", rows, sig.D, strided=False)
             emit(sig, x, z, w, out, rows)
     return ib.get()
 
