@@ -201,8 +201,9 @@ def nested(node, mod, ins: dict, fn, backend: str, config: dict):
 def dense(node, mod, ins: dict, fn, backend: str, config: dict):
     """Dense selective SSM.  Triton: the sequential kernel at inference; with gradients or
     under torch.compile its Triton forward + adjoint backward pair (ops:
-    triton.dense.backward.dense_ssm_trainable) where the kernels run (_triton_trains).  TVM: with gradients the sequential kernel and its
-    adjoint kernel (tvm.dense_scan_bwd) where _tvm_dense_trains says so.  Otherwise with
+    triton.dense.backward.dense_ssm_trainable) where the kernels run (_triton_trains).  TVM:
+    with gradients the sequential kernel and its adjoint kernel (tvm.dense_scan_bwd) where
+    _tvm_dense_trains says so.  Otherwise with
     gradients, and wherever the Triton kernels cannot run, the (differentiable) associative
     torch scan."""
     x = ins["x"]
