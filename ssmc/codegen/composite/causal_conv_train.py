@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ssmc.codegen.triton.common import config_json  # any Config with as_dict(), as JSON
 from ssmc.codegen.tvm import decode
 from ssmc.codegen.tvm.causal_conv_bwd import causal_conv1d_bwd
 from ssmc.codegen.tvm.config import Config
@@ -37,12 +38,6 @@ def _check(name: str, t) -> None:
     if t.dtype != torch.float32 or t.device.type != "cpu":
         raise ValueError(f"causal_conv1d_train: {name} must be a float32 CPU tensor (the TVM "
                          f"kernels' path), got {t.dtype} on {t.device}")
-
-
-@torch.compiler.assume_constant_result
-def config_key(config: Config | None) -> str:
-    """A Config as the ops' argument (JSON; '' for the defaults): a constant to torch.compile."""
-    return json.dumps(config.as_dict()) if config is not None else ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,4 +111,4 @@ def causal_conv1d_train(x, weight, bias=None, activation: str | None = "silu",
         raise ValueError(f"causal_conv1d_train: activation must be one of {ACTIVATIONS}, "
                          f"got {activation!r}")
     return torch.ops.ssmc.causal_conv1d(x, weight, bias, activation or "identity",
-                                        config_key(config))
+                                        config_json(config))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -183,8 +182,9 @@ def _any_fake(values) -> bool:
 
 @torch.compiler.assume_constant_result
 def config_json(config) -> str:
-    """A KernelConfig's knobs as an op's JSON string ('' for None): a constant to
-    torch.compile (its trace cannot run json or build the frozen dataclasses)."""
+    """A kernel config's knobs (anything with as_dict(): a Triton KernelConfig, a TVM Config) as
+    an op's JSON string ('' for None): a constant to torch.compile (its trace cannot run json
+    or build the frozen dataclasses)."""
     return json.dumps(config.as_dict()) if config is not None else ""
 
 
