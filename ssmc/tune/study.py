@@ -260,9 +260,13 @@ class CtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum, frame):
-        if self.interruptible or self.requested:
-            raise KeyboardInterrupt
+        # requested first, always: a KeyboardInterrupt raised while a finalizer runs (a GC
+        # callback of SQLAlchemy's, say) is printed and dropped by CPython, and the loop must
+        # still stop after the current step (seen in CI: the run went on and exited 0)
+        interrupt = self.interruptible or self.requested
         self.requested = True
+        if interrupt:
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def work(self):

@@ -79,3 +79,22 @@ def test_ctrl_c_then_sigkill_then_resume_loses_no_trial(tmp_path, records_dir):
     rec = json.loads(path.read_text())
     assert rec["source"] == "model" and rec["target"] == "sm_90"
     assert "cost model" in out
+
+
+def test_a_ctrl_c_dropped_by_a_finalizer_still_stops_the_loop():
+    """CPython prints and drops a KeyboardInterrupt raised while a finalizer runs (a GC
+    callback): the handler has asked the loop to stop before it raised, so the next step
+    stops anyway instead of the run going on to exit 0."""
+    import pytest
+
+    from ssmc.tune.study import CtrlC
+
+    ctrl_c = CtrlC()
+    with ctrl_c.work():  # a trial's kernel work: Ctrl-C interrupts at once
+        try:
+            ctrl_c._handle(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pass  # what a finalizer does with it
+    assert ctrl_c.requested
+    with pytest.raises(KeyboardInterrupt), ctrl_c.work():  # the next trial does not start
+        pass
