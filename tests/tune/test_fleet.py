@@ -78,7 +78,11 @@ def _worker(url, records_dir, seed):
     cmd = ssmc_cmd("tune", zoo_dir() / "mamba.yaml", "--target", "sm_90", "--trials", TRIALS,
                    "--storage", url, "--study", "fleet", "--resume", "--seed", seed,
                    "--heartbeat", 1, "--no-progress")
-    return subprocess.Popen(cmd, cwd=ROOT, env=ssmc_env(records_dir), stdout=subprocess.PIPE,
+    # A Triton cache of its own, empty (as test_resume's workers): with the builds of earlier
+    # tests cached, a trial takes milliseconds and the one seen running can finish before the
+    # kill lands (seen in CI: no orphan left to check)
+    env = dict(ssmc_env(records_dir), TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="ssmc-triton-"))
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
