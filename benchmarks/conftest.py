@@ -19,8 +19,10 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 def pytest_collect_file(file_path, parent):
     if file_path.suffix != ".py" or not file_path.name.startswith("bench_"):
         return None
-    # Collected already when the user widened python_files (-o python_files=bench_*.py).
-    if any(fnmatch.fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files")):
+    # Collected already when the user widened python_files (-o python_files=bench_*.py) or
+    # named the file on the command line (pytest collects those whatever their name).
+    if parent.session.isinitpath(file_path) or any(
+            fnmatch.fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files")):
         return None
     return pytest.Module.from_parent(parent, path=file_path)
 
