@@ -22,7 +22,7 @@ import torch
 
 pytest.importorskip("tvm")
 
-from ssmc.codegen.tvm import Config, selective_scan  # noqa: E402
+from ssmc.codegen.tvm import selective_scan  # noqa: E402
 from ssmc.semantics.selective import selective_scan_ref  # noqa: E402
 
 B, D, L, N = 2, 256, 1024, 16

@@ -337,7 +337,7 @@ def _mamba2_spec(mc: ModelConfig) -> str:
     gate = "      - {name: gated, op: gate, inputs: [ssm, z], fn: silu}\n"
     last = "gated"
     if mc.gated_norm:
-        groups = f", groups: n_groups" if mc.n_groups > 1 else ""
+        groups = ", groups: n_groups" if mc.n_groups > 1 else ""
         gate += (f"      - {{name: gnorm, op: rmsnorm, inputs: [gated], eps: {_f(mc.gated_norm_eps)}"
                  f"{groups}}}\n")
         last = "gnorm"

@@ -78,8 +78,7 @@ class TorchKernels:
     def scan(self, x, dt, A, B, C, D, z, dt_bias, initial_state=None, final=False):
         from ssmc.semantics.selective import selective_scan_ref
 
-        b, L, d = x.shape
-        g, N = B.shape[2], B.shape[3]
+        g = B.shape[2]
         Bs = B.permute(0, 2, 3, 1)
         Cs = C.permute(0, 2, 3, 1)
         out = selective_scan_ref(x.transpose(1, 2), dt.transpose(1, 2), A.float(),
@@ -92,8 +91,8 @@ class TorchKernels:
         return out.transpose(1, 2).float()
 
     def step(self, state, x, dt, A, B, C, D, z, dt_bias):
-        b, d = x.shape
-        g, N = B.shape[1], B.shape[2]
+        d = x.shape[1]
+        g = B.shape[1]
         dt = self._dt(dt, dt_bias)                                  # (b, d)
         rep = d // g
         Bd = B.float().repeat_interleave(rep, dim=1)                # (b, d, N)
@@ -112,7 +111,7 @@ class TorchKernels:
 
         b, L, d = x.shape
         h = d // head_dim
-        g, N = B.shape[2], B.shape[3]
+        N = B.shape[3]
         out = ssd_ref(x.reshape(b, L, h, head_dim), dt, A.float(), B, C, D=D, dt_bias=dt_bias,
                       dt_softplus=True, dt_limit=tuple(dt_limit),
                       initial_states=None if initial_state is None else

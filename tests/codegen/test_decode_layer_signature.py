@@ -2,7 +2,6 @@
 message naming what is wrong."""
 
 import pytest
-import torch
 
 tvm = pytest.importorskip("tvm")
 

@@ -15,7 +15,7 @@ from ssmc.paths import zoo_dir
 from ssmc.runtime import nested_op  # noqa: F401  (defines ssmc::nested_tree)
 from ssmc.semantics.model import build_reference
 from ssmc.semantics.modules_misc import NestedRecursion
-from ssmc.semantics.nested import GRCWeights, nested_recursive, nested_ref
+from ssmc.semantics.nested import nested_recursive, nested_ref
 
 FP32 = dict(rtol=6e-4, atol=2e-3)
 

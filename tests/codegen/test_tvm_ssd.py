@@ -50,7 +50,7 @@ def test_all_options(tol, cache):
 
 def test_plain_per_channel_d_seq_idx_and_dt_limit(tol, cache):
     args, _ = inputs(L=100, h=8, p=8, g=1, n=64)
-    b, L = 2, 100
+    b = 2
     seq_idx = torch.cat([torch.zeros(b, 30), torch.ones(b, 45), 2 * torch.ones(b, 25)], 1)
     kw = dict(D=torch.randn(8, 8), seq_idx=seq_idx.long(), dt_softplus=True,
               dt_limit=(0.01, 0.3))

@@ -553,14 +553,15 @@ def build_selective_scan(sig: ScanSignature, config: Config, target_kind: str = 
     return ib.get()
 
 
-def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
+def cpu_block_tasks(alg, cfg: Config, b, G: int, dg: int, tiled: bool):
+    """The CPU mapping: tasks of whole channel blocks inside one B/C group, (count, task(blk))
+    (shared with the decode step's kernel, selective_step_tir)."""
     cb = min(cfg.channel_block, dg)
     vw = min(cfg.vector_width, cb)
     cb = (cb // vw) * vw
     nfull, rem = dg // cb, dg % cb
     per_group = nfull + (1 if rem else 0)
     per_batch = G * per_group
-    total = b * per_batch
 
     def task(blk):
         bi = M.bind(blk // per_batch)
@@ -570,12 +571,12 @@ def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
         c0 = M.bind(tir.Cast(IDX, g * dg + j * cb))
 
         def full():
-            alg.run_block(CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=True)
+            alg.run_block(CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=tiled)
 
         def tail():
             # the channels left over when the group size is not a multiple of the block:
             # same algorithm, one vector of `rem` lanes
-            alg.run_block(CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=True)
+            alg.run_block(CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=tiled)
 
         if not rem:
             full()
@@ -588,6 +589,11 @@ def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
                 with T.Else():
                     tail()
 
+    return b * per_batch, task
+
+
+def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
+    total, task = cpu_block_tasks(alg, cfg, b, G, dg, tiled=True)
     if cfg.threads <= 0:
         with T.parallel(0, total) as blk:
             task(blk)

@@ -27,13 +27,10 @@ import tvm.tirx as tir
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ssmc.codegen.tvm import tirmath as M
 from ssmc.codegen.tvm.config import Config
 from ssmc.codegen.tvm import selective_scan_tir as _scan
-from ssmc.codegen.tvm.selective_scan_tir import ScanSignature, _ScanAlgorithm, _unrolled
+from ssmc.codegen.tvm.selective_scan_tir import ScanSignature, _ScanAlgorithm
 
-# the scan's CPU lane mapping (named CpuLanes since the SSD mode, _CpuLanes before)
-_CpuLanes = getattr(_scan, "CpuLanes", None) or getattr(_scan, "_CpuLanes")
 
 F32 = "float32"
 IDX = "int64"
@@ -207,37 +204,7 @@ def _schedule(alg, cfg: Config, b, G: int, dg: int, parallel: bool):
     """selective_scan_tir's CPU mapping (tasks of whole channel blocks inside one B/C group);
     serial when `parallel` is off: a single decode step is too small to pay for a thread-pool
     launch."""
-    cb = min(cfg.channel_block, dg)
-    vw = min(cfg.vector_width, cb)
-    cb = (cb // vw) * vw
-    nfull, rem = dg // cb, dg % cb
-    per_group = nfull + (1 if rem else 0)
-    per_batch = G * per_group
-
-    def task(blk):
-        bi = M.bind(blk // per_batch)
-        r = M.bind(blk % per_batch)
-        g = r // per_group
-        j = M.bind(r % per_group)
-        c0 = M.bind(tir.Cast(IDX, g * dg + j * cb))
-
-        def full():
-            alg.run_block(_CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=False)
-
-        def tail():
-            alg.run_block(_CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=False)
-
-        if not rem:
-            full()
-        elif not nfull:
-            tail()
-        else:
-            with T.If(j < nfull):
-                with T.Then():
-                    full()
-                with T.Else():
-                    tail()
-
+    total, task = _scan.cpu_block_tasks(alg, cfg, b, G, dg, tiled=False)
     loop = T.parallel if parallel else T.serial
-    with loop(0, b * per_batch) as blk:
+    with loop(0, total) as blk:
         task(blk)

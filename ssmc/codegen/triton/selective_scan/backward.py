@@ -329,7 +329,7 @@ class BwdProblem:
         return (self.seqlen + self.chunk - 1) // self.chunk
 
     def seq_strides(self) -> tuple:
-        b, d, L = self.batch, self.dim, self.seqlen
+        d, L = self.dim, self.seqlen
         return (L * d, 1, d) if self.layout == "bld" else (d * L, L, 1)
 
 

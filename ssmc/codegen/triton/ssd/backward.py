@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ssmc.codegen import ssd_bwd_common as common
