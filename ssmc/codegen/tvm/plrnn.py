@@ -27,11 +27,11 @@ import torch
 
 from ssmc.codegen.tvm import plrnn_tir as tirb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE, KernelCache
+from ssmc.codegen.tvm.checks import check_tensor, describe
 from ssmc.codegen.tvm.target import host_target
 from ssmc.semantics.recurrence import causal_conv_fft, offdiag
 
 FAMILY = "plrnn"
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CONV_METHODS = ("auto", "fused", "fft")
 # Fused direct convolution: K multiply-adds per output, while z is in cache; torch's FFT: a
 # pass over memory, two transposes and its own overheads.  Measured (b 64, L 1024, M 16, one
@@ -45,25 +45,8 @@ SOURCES = ("plrnn_tir.py", "tirmath.py", "build.py", "target.py")
 _kernels: dict = {}
 
 
-def _shape(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"shape {tuple(t.shape)} dtype {str(t.dtype).replace('torch.', '')} device {t.device}"
-
-
-def _same_shape(shape, want) -> bool:
-    # element by element: torch.compile traced `tuple(shape) in [...]` to False when the
-    # sizes were symbolic (a model compiled after another one with other input ranks)
-    return len(shape) == len(want) and all(a == b for a, b in zip(shape, want))
-
-
 def _check(name: str, t, shapes: list, text: str) -> torch.Tensor:
-    ok = (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in FLOAT_DTYPES
-          and any(_same_shape(t.shape, s) for s in shapes))
-    if not ok:
-        raise ValueError(f"plrnn: {name} must be a CPU float32/float16/bfloat16 tensor of "
-                         f"{text}; got {_shape(t)}")
-    return t
+    return check_tensor("plrnn", name, t, shapes, text)
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,18 +59,19 @@ def default_config() -> tirb.PlrnnConfig:
 def get_kernel(sig: tirb.PlrnnSignature, config: tirb.PlrnnConfig, target=None,
                cache: KernelCache | None = None):
     cache = cache if cache is not None else DEFAULT_CACHE
-    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config, lambda: tirb.build_plrnn(sig, config), target, SOURCES)
+    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config,
+                          lambda: tirb.build_plrnn(sig, config), target, SOURCES)
 
 
 def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
           config: tirb.PlrnnConfig | None = None, cache: KernelCache | None = None):
     """PLRNN latent trajectory z (b, L, M) in s's dtype; with `hrf`, (z, hrf * z)."""
     if not isinstance(s, torch.Tensor) or s.dim() != 3:
-        raise ValueError(f"plrnn: s must be a 3-D tensor (b, L, K_in); got {_shape(s)}")
+        raise ValueError(f"plrnn: s must be a 3-D tensor (b, L, K_in); got {describe(s)}")
     b, L, k_in = (int(x) for x in s.shape)
     _check("s", s, [s.shape], "(b, L, K_in)")
     if not isinstance(A, torch.Tensor) or A.dim() != 1:
-        raise ValueError(f"plrnn: A must be a 1-D tensor (M,); got {_shape(A)}")
+        raise ValueError(f"plrnn: A must be a 1-D tensor (M,); got {describe(A)}")
     Mn = int(A.shape[0])
     _check("A", A, [(Mn,)], f"(M,)=({Mn},)")
     _check("W", W, [(Mn, Mn)], f"(M, M)=({Mn}, {Mn})")
@@ -97,7 +81,7 @@ def plrnn(s, A, W, h0, C, z0=None, *, hrf=None, conv: str = "auto",
         _check("z0", z0, [(b, Mn), (Mn,)], f"(b, M)=({b}, {Mn}) or (M,)")
     if hrf is not None:
         if not isinstance(hrf, torch.Tensor) or hrf.dim() not in (1, 2) or hrf.shape[-1] < 1:
-            raise ValueError(f"plrnn: hrf must be (K,) or (M, K) with K >= 1; got {_shape(hrf)}")
+            raise ValueError(f"plrnn: hrf must be (K,) or (M, K) with K >= 1; got {describe(hrf)}")
         _check("hrf", hrf, [tuple(hrf.shape[-1:]), (Mn, hrf.shape[-1])],
                f"(K,) or (M, K) with M={Mn}")
     if conv not in CONV_METHODS:

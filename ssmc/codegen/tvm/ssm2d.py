@@ -25,34 +25,16 @@ import torch
 
 from ssmc.codegen.tvm import ssm2d_tir as tirb
 from ssmc.codegen.tvm.build import DEFAULT_CACHE, KernelCache
+from ssmc.codegen.tvm.checks import check_tensor, describe
 
 FAMILY = "ssm2d"
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # the modules a kernel is built from (its cache key hashes only these)
 SOURCES = ("ssm2d_tir.py", "tirmath.py", "build.py", "target.py")
 
 
-def _shape(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"shape {tuple(t.shape)} dtype {str(t.dtype).replace('torch.', '')} device {t.device}"
-
-
-def _same_shape(shape, want) -> bool:
-    # element by element: torch.compile traced `tuple(shape) in [...]` to False when the
-    # sizes were symbolic (a model compiled after another one with other input ranks)
-    return len(shape) == len(want) and all(a == b for a, b in zip(shape, want))
-
-
 def _check(name: str, t, shapes: list, text: str) -> torch.Tensor:
-    """t must be a CPU float tensor of one of `shapes`."""
-    ok = (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in FLOAT_DTYPES
-          and any(_same_shape(t.shape, s) for s in shapes))
-    if not ok:
-        raise ValueError(f"ssm2d: {name} must be a CPU float32/float16/bfloat16 tensor of "
-                         f"{text}; got {_shape(t)}")
-    return t
+    return check_tensor("ssm2d", name, t, shapes, text)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
@@ -77,7 +59,8 @@ def get_kernel(sig: tirb.Ssm2dSignature, config: tirb.Ssm2dConfig, target=None,
                cache: KernelCache | None = None):
     """The compiled kernel (memory, the disk cache, or a new build)."""
     cache = cache if cache is not None else DEFAULT_CACHE
-    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config, lambda: tirb.build_ssm2d(sig, config), target, SOURCES)
+    return cache.memoized(FAMILY, tirb.FUNC_NAME, sig, config,
+                          lambda: tirb.build_ssm2d(sig, config), target, SOURCES)
 
 
 def _bc_form(name, t, b, T, V, d, N) -> int:
@@ -98,11 +81,11 @@ def kernel_args(x, A1, A2, A3, A4, B1, B2, C1, C2, dt_t, dt_v, D=None,
     arguments, checked (ValueError naming the argument) and prepared with differentiable
     torch ops; None for an empty grid."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"ssm2d: x must be a 4-D tensor (b, T, V, d); got {_shape(x)}")
+        raise ValueError(f"ssm2d: x must be a 4-D tensor (b, T, V, d); got {describe(x)}")
     b, T, V, d = (int(s) for s in x.shape)
     _check("x", x, [x.shape], "(b, T, V, d)")
     if not isinstance(A1, torch.Tensor) or A1.dim() != 2 or A1.shape[0] != d:
-        raise ValueError(f"ssm2d: A1 must be a (d, N) tensor with d={d}; got {_shape(A1)}")
+        raise ValueError(f"ssm2d: A1 must be a (d, N) tensor with d={d}; got {describe(A1)}")
     N = int(A1.shape[1])
     for name, A in (("A1", A1), ("A2", A2), ("A3", A3), ("A4", A4)):
         _check(name, A, [(d, N)], f"(d, N)=({d}, {N})")
