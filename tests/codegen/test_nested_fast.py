@@ -195,6 +195,22 @@ def test_triton_grc_kernels_interpreter():
     torch.testing.assert_close(got, want, **FP32)
 
 
+@pytest.mark.parametrize("backend", ["tvm", "triton"])
+def test_grc_kernels_reject_bad_arguments_alike(backend):
+    """Both backends check through ssmc.codegen.grc_args: the argument, the shape expected."""
+    import importlib
+
+    mod = importlib.import_module(f"ssmc.codegen.{backend}.grc")
+    P, d = 5, 12
+    g, lr, w, b = torch.randn(P, 4 * d), torch.randn(P, 2 * d), torch.randn(d), torch.randn(d)
+    with pytest.raises(ValueError, match=r"^g must be a row-contiguous fp32.*\(P, 48\)"):
+        mod.grc_epilogue(g[:, :40], lr, w, b, 1e-5, torch.empty(P, d))
+    with pytest.raises(ValueError, match="^g, lr and out must have the same rows; got 5, 4, 5"):
+        mod.grc_epilogue(g, lr[:4], w, b, 1e-5, torch.empty(P, d))
+    with pytest.raises(ValueError, match="^h must be a row-contiguous"):
+        mod.gelu_(torch.randn(3))
+
+
 # ----------------------------------------------------------------------------- compiled model
 
 

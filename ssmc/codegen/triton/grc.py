@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ssmc.codegen.grc_args import check_epilogue, check_rows, width
 from ssmc.codegen.triton.common import check_same_device, next_pow2
 
 GELU_BLOCK = 1024
@@ -53,17 +54,9 @@ def _grc_epilogue_kernel(g_ptr, lr_ptr, w_ptr, b_ptr, out_ptr, d, eps,
     tl.store(out_ptr + row * d + offs, diff * rstd * w + b, mask=mask)
 
 
-def _check(name, t, cols):
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.dim() != 2 \
-            or t.shape[1] != cols or t.stride() != (cols, 1):
-        got = (f"shape {tuple(t.shape)} dtype {t.dtype} strides {t.stride()}"
-               if isinstance(t, torch.Tensor) else type(t).__name__)
-        raise ValueError(f"{name} must be a row-contiguous fp32 tensor (P, {cols}); got {got}")
-
-
 def gelu_(h: torch.Tensor) -> torch.Tensor:
     """h <- GELU(h) in place; h (P, width) fp32, row-contiguous.  Returns h."""
-    _check("h", h, h.shape[-1] if isinstance(h, torch.Tensor) and h.dim() == 2 else -1)
+    check_rows("h", h, width(h))
     check_same_device("h", h)
     n = h.numel()
     if n:
@@ -73,13 +66,7 @@ def gelu_(h: torch.Tensor) -> torch.Tensor:
 
 def grc_epilogue(g, lr, w, b, eps: float, out):
     """out (P, d) = LayerNorm(sigmoid(f1) l + sigmoid(f2) r + sigmoid(i) p) * w + b."""
-    d = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else -1
-    _check("out", out, d)
-    _check("g", g, 4 * d)
-    _check("lr", lr, 2 * d)
-    if g.shape[0] != out.shape[0] or lr.shape[0] != out.shape[0]:
-        raise ValueError(f"g, lr and out must have the same rows; got {g.shape[0]}, "
-                         f"{lr.shape[0]}, {out.shape[0]}")
+    d = check_epilogue(g, lr, out)
     check_same_device("out", out, g=g, lr=lr, w=w, b=b)
     if out.shape[0]:
         _grc_epilogue_kernel[(out.shape[0],)](g, lr, w.contiguous(), b.contiguous(), out, d,

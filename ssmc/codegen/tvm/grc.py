@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from ssmc.codegen.grc_args import check_epilogue, check_rows, width
 from ssmc.codegen.tvm import grc_tir as tirb
 from ssmc.codegen.tvm.build import CACHE_ENV, DEFAULT_CACHE
 from ssmc.codegen.tvm.target import host_target, host_vector_lanes_f32
@@ -31,23 +32,15 @@ def _get(func: str, signature: dict, build):
     return k
 
 
-def _check(name, t, cols):
-    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.device.type != "cpu" \
-            or t.dim() != 2 or t.shape[1] != cols or t.stride() != (cols, 1):
-        got = (f"shape {tuple(t.shape)} dtype {t.dtype} strides {t.stride()}"
-               if isinstance(t, torch.Tensor) else type(t).__name__)
-        raise ValueError(f"{name} must be a row-contiguous fp32 CPU tensor (P, {cols}); got {got}")
-
-
 def gelu_(h: torch.Tensor) -> torch.Tensor:
     """h <- GELU(h) in place (the exact erf form of F.gelu); h (P, width) fp32.  Returns h."""
-    width = h.shape[-1] if isinstance(h, torch.Tensor) and h.dim() == 2 else -1
-    _check("h", h, width)
+    cols = width(h)
+    check_rows("h", h, cols, cpu=True)
     if h.shape[0] == 0:
         return h
     lanes = host_vector_lanes_f32()
-    sig = {"width": int(width), "lanes": lanes, "parallel": PARALLEL}
-    _get(tirb.GELU, sig, lambda: tirb.build_gelu(width, lanes, PARALLEL))(h)
+    sig = {"width": int(cols), "lanes": lanes, "parallel": PARALLEL}
+    _get(tirb.GELU, sig, lambda: tirb.build_gelu(cols, lanes, PARALLEL))(h)
     return h
 
 
@@ -55,13 +48,7 @@ def grc_epilogue(g: torch.Tensor, lr: torch.Tensor, w: torch.Tensor, b: torch.Te
                  eps: float, out: torch.Tensor) -> torch.Tensor:
     """out = LayerNorm(sigmoid(f1) l + sigmoid(f2) r + sigmoid(i) p; w, b, eps) with
     [f1; f2; i; p] = g (P, 4d) and [l; r] = lr (P, 2d); out (P, d).  Returns out."""
-    d = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else -1
-    _check("out", out, d)
-    _check("g", g, 4 * d)
-    _check("lr", lr, 2 * d)
-    if g.shape[0] != out.shape[0] or lr.shape[0] != out.shape[0]:
-        raise ValueError(f"g, lr and out must have the same rows; got {g.shape[0]}, "
-                         f"{lr.shape[0]}, {out.shape[0]}")
+    d = check_epilogue(g, lr, out, cpu=True)
     for name, t in (("w", w), ("b", b)):
         if t.shape != (d,) or t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous fp32 (d,)=({d},) tensor; got "
