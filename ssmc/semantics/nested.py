@@ -181,15 +181,11 @@ def _chunks_of(n: int, k: int) -> list[tuple[int, int]]:
     return [(0, n)]
 
 
-def nested_ref(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, lengths=None,
-               scorer: ScorerWeights | None = None, beam: int = 7) -> torch.Tensor:
-    """Nested recursion, level-synchronous.  x: (b, L, d); lengths: (b,) or None -> (b, d)."""
-    _check(inner, chunk, beam, scorer)
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    seq = x.to(ct)
-    w = _cast(grc_w, ct)
-    sw = _cast(scorer, ct) if scorer is not None else None
-    lens = _lengths(x, lengths)
+def outer_tree(seq, lens: list, chunk: int, reduce) -> torch.Tensor:
+    """The outer k-ary tree, level-synchronous: while a row is longer than 1, cut every row
+    into its chunks (_chunks_of), reduce all chunks of all rows at once with
+    reduce(chunks (n_chunks, W, d), valid (n_chunks, W)) -> (n_chunks, d), and make each row
+    the sequence of its chunks' outputs.  seq (b, S, d), lens: the rows' lengths -> (b, d)."""
     b, _, d = seq.shape
     dev = seq.device
     while max(lens) > 1:
@@ -209,12 +205,7 @@ def nested_ref(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, length
         valid = offs[None, :] < sizes_t[:, None]  # (n_chunks, W)
         pos = (torch.tensor(starts, device=dev)[:, None] + offs[None, :]).clamp(max=S - 1)
         chunks = torch.where(valid[..., None], seq[rows_t[:, None], pos], 0.0)
-        if inner == "bbt":
-            out = bbt_reduce(chunks, valid, w)
-        elif inner == "rnn":
-            out = rnn_reduce(chunks, valid, w)
-        else:
-            out = beam_reduce(chunks, valid, w, sw, beam)
+        out = reduce(chunks, valid)
         # next level: row r holds its chunks' outputs in order; a finished row keeps seq[r, 0]
         sources = torch.cat([out, seq[:, 0], seq.new_zeros(1, d)])
         zero_row = sources.shape[0] - 1
@@ -228,7 +219,25 @@ def nested_ref(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, length
                 table[r][0] = out.shape[0] + r
         seq = sources[torch.tensor(table, device=dev)]
         lens = new_lens
-    return seq[:, 0].to(x.dtype)
+    return seq[:, 0]
+
+
+def nested_ref(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, lengths=None,
+               scorer: ScorerWeights | None = None, beam: int = 7) -> torch.Tensor:
+    """Nested recursion, level-synchronous.  x: (b, L, d); lengths: (b,) or None -> (b, d)."""
+    _check(inner, chunk, beam, scorer)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    seq = x.to(ct)
+    w = _cast(grc_w, ct)
+    sw = _cast(scorer, ct) if scorer is not None else None
+    lens = _lengths(x, lengths)
+    if inner == "bbt":
+        reduce = lambda chunks, valid: bbt_reduce(chunks, valid, w)  # noqa: E731
+    elif inner == "rnn":
+        reduce = lambda chunks, valid: rnn_reduce(chunks, valid, w)  # noqa: E731
+    else:
+        reduce = lambda chunks, valid: beam_reduce(chunks, valid, w, sw, beam)  # noqa: E731
+    return outer_tree(seq, lens, chunk, reduce).to(x.dtype)
 
 
 # ----------------------------------------------------------------------- recursive cross-check

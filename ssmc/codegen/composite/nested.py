@@ -45,9 +45,17 @@ import torch
 import torch.nn.functional as F
 
 from ssmc.runtime import gemm
-
-from ssmc.semantics.nested import NEG, GRCWeights, ScorerWeights, _cast, _check, _chunks_of, \
-    _lengths, grc
+from ssmc.semantics.nested import (
+    NEG,
+    GRCWeights,
+    ScorerWeights,
+    _cast,
+    _check,
+    _chunks_of,
+    _lengths,
+    grc,
+    outer_tree,
+)
 
 EPILOGUES = ("auto", "tvm", "triton", "torch")
 
@@ -472,9 +480,9 @@ def _beam_reduce(x, mask, w: GRCWeights, s: ScorerWeights, beam: int, cell_fn):
 
 
 def _beam_outer(seq, lens, chunk, w, sw, beam, kind):
-    """The oracle's outer k-ary tree (nested_ref) around the batched beam reduce."""
-    b, _, d = seq.shape
-    dev = seq.device
+    """The oracle's outer k-ary tree (semantics.nested.outer_tree) around the batched beam
+    reduce."""
+    d = seq.shape[2]
 
     def cell_fn(l, r):  # (P, d), (P, d) -> (P, d)
         if _wants_grad(l, *w[:6]):  # the fused cell writes into buffers: autograd's GRC
@@ -482,34 +490,5 @@ def _beam_outer(seq, lens, chunk, w, sw, beam, kind):
         lr = torch.cat([l, r], dim=-1)
         return _Cell(w, kind, lr.shape[0], lr)(lr, lr.new_empty(lr.shape[0], d))
 
-    while max(lens) > 1:
-        rows, starts, sizes, new_lens = [], [], [], []
-        for r, n in enumerate(lens):
-            spans = _chunks_of(n, chunk) if n > 1 else []
-            for s0, size in spans:
-                rows.append(r)
-                starts.append(s0)
-                sizes.append(size)
-            new_lens.append(max(len(spans), 1))
-        W = max(sizes)
-        S = seq.shape[1]
-        rows_t = torch.tensor(rows, device=dev)
-        sizes_t = torch.tensor(sizes, device=dev)
-        offs = torch.arange(W, device=dev)
-        valid = offs[None, :] < sizes_t[:, None]
-        pos = (torch.tensor(starts, device=dev)[:, None] + offs[None, :]).clamp(max=S - 1)
-        chunks = torch.where(valid[..., None], seq[rows_t[:, None], pos], 0.0)
-        out = _beam_reduce(chunks, valid, w, sw, beam, cell_fn)
-        sources = torch.cat([out, seq[:, 0], seq.new_zeros(1, d)])
-        zero_row = sources.shape[0] - 1
-        table = [[zero_row] * max(new_lens) for _ in range(b)]
-        fill = [0] * b
-        for c, r in enumerate(rows):
-            table[r][fill[r]] = c
-            fill[r] += 1
-        for r, n in enumerate(lens):
-            if n == 1:
-                table[r][0] = out.shape[0] + r
-        seq = sources[torch.tensor(table, device=dev)]
-        lens = new_lens
-    return seq[:, 0]
+    return outer_tree(seq, lens, chunk,
+                      lambda chunks, valid: _beam_reduce(chunks, valid, w, sw, beam, cell_fn))
