@@ -23,13 +23,10 @@ import tvm.tirx as tir
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from ssmc.codegen.tvm import selective_scan_tir as _scan
 from ssmc.codegen.tvm import tirmath as M
 from ssmc.codegen.tvm.config import Config
-from ssmc.codegen.tvm import selective_scan_tir as _scan
 from ssmc.codegen.tvm.selective_scan_tir import _unrolled
-
-# the scan's CPU lane mapping (named CpuLanes since the SSD mode, _CpuLanes before)
-_CpuLanes = getattr(_scan, "CpuLanes", None) or getattr(_scan, "_CpuLanes")
 
 F32 = "float32"
 IDX = "int64"
@@ -96,7 +93,7 @@ def build(sig: ConvSignature, config: Config):
     return ib.get()
 
 
-def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _CpuLanes, bi, c0, L):
+def _run_block(sig: ConvSignature, cfg: Config, bufs, lanes: _scan.CpuLanes, bi, c0, L):
     k = sig.k
     win = lanes.alloc((k, lanes.count))
     wt = lanes.alloc((k, lanes.count))
@@ -145,39 +142,5 @@ def channel_tasks(c: int, cfg: Config, b, run_block, serial: bool = False):
     each `run_block(lanes, bi, c0)` with vector lanes over its block: in parallel, one task per
     block (cfg.threads <= 0: TVM's pool shares them out) or `threads` tasks of consecutive
     blocks, or serially.  Shared by the conv's forward and backward."""
-    cb = min(cfg.channel_block, c)
-    vw = min(cfg.vector_width, cb)
-    cb = (cb // vw) * vw
-    nfull, rem = c // cb, c % cb
-    per_batch = nfull + (1 if rem else 0)
-
-    def task(blk):
-        bi = M.bind(blk // per_batch)
-        j = M.bind(blk % per_batch)
-        c0 = M.bind(tir.Cast(IDX, j * cb))
-        if not rem:
-            run_block(_CpuLanes(cb, vw), bi, c0)
-        elif not nfull:
-            run_block(_CpuLanes(rem, rem), bi, c0)
-        else:
-            with T.If(j < nfull):
-                with T.Then():
-                    run_block(_CpuLanes(cb, vw), bi, c0)
-                with T.Else():
-                    run_block(_CpuLanes(rem, rem), bi, c0)
-
-    total = b * per_batch
-    if serial:
-        with T.serial(0, total) as blk:
-            task(blk)
-    elif cfg.threads <= 0:  # one task per block; TVM's pool shares them out
-        with T.parallel(0, total) as blk:
-            task(blk)
-    else:  # `threads` tasks of consecutive blocks (as the selective scan's)
-        chunk = (total + cfg.threads - 1) // cfg.threads
-        with T.parallel(0, cfg.threads) as t:
-            with T.serial(0, chunk) as n:
-                blk = t * chunk + n
-                with T.If(blk < total):
-                    with T.Then():
-                        task(blk)
+    total, task = _scan.block_tasks(cfg, b, 1, c, run_block)
+    M.for_tasks(total, cfg.threads, task, serial)

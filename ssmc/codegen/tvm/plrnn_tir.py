@@ -266,15 +266,5 @@ def build_plrnn(sig: PlrnnSignature, cfg: PlrnnConfig):
                 rows = [M.bind(tir.Min(k * TB + j, b - 1)) for j in range(TB)]
                 _Task(sig, cfg, bufs, L, rows).run()
 
-            if cfg.threads <= 0:
-                with T.parallel(0, tasks) as k:
-                    task(k)
-            else:
-                chunk = (tasks + cfg.threads - 1) // cfg.threads
-                with T.parallel(0, cfg.threads) as p:
-                    with T.serial(0, chunk) as q:
-                        k = p * chunk + q
-                        with T.If(k < tasks):
-                            with T.Then():
-                                task(k)
+            M.for_tasks(tasks, cfg.threads, task)
     return ib.get()

@@ -553,9 +553,11 @@ def build_selective_scan(sig: ScanSignature, config: Config, target_kind: str = 
     return ib.get()
 
 
-def cpu_block_tasks(alg, cfg: Config, b, G: int, dg: int, tiled: bool):
-    """The CPU mapping: tasks of whole channel blocks inside one B/C group, (count, task(blk))
-    (shared with the decode step's kernel, selective_step_tir)."""
+def block_tasks(cfg: Config, b, G: int, dg: int, run):
+    """The CPU mapping: tasks of whole channel blocks (cfg.channel_block channels, the last one
+    of a group partial) inside one of G groups of dg channels, per batch row ->
+    (count, task(blk)); a task calls run(lanes, bi, c0) for its block's first channel c0.
+    Shared by the scan, the decode step (selective_step_tir) and the causal conv."""
     cb = min(cfg.channel_block, dg)
     vw = min(cfg.vector_width, cb)
     cb = (cb // vw) * vw
@@ -566,45 +568,33 @@ def cpu_block_tasks(alg, cfg: Config, b, G: int, dg: int, tiled: bool):
     def task(blk):
         bi = M.bind(blk // per_batch)
         r = M.bind(blk % per_batch)
-        g = r // per_group
-        j = M.bind(r % per_group)
-        c0 = M.bind(tir.Cast(IDX, g * dg + j * cb))
-
-        def full():
-            alg.run_block(CpuLanes(cb, vw), bi, lambda i: c0 + i, tiled=tiled)
-
-        def tail():
+        j = M.bind(r % per_group) if G > 1 else r
+        c0 = M.bind(tir.Cast(IDX, (r // per_group) * dg + j * cb if G > 1 else j * cb))
+        if not rem:
+            run(CpuLanes(cb, vw), bi, c0)
+        elif not nfull:
             # the channels left over when the group size is not a multiple of the block:
             # same algorithm, one vector of `rem` lanes
-            alg.run_block(CpuLanes(rem, rem), bi, lambda i: c0 + i, tiled=tiled)
-
-        if not rem:
-            full()
-        elif not nfull:
-            tail()
+            run(CpuLanes(rem, rem), bi, c0)
         else:
             with T.If(j < nfull):
                 with T.Then():
-                    full()
+                    run(CpuLanes(cb, vw), bi, c0)
                 with T.Else():
-                    tail()
+                    run(CpuLanes(rem, rem), bi, c0)
 
     return b * per_batch, task
 
 
+def cpu_block_tasks(alg, cfg: Config, b, G: int, dg: int, tiled: bool):
+    """block_tasks running the scan algorithm `alg` on each block."""
+    return block_tasks(cfg, b, G, dg, lambda lanes, bi, c0: alg.run_block(
+        lanes, bi, lambda i: c0 + i, tiled=tiled))
+
+
 def _cpu_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):
     total, task = cpu_block_tasks(alg, cfg, b, G, dg, tiled=True)
-    if cfg.threads <= 0:
-        with T.parallel(0, total) as blk:
-            task(blk)
-    else:
-        chunk = (total + cfg.threads - 1) // cfg.threads
-        with T.parallel(0, cfg.threads) as t:
-            with T.serial(0, chunk) as k:
-                blk = t * chunk + k
-                with T.If(blk < total):
-                    with T.Then():
-                        task(blk)
+    M.for_tasks(total, cfg.threads, task)
 
 
 def _cuda_schedule(alg: _ScanAlgorithm, cfg: Config, b, G: int, dg: int):

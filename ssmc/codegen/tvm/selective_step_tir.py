@@ -27,10 +27,10 @@ import tvm.tirx as tir
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from ssmc.codegen.tvm.config import Config
 from ssmc.codegen.tvm import selective_scan_tir as _scan
+from ssmc.codegen.tvm import tirmath as M
+from ssmc.codegen.tvm.config import Config
 from ssmc.codegen.tvm.selective_scan_tir import ScanSignature, _ScanAlgorithm
-
 
 F32 = "float32"
 IDX = "int64"
@@ -205,6 +205,4 @@ def _schedule(alg, cfg: Config, b, G: int, dg: int, parallel: bool):
     serial when `parallel` is off: a single decode step is too small to pay for a thread-pool
     launch."""
     total, task = _scan.cpu_block_tasks(alg, cfg, b, G, dg, tiled=False)
-    loop = T.parallel if parallel else T.serial
-    with loop(0, total) as blk:
-        task(blk)
+    M.for_tasks(total, 0, task, serial=not parallel)

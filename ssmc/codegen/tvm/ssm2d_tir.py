@@ -353,17 +353,7 @@ def emit_tasks(bl, b, cfg, sweep) -> None:
                 with T.Else():
                     sweep(bi, c0, j, bl.rem, bl.rem)
 
-    if cfg.threads <= 0:
-        with T.parallel(0, total) as k:
-            task(k)
-    else:
-        chunk = (total + cfg.threads - 1) // cfg.threads
-        with T.parallel(0, cfg.threads) as p:
-            with T.serial(0, chunk) as q:
-                k = p * chunk + q
-                with T.If(k < total):
-                    with T.Then():
-                        task(k)
+    M.for_tasks(total, cfg.threads, task)
 
 
 def build_ssm2d(sig: Ssm2dSignature, cfg: Ssm2dConfig):

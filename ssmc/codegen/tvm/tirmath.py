@@ -139,6 +139,26 @@ def bind(value):
     return T.Bind(value)
 
 
+def for_tasks(total, threads: int, task, serial: bool = False):
+    """Emit task(k) for every k in [0, total) (independent tasks): one parallel iteration per
+    task when threads <= 0 (TVM's pool shares them out), else `threads` parallel workers each
+    taking a run of consecutive tasks; all on the calling thread when `serial`."""
+    if serial:
+        with T.serial(0, total) as k:
+            task(k)
+    elif threads <= 0:
+        with T.parallel(0, total) as k:
+            task(k)
+    else:
+        chunk = (total + threads - 1) // threads
+        with T.parallel(0, threads) as p:
+            with T.serial(0, chunk) as q:
+                k = p * chunk + q
+                with T.If(k < total):
+                    with T.Then():
+                        task(k)
+
+
 def opaque(x):
     """x, hidden from TVM's simplifier: it rewrites float expressions algebraically (it folds
     (e + 1) - 1 into e), which would undo rounding-error corrections.  A bit-cast round trip
