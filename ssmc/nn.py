@@ -29,20 +29,13 @@ import math
 
 import torch
 
+from ssmc.ir.mamba_mixers import indent, mamba1_mixer, mamba2_mixer
+from ssmc.ir.mamba_mixers import yaml_bool as _b
+from ssmc.ir.mamba_mixers import yaml_float as _f
 from ssmc.runtime.compiled import CompiledModel
 from ssmc.semantics.model import GraphModule
 
 __all__ = ["S4D", "Mamba", "Mamba2", "LRU", "LCDE", "RIR", "Chimera", "PLRNN", "SpecLayer"]
-
-
-def _b(v: bool) -> str:
-    return "true" if v else "false"
-
-
-def _f(v: float) -> str:
-    if v == math.inf:
-        return ".inf"
-    return repr(float(v))
 
 
 class SpecLayer(CompiledModel):
@@ -98,30 +91,16 @@ class Mamba(SpecLayer):
         rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner, self.dt_rank = d_inner, rank
+        nodes = indent(mamba1_mixer("hidden_states", bias=bias, conv_bias=conv_bias,
+                                    ssm_extra=(f"dt_min: {_f(dt_min)}",
+                                               f"dt_max: {_f(dt_max)}")), 2)
         spec = f"""\
 name: mamba_mixer
 dims: {{d_model: {d_model}, d_inner: {d_inner}, d_state: {d_state}, d_conv: {d_conv}, dt_rank: {rank}}}
 inputs:
   hidden_states: {{shape: [batch, seqlen, d_model]}}
 nodes:
-  - {{name: in_proj, op: linear, inputs: [hidden_states], out: 2*d_inner, bias: {_b(bias)}}}
-  - {{name: xz, op: split, inputs: [in_proj], sizes: [d_inner, d_inner], outputs: [xs, z]}}
-  - {{name: conv1d, op: conv1d, inputs: [xs], kernel: d_conv, activation: silu, bias: {_b(conv_bias)}}}
-  - {{name: x_proj, op: linear, inputs: [conv1d], out: dt_rank + 2*d_state, bias: false}}
-  - {{name: dbc, op: split, inputs: [x_proj], sizes: [dt_rank, d_state, d_state], outputs: [dt_low, Bm, Cm]}}
-  - {{name: dt_proj, op: linear, inputs: [dt_low], out: d_inner, bias: false}}
-  - name: ssm
-    op: selective_ssm
-    variant: mamba1
-    inputs: {{x: conv1d, delta: dt_proj, B: Bm, C: Cm, z: z}}
-    d_state: d_state
-    delta_bias: true
-    delta_softplus: true
-    D: true
-    dt_min: {_f(dt_min)}
-    dt_max: {_f(dt_max)}
-  - {{name: out_proj, op: linear, inputs: [ssm], out: d_model, bias: {_b(bias)}}}
-outputs: [out_proj]
+{nodes}outputs: [out_proj]
 """
         super().__init__(spec, **kw)
 
@@ -143,46 +122,26 @@ class Mamba2(SpecLayer):
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner, self.headdim, self.nheads, self.ngroups = d_inner, headdim, \
             d_inner // headdim, ngroups
-        limit = ""
-        if tuple(dt_limit) != (0.0, float("inf")):
-            limit = f"\n    dt_limit: [{_f(dt_limit[0])}, {_f(dt_limit[1])}]"
-        gate_nodes = "  - {name: gated, op: gate, inputs: [ssm, z], fn: silu}\n"
-        last = "gated"
-        if rmsnorm:
-            gate_nodes += "  - {name: norm, op: rmsnorm, inputs: [gated]}\n"
-            last = "norm"
+        nodes = indent(mamba2_mixer("hidden_states", bias=bias, conv_bias=conv_bias,
+                                    chunk_size=chunk_size, dt_limit=dt_limit,
+                                    norm="norm" if rmsnorm else None,
+                                    ssm_extra=(f"dt_min: {_f(dt_min)}",
+                                               f"dt_max: {_f(dt_max)}")), 2)
         spec = f"""\
 name: mamba2_mixer
 dims:
   d_model: {d_model}
   d_inner: {d_inner}
-  headdim: {headdim}
-  nheads: d_inner / headdim
-  ngroups: {ngroups}
+  head_dim: {headdim}
+  n_heads: d_inner / head_dim
+  n_groups: {ngroups}
   d_state: {d_state}
   d_conv: {d_conv}
-  conv_dim: d_inner + 2*ngroups*d_state
+  conv_dim: d_inner + 2*n_groups*d_state
 inputs:
   hidden_states: {{shape: [batch, seqlen, d_model]}}
 nodes:
-  - {{name: in_proj, op: linear, inputs: [hidden_states], out: d_inner + conv_dim + nheads, bias: {_b(bias)}}}
-  - {{name: zxbcdt, op: split, inputs: [in_proj], sizes: [d_inner, conv_dim, nheads], outputs: [z, xBC, dt]}}
-  - {{name: conv1d, op: conv1d, inputs: [xBC], kernel: d_conv, activation: silu, bias: {_b(conv_bias)}}}
-  - {{name: xbc, op: split, inputs: [conv1d], sizes: [d_inner, ngroups*d_state, ngroups*d_state], outputs: [xs, Bm, Cm]}}
-  - name: ssm
-    op: selective_ssm
-    variant: ssd
-    inputs: {{x: xs, dt: dt, B: Bm, C: Cm}}
-    heads: nheads
-    groups: ngroups
-    d_state: d_state
-    chunk_size: {chunk_size}
-    delta_bias: true
-    delta_softplus: true
-    dt_min: {_f(dt_min)}
-    dt_max: {_f(dt_max)}{limit}
-{gate_nodes}  - {{name: out_proj, op: linear, inputs: [{last}], out: d_model, bias: {_b(bias)}}}
-outputs: [out_proj]
+{nodes}outputs: [out_proj]
 """
         super().__init__(spec, **kw)
 
