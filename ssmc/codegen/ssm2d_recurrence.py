@@ -90,14 +90,14 @@ def emit_tvm(node, graph, fam: str, alg: str, out: Path, write) -> dict:
         runs = f"TVM {cfg.order} kernel; x_proj/dt_proj (selective) by torch"
     else:
         from ssmc.codegen.tvm import plrnn_tir as tirb
-        from ssmc.codegen.tvm.plrnn import default_config
-
-        from ssmc.codegen.tvm.plrnn import FUSE_MAX_TAPS
+        from ssmc.codegen.tvm.plrnn import FUSE_MAX_TAPS, default_config
+        from ssmc.runtime.executors import tvm_plrnn_config
 
         conv = node.meta.get("epilogue")  # a conv folded into the node (passes/fuse.py)
         taps = conv.length if conv is not None and conv.length <= FUSE_MAX_TAPS else 0
         sig = tirb.PlrnnSignature(M=node.latent, K_in=_last(graph, node, "s"), K=taps)
-        prim, name = tirb.build_plrnn(sig, default_config()), "plrnn"
+        cfg = tvm_plrnn_config(node.meta.get("config")) or default_config()
+        prim, name = tirb.build_plrnn(sig, cfg), "plrnn"
         runs = "TVM kernel (input drive, recurrence)" + (
             "; the HRF conv node: its own node" if conv is None else
             f"; conv '{conv.name}' fused: {taps} taps in the kernel" if taps else

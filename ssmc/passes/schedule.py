@@ -13,6 +13,10 @@ from ssmc.passes.select_algorithm import family
 # input; runtime.compiled._cpu_glue): op -> the kernel's name, which stands where an SSM node's
 # algorithm does (in records, search spaces and `kernel`).
 GLUE_KERNELS = {"conv1d": "window", "rmsnorm": "rowwise"}
+# Node families whose TVM kernels have knobs of their own (Ssm2dConfig, PlrnnConfig; spaces
+# tvm_ssm2d / tvm_plrnn): their default config is {} (the kernel's host default) and only a
+# record names their knobs.
+TVM_OWN_DEFAULTS = ("ssm2d", "recurrence")
 
 
 def glue_kernel(node, graph, target, dtype: str) -> str | None:
@@ -31,6 +35,8 @@ def glue_kernel(node, graph, target, dtype: str) -> str | None:
 def default_config(fam: str, algorithm: str, target) -> dict:
     """Per-target defaults; kept small and explicit so the tuner has an obvious starting point."""
     if target.backend.startswith("tvm"):
+        if fam in TVM_OWN_DEFAULTS:
+            return {}
         cfg = {"channel_block": 16, "vector_width": 16, "threads": target.units, "layout": "bld"}
         if fam == "selective_ssm/ssd":
             # the p x n state of a head does not fit in registers anyway: wider blocks amortise

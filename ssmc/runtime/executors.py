@@ -57,6 +57,21 @@ def tvm_glue_config(op: str, config: dict | None):
     return NormConfig(**{k: v for k, v in config.items() if k in ("vector_width", "parallel")})
 
 
+def tvm_plrnn_config(config: dict | None):
+    """The PLRNN TVM kernel's PlrnnConfig from a dict that names its own knobs (a record made
+    for this kernel: `traj_block`); None (the host default) otherwise, since the schedule
+    pass's generic CPU defaults are the selective scan's knobs."""
+    if not config or "traj_block" not in config:
+        return None
+    import dataclasses
+
+    from ssmc.codegen.tvm.plrnn import default_config
+    from ssmc.codegen.tvm.plrnn_tir import PlrnnConfig
+
+    known = {f.name for f in dataclasses.fields(PlrnnConfig)}
+    return default_config().replace(**{k: v for k, v in config.items() if k in known})
+
+
 def triton_family(family: str, algorithm: str) -> str | None:
     """The Triton kernel family (ssmc.codegen.triton.families) that runs a node family's
     algorithm; None when there is none."""
@@ -85,7 +100,8 @@ def triton_config(family: str, algorithm: str, config: dict | None):
 
 def node_config(node, backend: str, config: dict):
     """The Config dataclass of the node's kernel (its Triton family's, `triton_config`;
-    ssm2d's, `ssm2d_config`, both backends) or None, made once and kept on the node:
+    ssm2d's, `ssm2d_config`, both backends; the TVM PLRNN's, `tvm_plrnn_config`) or None,
+    made once and kept on the node:
     torch.compile's trace cannot build the frozen dataclasses, so compiled.Runner.add makes
     it before the first call."""
     cfg = node.meta.get("kernel_config", False)
@@ -99,6 +115,8 @@ def node_config(node, backend: str, config: dict):
             from ssmc.codegen.ssm2d_recurrence import ssm2d_config
 
             cfg = ssm2d_config(backend, alg, config)
+        elif fam == "recurrence" and backend == "tvm":
+            cfg = tvm_plrnn_config(config)
         else:
             cfg = triton_config(fam, alg, config) if backend == "triton" else None
         node.meta["kernel_config"] = cfg
@@ -327,11 +345,12 @@ def recurrence(node, mod, ins: dict, fn, backend: str, config: dict):
         return _recurrence_triton(node, mod, s, epi, fn, config)
     if s.dtype == torch.float64 or s.device.type != "cpu":
         return NotImplemented
+    cfg = node_config(node, backend, config)
     if epi is None:
-        return fn(s, mod.A, mod.W, mod.h0, mod.C)
+        return fn(s, mod.A, mod.W, mod.h0, mod.C, config=cfg)
     if epi.kernel.dtype == torch.float64 or epi.kernel.device.type != "cpu":
         return NotImplemented
-    _, zc = fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=epi.kernel)
+    _, zc = fn(s, mod.A, mod.W, mod.h0, mod.C, hrf=epi.kernel, config=cfg)
     return zc
 
 

@@ -81,6 +81,12 @@ def diagonal_module(node, d_model: int) -> nn.Module:
                        method="recurrence" if node.algorithm == "sequential" else "fft")
 
 
+def node_module(graph: Graph, node) -> nn.Module:
+    """The reference module of one node of `graph` (its parameters drawn as the model's are;
+    what the tuner runs a node's executor on)."""
+    return _build_op(graph, node)
+
+
 def _build_op(graph: Graph, node, runner=None) -> nn.Module:
     """One node -> its module (parameters) ; forward(*inputs in port order) -> tensor or tuple."""
     op = node.OP

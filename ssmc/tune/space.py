@@ -39,6 +39,10 @@ SPACE_FILES = {
     ("selective_ssm/ssd", "sequential", "tvm"): "tvm_ssd.yaml",
     ("diagonal_ssm", "sequential", "triton"): "triton_s4d_recurrent.yaml",
     ("diagonal_ssm", "fft", "triton"): "triton_s4d_vandermonde.yaml",
+    # issue 10's families, run by their executors (ssmc.tune.workload.EXECUTOR_RUN)
+    ("ssm2d", "wavefront", "tvm"): "tvm_ssm2d.yaml",
+    ("ssm2d", "sequential", "tvm"): "tvm_ssm2d.yaml",
+    ("recurrence", "sequential", "tvm"): "tvm_plrnn.yaml",
     # glue kernels (the 'algorithm' is the kernel's name: ssmc.passes.schedule.GLUE_KERNELS)
     ("conv1d", "window", "tvm"): "tvm_causal_conv1d.yaml",
     ("rmsnorm", "rowwise", "tvm"): "tvm_rmsnorm.yaml",

@@ -5,6 +5,7 @@ the node's shape, so that a tuned config is measured where it will run)."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ class Workload:
     batch: int
     seqlen: int  # the length asked for (the key holds its power-of-two bucket)
     channels: int
+    graph: object = None  # the lowered (sub)graph holding the node
+    shape: tuple = ()  # the node's input, concrete (a 2-D SSM's (b, T, V, d))
 
     @property
     def family(self) -> str:
@@ -102,7 +105,8 @@ def workloads(graph, target, bindings: dict) -> list[Workload]:
             continue
         x = node.inputs.get("x") or node.inputs.get("u") or node.inputs.get("s")
         shape = concrete(g, x, ctx.bindings)
-        found[key] = Workload(key, node, [qname], shape[0], shape[1], shape[-1])
+        found[key] = Workload(key, node, [qname], shape[0], shape[1], shape[-1], g,
+                              tuple(shape))
     return list(found.values())
 
 
@@ -242,7 +246,56 @@ def glue_reference(w: Workload, inputs: dict):
         return norm(inputs["x"])
 
 
+# Node families whose kernels a trial runs through the runtime's executor (runtime.executors)
+# with the node's reference module: their kernels take many parameters prepared from the
+# module (the 2-D SSM's projections, the PLRNN's and its folded HRF's), which the executor is
+# the one place to prepare.
+EXECUTOR_RUN = {("ssm2d", "tvm"), ("recurrence", "tvm")}
+
+
+def module_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
+    """{'module', 'epilogue', 'x'}: the node's reference module (and its folded epilogue's)
+    with parameters drawn as the reference model draws them, and an input of the node's
+    shape."""
+    from ssmc.semantics.model import node_module
+
+    with torch.random.fork_rng(devices=[]):  # the modules draw from the global generator
+        torch.manual_seed(seed)
+        mod = node_module(w.graph, w.node).to(device)
+        epi = w.node.meta.get("epilogue")
+        epi_mod = node_module(w.graph, epi).to(device) if epi is not None else None
+    for m in (mod, epi_mod):
+        if m is not None:
+            m.eval().requires_grad_(False)
+    x = _sampler(w, device, _gen(seed))(*w.shape)
+    return {"module": mod, "epilogue": epi_mod, "x": x}
+
+
+def _executor_call(w: Workload, algorithm: str, config: dict, backend: str, inputs: dict):
+    """The node's executor on module_inputs, as the compiled model calls it."""
+    from ssmc.runtime import executors
+
+    node = copy.copy(w.node)
+    node.meta = {k: v for k, v in w.node.meta.items() if k != "kernel_config"}
+    node.meta["algorithm"] = algorithm
+    # spelled out, as a record holds it (a partial dict would leave the kernel's defaults)
+    config = kernel_knobs(w, backend, algorithm, config)
+    executor, fn = executors.for_node(w.family, algorithm, backend)
+    port = next(iter(node.inputs))
+    ins = {port: inputs["x"]}
+    if inputs["epilogue"] is not None:
+        ins["epilogue"] = inputs["epilogue"]
+
+    def run():
+        with torch.no_grad():
+            return executor(node, inputs["module"], ins, fn, backend, config)
+
+    return run
+
+
 def kernel_inputs(w: Workload, backend: str, device="cpu", seed: int = 0) -> dict:
+    if (w.family, backend) in EXECUTOR_RUN:
+        return module_inputs(w, device, seed)
     if w.glue and backend == "tvm":
         return glue_inputs(w, device, seed)
     if w.family == "selective_ssm/mamba1":
@@ -258,6 +311,10 @@ def reference_output(w: Workload, inputs: dict, backend: str):
     """The oracle's answer for kernel_inputs(w, backend), in the kernel's layout."""
     from ssmc.semantics.selective import selective_scan_ref, ssd_ref
 
+    if (w.family, backend) in EXECUTOR_RUN:  # the modules' own forward
+        with torch.no_grad():
+            out = inputs["module"](inputs["x"])
+            return out if inputs["epilogue"] is None else inputs["epilogue"](out)
     cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
     if w.glue:
         return glue_reference(w, cpu)
@@ -292,6 +349,8 @@ def kernel_call(w: Workload, algorithm: str, config: dict, backend: str, inputs:
     exactly as the runtime executors call it."""
     from ssmc.runtime import dispatch, executors
 
+    if (w.family, backend) in EXECUTOR_RUN:
+        return _executor_call(w, algorithm, config, backend, inputs)
     if w.glue:  # as runtime.compiled._cpu_glue calls them
         from ssmc.codegen.tvm import decode
 
@@ -322,6 +381,17 @@ def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dic
         return {"vector_width": (cfg.vector_width if cfg else 0) or
                 default_config("llvm").vector_width,  # what decode.rmsnorm resolves 0 to
                 "parallel": cfg.parallel if cfg else True}
+    if (w.family, backend) in EXECUTOR_RUN:  # the host default with the config's knobs
+        if w.family == "ssm2d":  # the loop order is the algorithm's (a record names it)
+            from ssmc.codegen.ssm2d_recurrence import ssm2d_config
+
+            cfg = ssm2d_config("tvm", algorithm, {})
+        else:
+            from ssmc.codegen.tvm.plrnn import default_config
+
+            cfg = default_config()
+        known = {f.name for f in dataclasses.fields(cfg)} - {"order"}
+        return cfg.replace(**{k: v for k, v in config.items() if k in known}).as_dict()
     if backend == "tvm":  # the conv1d's kernel takes the selective scan's Config
         cfg = executors.tvm_config(config)
         if cfg is None:

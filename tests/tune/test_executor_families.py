@@ -1,0 +1,169 @@
+"""The 2-D SSM (chimera) and the PLRNN (convssm) TVM kernels are tuned like the selective scan:
+their spaces, workloads whose trials run the node's executor on its reference module, every
+sampled config matching the reference, a tune run that writes a record naming the kernel's
+knobs, and a compiled model that runs the record's config (and the kernel's host default
+without one)."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("tvm")
+
+import ssmc  # noqa: E402
+from ssmc.cli import main  # noqa: E402
+from ssmc.codegen.tvm.plrnn import default_config as plrnn_default  # noqa: E402
+from ssmc.codegen.tvm.plrnn_tir import PlrnnConfig  # noqa: E402
+from ssmc.codegen.tvm.ssm2d import default_config as ssm2d_default  # noqa: E402
+from ssmc.codegen.tvm.ssm2d_tir import Ssm2dConfig  # noqa: E402
+from ssmc.ir.spec import load_spec  # noqa: E402
+from ssmc.paths import zoo_dir  # noqa: E402
+from ssmc.semantics.model import build_reference  # noqa: E402
+from ssmc.targets import load_target  # noqa: E402
+from ssmc.tune.records import Records, make_record  # noqa: E402
+from ssmc.tune.space import load_all_spaces, node_space  # noqa: E402
+from ssmc.tune.workload import kernel_call, kernel_inputs, kernel_knobs, reference_output, \
+    workloads  # noqa: E402
+
+CHIMERA, CONVSSM = zoo_dir() / "chimera.yaml", zoo_dir() / "convssm.yaml"
+CASES = {  # family -> (spec, run-time dims, space file, config class)
+    "ssm2d": (CHIMERA, {"variates": 3}, "tvm_ssm2d.yaml", Ssm2dConfig),
+    "recurrence": (CONVSSM, {}, "tvm_plrnn.yaml", PlrnnConfig),
+}
+FP32 = dict(rtol=6e-4, atol=2e-3)
+
+
+def _workload(family, seqlen=16, batch=2):
+    spec, dims, _, _ = CASES[family]
+    ws = workloads(load_spec(spec), load_target("cpu"), {"batch": batch, "seqlen": seqlen, **dims})
+    (w,) = [w for w in ws if w.family == family]
+    return w
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_spaces_load_and_name_fields_of_their_config(family):
+    _, _, name, cls = CASES[family]
+    space = load_all_spaces()[name]
+    assert set(space.names) <= set(cls.__dataclass_fields__)
+    for knob in space.knobs:  # every choice makes a valid config
+        for value in knob.choices:
+            cls(**{knob.name: value})
+    w = _workload(family)
+    ns = node_space(family, w.algorithms("tvm"), "tvm")
+    assert ns is not None and {k.path.name for k in ns.kernels.values()} == {name}
+
+
+def test_the_default_trial_is_what_the_compiled_model_runs():
+    """The schedule pass leaves these kernels their host defaults ({}), so the tuner's default
+    trial spells out exactly that (the 2-D SSM's loop order is its algorithm's)."""
+    w = _workload("ssm2d")
+    assert w.default_config == {}
+    assert set(w.algorithms("tvm")) == {"wavefront", "sequential"}
+    assert kernel_knobs(w, "tvm", "wavefront", {}) == ssm2d_default().as_dict()
+    assert kernel_knobs(w, "tvm", "sequential", {"threads": 1}) == \
+        ssm2d_default().replace(order="rows", threads=1).as_dict()
+    r = _workload("recurrence")
+    assert r.default_config == {} and r.node.meta.get("epilogue") is not None  # the HRF conv
+    assert kernel_knobs(r, "tvm", "sequential", {}) == plrnn_default().as_dict()
+
+
+def _sampled_configs(name):
+    """Each value of each knob at least once (every config is a TVM build)."""
+    space = load_all_spaces()[name]
+    width = max(len(k.choices) for k in space.knobs)
+    return [{k.name: k.choices[(i + j) % len(k.choices)] for j, k in enumerate(space.knobs)}
+            for i in range(width)]
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_sampled_configs_match_the_reference(family):
+    w = _workload(family, seqlen=23)
+    inputs = kernel_inputs(w, "tvm")
+    want = reference_output(w, inputs, "tvm")
+    for alg, cfg in itertools.product(w.algorithms("tvm"), _sampled_configs(CASES[family][2])):
+        got = kernel_call(w, alg, cfg, "tvm", inputs)()
+        torch.testing.assert_close(got, want, **FP32, msg=lambda m: f"{alg} {cfg}: {m}")
+
+
+def test_a_trial_runs_the_config_it_names(monkeypatch):
+    """The executor receives the trial's knobs spelled out (a partial dict would leave the
+    kernel's defaults)."""
+    from ssmc.runtime import executors
+
+    seen = []
+    real = executors.for_node
+
+    def for_node(*args):
+        executor, fn = real(*args)
+
+        def spy(*a, **k):
+            seen.append(k.get("config"))
+            return fn(*a, **k)
+
+        return executor, spy
+
+    monkeypatch.setattr(executors, "for_node", for_node)
+    w = _workload("ssm2d")
+    kernel_call(w, "sequential", {"channel_block": 4, "vector_width": 4, "threads": 1}, "tvm",
+                kernel_inputs(w, "tvm"))()
+    assert seen == [ssm2d_default().replace(channel_block=4, vector_width=4, threads=1,
+                                            order="rows")]
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_tune_writes_a_record_that_names_the_kernel_knobs(family, tmp_path, records_dir, capsys):
+    spec, dims, _, cls = CASES[family]
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    argv = ["tune", str(spec), "--target", "cpu", "--trials", "3", "--seqlen", "16",
+            "--batch", "1", "--repeats", "2", "--rounds", "3", "--storage", db,
+            "--family", family, "--no-progress"]
+    for k, v in dims.items():
+        argv += ["--dim", f"{k}={v}"]
+    assert main(argv) == 0
+    assert "gain:" in capsys.readouterr().out
+    (path,) = (records_dir / "cpu").glob(f"{family}-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["family"] == family and rec["source"] == "measured"
+    assert set(rec["config"]) == set(cls.__dataclass_fields__)
+    cfg = cls(**rec["config"])
+    if family == "ssm2d":
+        assert cfg.order == ("rows" if rec["algorithm"] == "sequential" else "wavefront")
+
+
+RECORDED = {"ssm2d": ("sequential", ssm2d_default().replace(channel_block=4, vector_width=4,
+                                                            order="rows", threads=1)),
+            "recurrence": ("sequential", plrnn_default().replace(traj_block=2, vector_width=4,
+                                                                 accumulators=2, threads=1))}
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_a_compiled_model_runs_the_recorded_config(family, records_dir):
+    spec, dims, _, _ = CASES[family]
+    w = _workload(family, seqlen=16, batch=1)
+    alg, cfg = RECORDED[family]
+    Records(load_target("cpu")).write(make_record(w.key, load_target("cpu"), algorithm=alg,
+                                                  config=cfg.as_dict(), source="measured"))
+    model = ssmc.compile(spec, "cpu", seqlen=13, batch=1, dims=dims).eval()  # -> the 16 bucket
+    (node,) = [n for _, n, _ in model.graph.walk()
+               if n.meta.get("kernel", "").startswith(family + "/")]
+    assert node.meta["config_source"] == "record" and node.meta["algorithm"] == alg
+    assert node.meta["kernel_config"] == cfg
+    ref = build_reference(model.source_graph).eval()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 13, 3, 1) if family == "ssm2d" else torch.randn(1, 13, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), **FP32)
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_without_a_record_the_kernel_runs_its_host_default(family):
+    spec, dims, _, _ = CASES[family]
+    model = ssmc.compile(spec, "cpu", seqlen=16, batch=1, dims=dims).eval()
+    (node,) = [n for _, n, _ in model.graph.walk()
+               if n.meta.get("kernel", "").startswith(family + "/")]
+    assert node.meta["config"] == {} and node.meta["config_source"] == "default"
+    want = None if family == "recurrence" else ssm2d_default().replace(
+        order="rows" if node.meta["algorithm"] == "sequential" else "wavefront")
+    assert node.meta["kernel_config"] == want
