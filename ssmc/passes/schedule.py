@@ -54,6 +54,11 @@ def default_config(fam: str, algorithm: str, target) -> dict:
         # the PLRNN / dense scan kernels size their tiles and warps from the problem
         # (trajectories / blocks per program, registers): only what does not depend on it
         return {"num_stages": 1}
+    if fam == "ssm2d":
+        # the wavefront kernel's own defaults (block_d 4), which `ssmc compile` builds ahead of
+        # time spill-free; the generic BLOCK_D 32 below spilled 92 bytes on sm_90 (found by
+        # `ssmc tune ir/chimera.yaml --target sm_90`)
+        return {"num_stages": 1}
     cfg = {"BLOCK_D": 32, "num_warps": 4, "num_stages": 2}
     if algorithm == "chunked":
         cfg["CHUNK"] = 64

@@ -10,7 +10,11 @@ from ssmc.passes.rewrite import all_graphs, concrete
 
 def _work(g, node, algorithm, b):
     x = node.inputs.get("x") or node.inputs.get("u") or node.inputs.get("s")
-    shape = concrete(g, x, b)
+    return node_work(node, concrete(g, x, b), algorithm)
+
+
+def node_work(node, shape, algorithm) -> cm.Work:
+    """The cost model's work of `node` running `algorithm` on an input of concrete `shape`."""
     op = node.OP
     if op == "selective_ssm":
         B, L, d = shape

@@ -28,7 +28,8 @@ TRITON_FAMILY_PREFIX = {"selective_ssm/mamba1": "selective_scan", "selective_ssm
 TRITON_FAMILY_NAMED = {("diagonal_ssm", "sequential"): "s4d.recurrent",
                        ("diagonal_ssm", "fft"): "s4d.vandermonde",
                        ("recurrence", "sequential"): "plrnn.sequential",
-                       ("selective_ssm/dense", "sequential"): "dense.sequential"}
+                       ("selective_ssm/dense", "sequential"): "dense.sequential",
+                       ("ssm2d", "wavefront"): "ssm2d.wavefront"}
 
 
 def tvm_config(config: dict | None):

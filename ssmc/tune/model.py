@@ -36,10 +36,10 @@ def algorithm_work(w, algorithm: str, config: dict) -> cm.Work:
         h = node.heads
         return cm.selective_ssd(w.batch, w.seqlen, h, w.channels // h, node.d_state, algorithm,
                                 chunk=node.chunk_size or config.get("chunk", 64))
-    if w.family == "diagonal_ssm":  # as select_algorithm prices it
-        return cm.diagonal(w.batch, w.seqlen, w.channels, node.d_state, algorithm,
-                           cplx=node.complex)
-    raise KeyError(w.family)
+    # the rest as select_algorithm prices them
+    from ssmc.passes.select_algorithm import node_work
+
+    return node_work(node, w.shape, algorithm)
 
 
 def occupancy(launch, kernel, target) -> dict:

@@ -42,7 +42,7 @@ def check_cpu(config: dict, target, w) -> None:
 def gpu_estimate(algorithm: str, config: dict, target, w) -> dict:
     """Registers per thread and shared memory per block a Triton config would need, estimated
     from the state tile one program keeps (the AOT build later says exactly)."""
-    threads = config.get("num_warps", 4) * target.warp_size
+    threads = (config.get("num_warps") or 4) * target.warp_size  # None: the kernel's choice
     N = _next_pow2(w.key.d_state)
     cplx = 2 if getattr(w.node, "complex", False) else 1
     block_d = config.get("block_d") or max(1, threads * 4 // (N * cplx))  # None: ~4 a thread

@@ -43,6 +43,9 @@ SPACE_FILES = {
     ("ssm2d", "wavefront", "tvm"): "tvm_ssm2d.yaml",
     ("ssm2d", "sequential", "tvm"): "tvm_ssm2d.yaml",
     ("recurrence", "sequential", "tvm"): "tvm_plrnn.yaml",
+    ("ssm2d", "wavefront", "triton"): "triton_ssm2d_wavefront.yaml",
+    ("recurrence", "sequential", "triton"): "triton_plrnn_sequential.yaml",
+    ("selective_ssm/dense", "sequential", "triton"): "triton_dense_sequential.yaml",
     # glue kernels (the 'algorithm' is the kernel's name: ssmc.passes.schedule.GLUE_KERNELS)
     ("conv1d", "window", "tvm"): "tvm_causal_conv1d.yaml",
     ("rmsnorm", "rowwise", "tvm"): "tvm_rmsnorm.yaml",

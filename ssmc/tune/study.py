@@ -343,11 +343,11 @@ class Objective:
         from ssmc.codegen.triton import aot
         from ssmc.codegen.triton.common import interpreting
         from ssmc.codegen.triton.families import get_family
-        from ssmc.tune.workload import kernel_inputs
+        from ssmc.tune.workload import launch_example
 
         fam = get_family(self.space.kernels[alg].family)
         cfg = fam.config.from_dict(config)
-        example = kernel_inputs(self.workload, "triton", device="meta")
+        example = launch_example(self.workload)
         plan = fam.plan(example, cfg)
         dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(
             self.workload.key.dtype, "fp32")

@@ -250,7 +250,8 @@ def glue_reference(w: Workload, inputs: dict):
 # with the node's reference module: their kernels take many parameters prepared from the
 # module (the 2-D SSM's projections, the PLRNN's and its folded HRF's), which the executor is
 # the one place to prepare.
-EXECUTOR_RUN = {("ssm2d", "tvm"), ("recurrence", "tvm")}
+EXECUTOR_RUN = {("ssm2d", "tvm"), ("recurrence", "tvm"), ("ssm2d", "triton"),
+                ("recurrence", "triton"), ("selective_ssm/dense", "triton")}
 
 
 def module_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
@@ -269,6 +270,30 @@ def module_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
             m.eval().requires_grad_(False)
     x = _sampler(w, device, _gen(seed))(*w.shape)
     return {"module": mod, "epilogue": epi_mod, "x": x}
+
+
+def launch_example(w: Workload, backend: str = "triton") -> dict:
+    """The kernel's own arguments for w's shape on the meta device: what a Triton family's
+    launch plan and AOT build take (an executor-run family's, prepared from its module as the
+    executor prepares them)."""
+    if (w.family, backend) not in EXECUTOR_RUN:
+        return kernel_inputs(w, backend, device="meta")
+    m = module_inputs(w, device="meta")
+    mod, x, epi = m["module"], m["x"], m["epilogue"]
+    if w.family == "ssm2d":
+        from ssmc.codegen.ssm2d_recurrence import ssm2d_operands
+
+        args, softplus = ssm2d_operands(mod, x)
+        names = ("x", "A1", "A2", "A3", "A4", "B1", "B2", "C1", "C2", "dt_t", "dt_v")
+        return dict(zip(names, args), D=mod.D, bidirectional=mod.bidirectional,
+                    dt_softplus=softplus)
+    if w.family == "recurrence":
+        kw = dict(s=x, A=mod.A, W=mod.W, h0=mod.h0, C=mod.C)
+        if epi is not None:  # the folded HRF conv, in the kernel's register ring
+            kw.update(hrf=epi.kernel, return_trajectory=False)
+        return kw
+    return dict(x=x, A_k=mod.A_k, W_B=mod.B_proj, W_C=mod.C_proj, D=mod.D, mode=mod.transition,
+                A_0=mod.A_0)
 
 
 def _executor_call(w: Workload, algorithm: str, config: dict, backend: str, inputs: dict):
@@ -381,7 +406,7 @@ def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dic
         return {"vector_width": (cfg.vector_width if cfg else 0) or
                 default_config("llvm").vector_width,  # what decode.rmsnorm resolves 0 to
                 "parallel": cfg.parallel if cfg else True}
-    if (w.family, backend) in EXECUTOR_RUN:  # the host default with the config's knobs
+    if backend == "tvm" and (w.family, backend) in EXECUTOR_RUN:  # host default + knobs
         if w.family == "ssm2d":  # the loop order is the algorithm's (a record names it)
             from ssmc.codegen.ssm2d_recurrence import ssm2d_config
 

@@ -167,3 +167,91 @@ def test_without_a_record_the_kernel_runs_its_host_default(family):
     want = None if family == "recurrence" else ssm2d_default().replace(
         order="rows" if node.meta["algorithm"] == "sequential" else "wavefront")
     assert node.meta["kernel_config"] == want
+
+
+# ---- Triton: the same families on a GPU target (sm_90; here under the interpreter and in
+# model mode: the cost model ranks the AOT builds)
+
+TRITON = {  # family -> (spec, dims, space file, a config other than the default)
+    "ssm2d": (CHIMERA, {"variates": 3}, "triton_ssm2d_wavefront.yaml",
+              {"block_c": 8, "block_d": 2, "num_warps": 2}),
+    "recurrence": (CONVSSM, {}, "triton_plrnn_sequential.yaml", {"block_b": 1, "num_warps": 1}),
+    "selective_ssm/dense": (zoo_dir() / "lcde.yaml", {}, "triton_dense_sequential.yaml",
+                            {"block_nb": 2, "num_warps": 1}),
+}
+
+
+def _gpu_workload(family, seqlen=8, batch=1):
+    spec, dims, _, _ = TRITON[family]
+    ws = workloads(load_spec(spec), load_target("sm_90"), {"batch": batch, "seqlen": seqlen,
+                                                           **dims})
+    (w,) = [w for w in ws if w.family == family]
+    return w
+
+
+@pytest.mark.parametrize("family", sorted(TRITON))
+def test_triton_spaces_are_the_node_families(family):
+    w = _gpu_workload(family)
+    ns = node_space(family, w.algorithms("triton"), "triton")
+    assert ns is not None and {k.path.name for k in ns.kernels.values()} == {TRITON[family][2]}
+
+
+@pytest.mark.parametrize("family", sorted(TRITON))
+def test_triton_trials_match_the_oracle_under_the_interpreter(family, monkeypatch):
+    from ssmc.codegen.triton.common import interpreting
+    from ssmc.tune.study import Objective
+
+    if not interpreting():
+        pytest.skip("the default tier runs Triton through its interpreter")
+    w = _gpu_workload(family, seqlen=11)
+    objective = Objective(w, node_space(w.family, w.algorithms("triton"), "triton"),
+                          load_target("sm_90"), "measured")
+    alg = w.algorithms("triton")[0]
+    for cfg in ({}, TRITON[family][3]):
+        objective.check(objective.call(alg, cfg)())  # raises WrongResult on a mismatch
+
+
+@pytest.mark.parametrize("family", sorted(TRITON))
+def test_meta_launch_examples_make_the_family_plan(family):
+    from ssmc.codegen.triton.families import get_family
+    from ssmc.tune.workload import launch_example
+
+    w = _gpu_workload(family, seqlen=300, batch=2)
+    alg = w.algorithms("triton")[0]
+    knobs = kernel_knobs(w, "triton", alg, TRITON[family][3])
+    fam = get_family(node_space(family, [alg], "triton").kernels[alg].family)
+    example = launch_example(w)
+    assert all(t.device.type == "meta" for t in example.values() if isinstance(t, torch.Tensor))
+    plan = fam.plan(example, fam.config.from_dict(knobs))
+    assert plan.launches and all(launch.num_warps for launch in plan.launches)
+
+
+def test_model_mode_tune_of_the_2d_ssm_for_sm_90_writes_a_record(tmp_path, records_dir):
+    import subprocess
+
+    from .conftest import ROOT, ssmc_cmd, ssmc_env
+
+    proc = subprocess.run(
+        ssmc_cmd("tune", CHIMERA, "--target", "sm_90", "--trials", 3, "--seqlen", 64,
+                 "--dim", "variates=8", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                 "--no-progress"),
+        cwd=ROOT, env=ssmc_env(records_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cost model" in proc.stdout
+    (path,) = (records_dir / "sm_90").glob("ssm2d-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["source"] == "model" and rec["algorithm"] == "wavefront"
+    assert {"block_c", "block_d", "num_warps"} <= set(rec["config"])
+    model = ssmc.compile(CHIMERA, "sm_90", seqlen=64, dims={"variates": 8})
+    (node,) = [n for _, n, _ in model.graph.walk() if n.OP == "ssm2d"]
+    assert node.meta["config_source"] == "record"
+
+
+def test_the_2d_ssm_default_on_a_gpu_is_the_kernels_own():
+    """The schedule pass no longer hands the wavefront kernel the generic BLOCK_D 32 (which
+    spilled on sm_90): the compiled model runs the family's own default."""
+    from ssmc.codegen.triton.ssm2d.wavefront import Ssm2dWavefrontConfig
+
+    model = ssmc.compile(CHIMERA, "sm_90", seqlen=64, dims={"variates": 8})
+    (node,) = [n for _, n, _ in model.graph.walk() if n.OP == "ssm2d"]
+    assert node.meta["kernel_config"] == Ssm2dWavefrontConfig()
