@@ -6,6 +6,8 @@ kernel's own defaults)."""
 
 from __future__ import annotations
 
+import warnings
+
 from ssmc.passes.rewrite import all_graphs
 from ssmc.passes.select_algorithm import family
 
@@ -76,7 +78,7 @@ def run(graph, ctx):
                 continue
             fam = family(node)
             record = ctx.records.lookup(fam, node, g, ctx) if ctx.records is not None else None
-            if record and record.get("algorithm") == alg and record.get("config"):
+            if _usable(record, fam, alg, ctx.target):
                 node.meta["config"], node.meta["config_source"] = dict(record["config"]), "record"
             else:
                 node.meta["config"] = default_config(fam, alg, ctx.target)
@@ -91,8 +93,26 @@ def _glue(g, node, ctx) -> None:
         return
     fam = family(node)
     record = ctx.records.lookup(fam, node, g, ctx) if ctx.records is not None else None
-    if record and record.get("algorithm") == alg and record.get("config"):
+    if _usable(record, fam, alg, ctx.target):
         node.meta["config"], node.meta["config_source"] = dict(record["config"]), "record"
     else:
         node.meta["config"], node.meta["config_source"] = {}, "default"
     node.meta["kernel"] = f"{fam}/{alg}"
+
+
+def _usable(record, fam: str, alg: str, target) -> bool:
+    """Whether a tuned record holds a config for this algorithm that its kernel can take.  A
+    record edited by hand or written by another ssmc may not: it is then ignored, with a
+    warning naming its file, and the node keeps its defaults (the model still compiles)."""
+    if not (record and record.get("algorithm") == alg and record.get("config")):
+        return False
+    from ssmc.runtime.dispatch import backend_of  # here: the runtime imports torch
+    from ssmc.runtime.executors import config_problem
+
+    problem = config_problem(fam, alg, backend_of(target), record["config"])
+    if problem is not None:
+        warnings.warn(f"ssmc: ignoring the tuned record {record.get('path', '?')}: its config "
+                      f"does not fit the {fam}/{alg} kernel ({problem}); using the defaults",
+                      stacklevel=2)
+        return False
+    return True

@@ -109,19 +109,38 @@ def node_config(node, backend: str, config: dict):
     if cfg is False:
         from ssmc.passes.select_algorithm import family
 
-        fam, alg = family(node), node.meta.get("algorithm")
-        if fam == "selective_ssm/ssd":
-            alg = "chunked"  # the one Triton SSD kernel, whichever algorithm the cost model named
-        if fam == "ssm2d":
-            from ssmc.codegen.ssm2d_recurrence import ssm2d_config
-
-            cfg = ssm2d_config(backend, alg, config)
-        elif fam == "recurrence" and backend == "tvm":
-            cfg = tvm_plrnn_config(config)
-        else:
-            cfg = triton_config(fam, alg, config) if backend == "triton" else None
-        node.meta["kernel_config"] = cfg
+        cfg = node.meta["kernel_config"] = kernel_config(family(node), node.meta.get("algorithm"),
+                                                         backend, config)
     return cfg
+
+
+def kernel_config(fam: str, alg: str | None, backend: str, config: dict | None):
+    """node_config's Config for a node family's kernel, from a schedule dict; raises ValueError
+    or TypeError on a dict the kernel cannot take (a knob it lacks, a value out of range)."""
+    if fam == "selective_ssm/ssd":
+        alg = "chunked"  # the one Triton SSD kernel, whichever algorithm the cost model named
+    if fam == "ssm2d":
+        from ssmc.codegen.ssm2d_recurrence import ssm2d_config
+
+        return ssm2d_config(backend, alg, config)
+    if fam == "recurrence" and backend == "tvm":
+        return tvm_plrnn_config(config)
+    return triton_config(fam, alg, config) if backend == "triton" else None
+
+
+def config_problem(fam: str, alg: str | None, backend: str, config: dict) -> str | None:
+    """Why the kernel that runs (fam, alg) on `backend` cannot take `config` (a tuned record's,
+    say), or None when it can: every Config the runtime would build from it is built here."""
+    try:
+        if backend == "tvm" and "/" not in fam and fam in ("conv1d", "rmsnorm"):
+            tvm_glue_config(fam, config)
+        else:
+            kernel_config(fam, alg, backend, config)
+            if backend == "tvm" and fam in ("selective_ssm/mamba1", "selective_ssm/ssd"):
+                tvm_config(config)
+    except (ValueError, TypeError, KeyError) as e:
+        return str(e)
+    return None
 
 
 def start_prologue(mod, ins: dict) -> dict:

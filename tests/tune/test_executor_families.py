@@ -255,3 +255,25 @@ def test_the_2d_ssm_default_on_a_gpu_is_the_kernels_own():
     model = ssmc.compile(CHIMERA, "sm_90", seqlen=64, dims={"variates": 8})
     (node,) = [n for _, n, _ in model.graph.walk() if n.OP == "ssm2d"]
     assert node.meta["kernel_config"] == Ssm2dWavefrontConfig()
+
+
+@pytest.mark.parametrize("spec, target, dims, family, alg, config", [
+    (CHIMERA, "cpu", {"variates": 3}, "ssm2d", "wavefront",
+     {"order": "diagonal", "channel_block": 8, "vector_width": 8, "threads": 0}),
+    (CONVSSM, "cpu", {}, "recurrence", "sequential", {"traj_block": 0}),
+    (zoo_dir() / "mamba.yaml", "sm_90", {}, "selective_ssm/mamba1", "sequential",
+     {"BLOCK_D": 3, "num_warps": 4}),
+], ids=["ssm2d-order", "plrnn-zero-block", "mamba1-triton-odd-block"])
+def test_a_record_whose_config_the_kernel_cannot_take_is_ignored_with_a_warning(
+        spec, target, dims, family, alg, config, records_dir):
+    """A hand-edited (or foreign) record must not break a compile: it is skipped with a
+    warning naming its file and what is wrong, and the node keeps its defaults."""
+    tgt = load_target(target)
+    ws = workloads(load_spec(spec), tgt, {"batch": 1, "seqlen": 16, **dims})
+    (w,) = [w for w in ws if w.family == family]
+    path = Records(tgt).write(make_record(w.key, tgt, algorithm=alg, config=config,
+                                          source="measured"))
+    with pytest.warns(UserWarning, match=rf"ignoring the tuned record {path}: .*{family}/{alg}"):
+        model = ssmc.compile(spec, target, seqlen=16, batch=1, dims=dims)
+    (node,) = [n for _, n, _ in model.graph.walk() if n.meta.get("kernel") == f"{family}/{alg}"]
+    assert node.meta["config_source"] == "default"
