@@ -343,9 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """ssmc's own warnings on the command line: one line, no source excerpt (they speak to a
+    user about their files and records, not about ssmc's code)."""
+    text = str(message)
+    text = text[len("ssmc: "):] if text.startswith("ssmc: ") else text
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.fn(args)
     except SsmcError as e:
@@ -360,6 +372,8 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print(f"internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -277,3 +277,17 @@ def test_a_record_whose_config_the_kernel_cannot_take_is_ignored_with_a_warning(
         model = ssmc.compile(spec, target, seqlen=16, batch=1, dims=dims)
     (node,) = [n for _, n, _ in model.graph.walk() if n.meta.get("kernel") == f"{family}/{alg}"]
     assert node.meta["config_source"] == "default"
+
+
+def test_the_cli_says_which_record_it_ignores_in_one_line(records_dir, capsys):
+    tgt = load_target("cpu")
+    (w,) = [w for w in workloads(load_spec(CHIMERA), tgt, {"batch": 1, "seqlen": 16,
+                                                            "variates": 3})
+            if w.family == "ssm2d"]
+    path = Records(tgt).write(make_record(w.key, tgt, algorithm="wavefront",
+                                          config={"order": "diagonal"}, source="measured"))
+    assert main(["run", str(CHIMERA), "--target", "cpu", "--seqlen", "16", "--batch", "1",
+                 "--dim", "variates=3"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: ignoring the tuned record {path}" in err
+    assert "UserWarning" not in err and "schedule.py" not in err
