@@ -143,12 +143,20 @@ def diagonal(b, L, d, N, algorithm, cplx=True) -> Work:
     raise KeyError(algorithm)
 
 
-def ssm2d(b, T, V, d, N, algorithm) -> Work:
+def ssm2d(b, T, V, d, N, algorithm, cell_parallel: bool = True) -> Work:
+    """cell_parallel: whether the wavefront kernel runs a diagonal's cells in parallel (the
+    Triton kernel, on a GPU).  The TVM CPU kernels vectorise over channels in either loop
+    order, so there the wavefront gains no lanes and pays for its diagonal's states, which
+    outgrow the caches: rows were measured 0.58-1.0x the wavefront's time (b2 d16 N16, T x V
+    from 4096 x 8 to 128 x 512; 56 vs 70 ms at the issue's 1024 x 64)."""
     io = b * T * V * d * 4 * 2
     flops = b * T * V * d * N * 12
     if algorithm == "sequential":
         return Work(io, flops, 0, depth=T * V, lanes=b * d)
     if algorithm == "wavefront":  # cells with t + v constant in parallel: T + V - 1 steps
+        if not cell_parallel:  # each cell's state written and read back through memory
+            return Work(io * 1.5 + b * T * V * d * N * 4 * 2, flops, 0, depth=T + V - 1,
+                        lanes=b * d, launches=1)
         diag = min(T, V)
         return Work(io * 1.5, flops, 0, depth=T + V - 1, lanes=b * d * diag, launches=1)
     if algorithm == "axis":  # only when the coupling terms vanish: two independent 1-D scans

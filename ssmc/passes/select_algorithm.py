@@ -8,13 +8,14 @@ from ssmc import costmodel as cm
 from ssmc.passes.rewrite import all_graphs, concrete
 
 
-def _work(g, node, algorithm, b):
+def _work(g, node, algorithm, b, target=None):
     x = node.inputs.get("x") or node.inputs.get("u") or node.inputs.get("s")
-    return node_work(node, concrete(g, x, b), algorithm)
+    return node_work(node, concrete(g, x, b), algorithm, target)
 
 
-def node_work(node, shape, algorithm) -> cm.Work:
-    """The cost model's work of `node` running `algorithm` on an input of concrete `shape`."""
+def node_work(node, shape, algorithm, target=None) -> cm.Work:
+    """The cost model's work of `node` running `algorithm` on an input of concrete `shape`
+    (on `target`, where the kernels' parallelism differs by backend)."""
     op = node.OP
     if op == "selective_ssm":
         B, L, d = shape
@@ -29,7 +30,8 @@ def node_work(node, shape, algorithm) -> cm.Work:
         return cm.diagonal(B, L, d, node.d_state, algorithm, cplx=node.complex)
     if op == "ssm2d":
         B, T, V, d = shape
-        return cm.ssm2d(B, T, V, d, node.d_state, algorithm)
+        return cm.ssm2d(B, T, V, d, node.d_state, algorithm,
+                        cell_parallel=target is None or target.is_gpu)
     if op == "nested_recursion":
         B, L, d = shape
         return cm.nested(B, L, d, node.chunk or cm.NESTED_DEFAULT_CHUNK, algorithm, node.inner, node.beam)
@@ -99,7 +101,8 @@ def run(graph, ctx):
             if node.OP == "nested_recursion" and node.chunk is None:
                 _choose_chunk(g, node, ctx)
             algs = candidates(node, ctx.target)
-            ests = [cm.estimate(_work(g, node, a, ctx.bindings), ctx.target, a) for a in algs]
+            ests = [cm.estimate(_work(g, node, a, ctx.bindings, ctx.target), ctx.target, a)
+                    for a in algs]
             # unsupported ones are not costed at all; kernel-less ones stay in the cost table
             # (what they would cost) but are not chosen.  `explain` says why, for both.
             excluded = {a: why for a in node.algorithms()

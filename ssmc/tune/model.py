@@ -27,7 +27,7 @@ from ssmc import costmodel as cm
 LIBRARY_LAUNCHES = {("diagonal_ssm", "fft"): 3}
 
 
-def algorithm_work(w, algorithm: str, config: dict) -> cm.Work:
+def algorithm_work(w, algorithm: str, config: dict, target=None) -> cm.Work:
     node = w.node
     if w.family == "selective_ssm/mamba1":
         return cm.selective_mamba1(w.batch, w.seqlen, w.channels, node.d_state, algorithm,
@@ -39,7 +39,7 @@ def algorithm_work(w, algorithm: str, config: dict) -> cm.Work:
     # the rest as select_algorithm prices them
     from ssmc.passes.select_algorithm import node_work
 
-    return node_work(node, w.shape, algorithm)
+    return node_work(node, w.shape, algorithm, target)
 
 
 def occupancy(launch, kernel, target) -> dict:
@@ -58,7 +58,7 @@ def occupancy(launch, kernel, target) -> dict:
 def estimate_us(w, algorithm: str, config: dict, target, plan, kernels) -> float:
     """Estimated microseconds of the config: the algorithm's work priced at the occupancy of
     its busiest launch, plus a launch cost per launch."""
-    work = algorithm_work(w, algorithm, config)
+    work = algorithm_work(w, algorithm, config, target)
     occ = [occupancy(launch, k, target) for launch, k in zip(plan.launches, kernels)]
     busy = min(o["busy_lanes"] for o in occ)
     waves = max(o["waves"] for o in occ)

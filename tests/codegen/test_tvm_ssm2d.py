@@ -158,9 +158,12 @@ def chimera():
 
 
 def test_chimera_summary_names_the_kernel(chimera):
+    """On the CPU the cost model picks the rows order ('sequential'): the TVM kernels vectorise
+    over channels in either order, and the wavefront's diagonal states outgrow the caches
+    (costmodel.ssm2d's measurements)."""
     model, _ = chimera
-    assert model.kernels == {"ssm2d": "tvm:ssm2d/wavefront"}
-    assert "tvm:ssm2d/wavefront" in model.summary()
+    assert model.kernels == {"ssm2d": "tvm:ssm2d/sequential"}
+    assert "tvm:ssm2d/sequential" in model.summary()
 
 
 @pytest.mark.parametrize("T,V", [(16, 8), (7, 1), (1, 7)])
