@@ -15,10 +15,10 @@ from ssmc.passes.select_algorithm import family
 # input; runtime.compiled._cpu_glue): op -> the kernel's name, which stands where an SSM node's
 # algorithm does (in records, search spaces and `kernel`).
 GLUE_KERNELS = {"conv1d": "window", "rmsnorm": "rowwise"}
-# Node families whose TVM kernels have knobs of their own (Ssm2dConfig, PlrnnConfig; spaces
-# tvm_ssm2d / tvm_plrnn): their default config is {} (the kernel's host default) and only a
-# record names their knobs.
-TVM_OWN_DEFAULTS = ("ssm2d", "recurrence")
+# Node families whose TVM kernels have knobs of their own (Ssm2dConfig, PlrnnConfig,
+# DiagonalScanConfig; spaces tvm_ssm2d / tvm_plrnn / tvm_diagonal_scan): their default config
+# is {} (the kernel's host default) and only a record names their knobs.
+TVM_OWN_DEFAULTS = ("ssm2d", "recurrence", "diagonal_ssm")
 
 
 def glue_kernel(node, graph, target, dtype: str) -> str | None:

@@ -73,6 +73,19 @@ def tvm_plrnn_config(config: dict | None):
     return default_config().replace(**{k: v for k, v in config.items() if k in known})
 
 
+def tvm_diagonal_config(config: dict | None):
+    """The TVM diagonal recurrence's DiagonalScanConfig from a dict that names its own knobs
+    (a record made for it: `mode_unroll`); None (the host default) otherwise."""
+    if not config or "mode_unroll" not in config:
+        return None
+    import dataclasses
+
+    from ssmc.codegen.tvm.diagonal_scan_tir import DiagonalScanConfig
+
+    known = {f.name for f in dataclasses.fields(DiagonalScanConfig)}
+    return DiagonalScanConfig(**{k: v for k, v in config.items() if k in known})
+
+
 def triton_family(family: str, algorithm: str) -> str | None:
     """The Triton kernel family (ssmc.codegen.triton.families) that runs a node family's
     algorithm; None when there is none."""
@@ -125,6 +138,8 @@ def kernel_config(fam: str, alg: str | None, backend: str, config: dict | None):
         return ssm2d_config(backend, alg, config)
     if fam == "recurrence" and backend == "tvm":
         return tvm_plrnn_config(config)
+    if fam == "diagonal_ssm" and backend == "tvm":
+        return tvm_diagonal_config(config) if alg == "sequential" else None
     return triton_config(fam, alg, config) if backend == "triton" else None
 
 
@@ -290,7 +305,8 @@ def diagonal(node, mod, ins: dict, fn, backend: str, config: dict):
         # a backend whose kernels cannot take these tensors falls back to torch inside the op
         return diagonal_conv(u, Abar, Bbar, C, mod.D, mod.conj_pair,
                              backend=backend if backend in BACKENDS else "torch")
-    return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair)
+    return fn(u, Abar, Bbar, C, mod.D, mod.conj_pair,
+              **_config_kw(node_config(node, backend, config)))
 
 
 def _triton_runs(mod, ins: dict, x) -> bool:

@@ -43,6 +43,8 @@ SPACE_FILES = {
     ("ssm2d", "wavefront", "tvm"): "tvm_ssm2d.yaml",
     ("ssm2d", "sequential", "tvm"): "tvm_ssm2d.yaml",
     ("recurrence", "sequential", "tvm"): "tvm_plrnn.yaml",
+    ("diagonal_ssm", "sequential", "tvm"): "tvm_diagonal_scan.yaml",
+    ("diagonal_ssm", "fft", "tvm"): "tvm_diagonal_fft.yaml",  # no knobs: the algorithm only
     ("ssm2d", "wavefront", "triton"): "triton_ssm2d_wavefront.yaml",
     ("recurrence", "sequential", "triton"): "triton_plrnn_sequential.yaml",
     ("selective_ssm/dense", "sequential", "triton"): "triton_dense_sequential.yaml",

@@ -250,8 +250,8 @@ def glue_reference(w: Workload, inputs: dict):
 # with the node's reference module: their kernels take many parameters prepared from the
 # module (the 2-D SSM's projections, the PLRNN's and its folded HRF's), which the executor is
 # the one place to prepare.
-EXECUTOR_RUN = {("ssm2d", "tvm"), ("recurrence", "tvm"), ("ssm2d", "triton"),
-                ("recurrence", "triton"), ("selective_ssm/dense", "triton")}
+EXECUTOR_RUN = {("ssm2d", "tvm"), ("recurrence", "tvm"), ("diagonal_ssm", "tvm"),
+                ("ssm2d", "triton"), ("recurrence", "triton"), ("selective_ssm/dense", "triton")}
 
 
 def module_inputs(w: Workload, device="cpu", seed: int = 0) -> dict:
@@ -327,7 +327,7 @@ def kernel_inputs(w: Workload, backend: str, device="cpu", seed: int = 0) -> dic
         return mamba1_inputs(w, "bld" if backend == "tvm" else "bdl", device, seed)
     if w.family == "selective_ssm/ssd":
         return ssd_inputs(w, device, seed)
-    if w.family == "diagonal_ssm" and backend == "triton":  # TVM's S4D is not tuned
+    if w.family == "diagonal_ssm" and backend == "triton":  # (TVM: EXECUTOR_RUN above)
         return s4d_inputs(w, device, seed)
     raise SsmcError(f"no tunable {backend} kernel for {w.family}")
 
@@ -411,6 +411,12 @@ def kernel_knobs(w: Workload, backend: str, algorithm: str, config: dict) -> dic
             from ssmc.codegen.ssm2d_recurrence import ssm2d_config
 
             cfg = ssm2d_config("tvm", algorithm, {})
+        elif w.family == "diagonal_ssm":
+            if algorithm != "sequential":
+                return {}  # the FFT path has no knobs: the tuner weighs the algorithm only
+            from ssmc.codegen.tvm.diagonal_scan_tir import DiagonalScanConfig
+
+            cfg = DiagonalScanConfig()
         else:
             from ssmc.codegen.tvm.plrnn import default_config
 

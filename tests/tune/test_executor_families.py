@@ -291,3 +291,72 @@ def test_the_cli_says_which_record_it_ignores_in_one_line(records_dir, capsys):
     err = capsys.readouterr().err
     assert f"warning: ignoring the tuned record {path}" in err
     assert "UserWarning" not in err and "schedule.py" not in err
+
+
+# ---- the diagonal SSM (S4D / LRU) on the CPU: the recurrence's knobs, and the algorithm
+# (recurrence vs Vandermonde + FFT) weighed by measurement
+
+S4D_COMPLEX = zoo_dir() / "s4d_complex.yaml"
+
+
+def _diag_workload(spec=S4D_COMPLEX, seqlen=37, batch=2):
+    ws = workloads(load_spec(spec), load_target("cpu"), {"batch": batch, "seqlen": seqlen})
+    (w,) = [w for w in ws if w.family == "diagonal_ssm"]
+    return w
+
+
+def test_the_diagonal_space_weighs_both_algorithms():
+    from ssmc.codegen.tvm.diagonal_scan_tir import DiagonalScanConfig
+
+    w = _diag_workload()
+    ns = node_space("diagonal_ssm", w.algorithms("tvm"), "tvm")
+    assert set(ns.algorithms) == {"sequential", "fft"}
+    assert set(ns.kernels["sequential"].names) == {"vector_width", "mode_unroll"}
+    assert ns.kernels["fft"].knobs == ()  # the algorithm only
+    for knob in ns.kernels["sequential"].knobs:
+        for value in knob.choices:
+            DiagonalScanConfig(**{knob.name: value})
+    assert w.default_config == {}
+    assert kernel_knobs(w, "tvm", "sequential", {}) == DiagonalScanConfig().as_dict()
+    assert kernel_knobs(w, "tvm", "fft", {}) == {}
+
+
+@pytest.mark.parametrize("spec", [zoo_dir() / "s4d.yaml", S4D_COMPLEX, zoo_dir() / "lru_polar.yaml"])
+def test_diagonal_configs_match_the_reference(spec):
+    w = _diag_workload(spec)
+    inputs = kernel_inputs(w, "tvm")
+    want = reference_output(w, inputs, "tvm")
+    space = load_all_spaces()["tvm_diagonal_scan.yaml"]
+    cfgs = [("fft", {})] + [("sequential", dict(zip(space.names, v)))
+                            for v in [(4, 4), (8, 16), (16, 8)]]
+    for alg, cfg in cfgs:
+        got = kernel_call(w, alg, cfg, "tvm", inputs)()
+        torch.testing.assert_close(got, want, **FP32, msg=lambda m: f"{alg} {cfg}: {m}")
+
+
+def test_a_diagonal_record_sets_the_algorithm_and_the_recurrences_knobs(records_dir,
+                                                                        monkeypatch):
+    from ssmc.codegen.tvm import diagonal_scan as kernel
+    from ssmc.codegen.tvm.diagonal_scan_tir import DiagonalScanConfig
+
+    w = _diag_workload(seqlen=16, batch=1)
+    cfg = DiagonalScanConfig(vector_width=4, mode_unroll=4)
+    tgt = load_target("cpu")
+    Records(tgt).write(make_record(w.key, tgt, algorithm="sequential", config=cfg.as_dict(),
+                                   source="measured"))
+    model = ssmc.compile(S4D_COMPLEX, "cpu", seqlen=13, batch=1).eval()
+    (node,) = [n for _, n, _ in model.graph.walk() if n.OP == "diagonal_ssm"]
+    assert node.meta["algorithm"] == "sequential" and node.meta["config_source"] == "record"
+    seen, real = [], kernel.diagonal_scan
+
+    def spy(*a, **k):
+        seen.append(k.get("config"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(kernel, "diagonal_scan", spy)
+    ref = build_reference(model.source_graph).eval()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 13, 1)  # d_input 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), **FP32)
+    assert seen and all(c == cfg for c in seen)

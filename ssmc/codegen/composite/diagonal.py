@@ -95,9 +95,10 @@ def fft_conv_bld(u, K, D=None):
 
 
 def diagonal_ssm_fast(u, Abar, Bbar, C, D=None, conj_pair: bool = True,
-                      algorithm: str = "fft"):
+                      algorithm: str = "fft", config=None):
     """y (b, L, d) for u (b, L, d) and discrete (d, n) parameters: "fft" (Vandermonde + FFT, any
-    device; see _fft_kernel) or "sequential" (the TVM CPU recurrence, fp32)."""
+    device; see _fft_kernel) or "sequential" (the TVM CPU recurrence, fp32, scheduled by
+    `config`, a tvm.diagonal_scan_tir.DiagonalScanConfig; None = the host default)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
@@ -110,7 +111,7 @@ def diagonal_ssm_fast(u, Abar, Bbar, C, D=None, conj_pair: bool = True,
             and work_dtype(u, Abar, Bbar, C, D) == torch.float32:
         from ssmc.codegen.tvm.diagonal_scan import diagonal_scan
 
-        return diagonal_scan(u, Abar, Bbar, C, D, conj_pair)
+        return diagonal_scan(u, Abar, Bbar, C, D, conj_pair, config=config)
     K = _fft_kernel(Abar, Bbar, C, L, conj_pair)
     if D is not None:
         D = D.to(K.dtype)
@@ -137,6 +138,6 @@ def diagonal_fft(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
     return diagonal_ssm_fast(u, Abar, Bbar, C, D, conj_pair, "fft")
 
 
-def diagonal_sequential(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
+def diagonal_sequential(u, Abar, Bbar, C, D=None, conj_pair: bool = True, config=None):
     """diagonal_ssm_fast by the TVM recurrence (dispatch entry; CPU fp32, forward only)."""
-    return diagonal_ssm_fast(u, Abar, Bbar, C, D, conj_pair, "sequential")
+    return diagonal_ssm_fast(u, Abar, Bbar, C, D, conj_pair, "sequential", config)

@@ -65,12 +65,15 @@ def emit(node, graph, fam: str, alg: str, out: Path, write, target=None) -> dict
         write(out / "dense_scan.tir.py", _script(tirb.build_dense_scan(sig)))
     elif fam == "diagonal_ssm" and alg == "sequential":
         from ssmc.codegen.tvm import diagonal_scan_tir as tirb
+        from ssmc.runtime.executors import tvm_diagonal_config
 
+        cfg = tvm_diagonal_config(node.meta.get("config")) or tirb.DiagonalScanConfig()
         conj = node.complex and node.conj_pair
         sig = tirb.DiagonalSignature(d=_d(graph, node, "u"),
                                      n=node.d_state // 2 if conj else node.d_state,
                                      complex_state=node.complex, scale=2.0 if conj else 1.0,
-                                     has_D=node.D, lanes=lanes)
+                                     has_D=node.D, lanes=cfg.vector_width or lanes)
         files["diagonal_scan"] = str(out / "diagonal_scan.tir.py")
-        write(out / "diagonal_scan.tir.py", _script(tirb.build_diagonal_scan(sig)))
+        write(out / "diagonal_scan.tir.py",
+              _script(tirb.build_diagonal_scan(sig, cfg.mode_unroll)))
     return {"files": files, "composite": COMPOSITE[(fam, alg)]}

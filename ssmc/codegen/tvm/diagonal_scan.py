@@ -17,13 +17,15 @@ SOURCES = ("diagonal_scan_tir.py", "grc_tir.py", "tirmath.py", "build.py",
 _kernels: dict = {}
 
 
-def get_kernel(sig: tirb.DiagonalSignature):
+def get_kernel(sig: tirb.DiagonalSignature, mode_unroll: int = tirb.UNROLL_MODES):
     target = host_target()
-    key = (sig, id(target), os.environ.get(CACHE_ENV))
+    key = (sig, mode_unroll, id(target), os.environ.get(CACHE_ENV))
     k = _kernels.get(key)
     if k is None:
-        k = DEFAULT_CACHE.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target, {},
-                              lambda: tirb.build_diagonal_scan(sig), sources=SOURCES)
+        k = DEFAULT_CACHE.get(FAMILY, tirb.FUNC_NAME, sig.__dict__, "float32", target,
+                              {"mode_unroll": mode_unroll},
+                              lambda: tirb.build_diagonal_scan(sig, mode_unroll),
+                              sources=SOURCES)
         _kernels[key] = k
     return k
 
@@ -32,12 +34,17 @@ def _f32t(t):  # (d, n) -> (n, d) contiguous fp32
     return t.t().to(torch.float32).contiguous()
 
 
-def diagonal_scan(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
+def diagonal_scan(u, Abar, Bbar, C, D=None, conj_pair: bool = True,
+                  config: tirb.DiagonalScanConfig | None = None):
     """y_t = readout(C x_t) + D u_t with x_t = Abar x_{t-1} + Bbar u_t, channels-last.
 
     u: (b, L, d) real; Abar, Bbar, C: (d, n) complex (or all real: a real state); D: (d,).
     readout: 2 Re with conj_pair, Re without, the identity for a real state.
+    config: a DiagonalScanConfig (None: the host default).
     Returns y (b, L, d) in u's dtype (computed in fp32)."""
+    if config is not None and not isinstance(config, tirb.DiagonalScanConfig):
+        raise ValueError(f"config must be a DiagonalScanConfig, got {type(config).__name__}")
+    config = config or tirb.DiagonalScanConfig()
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"u must be a (b, L, d) tensor, got "
                          f"{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}")
@@ -60,7 +67,8 @@ def diagonal_scan(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
     cb = C * Bbar
     sig = tirb.DiagonalSignature(d=int(d), n=int(n), complex_state=cplx,
                                  scale=2.0 if (cplx and conj_pair) else 1.0,
-                                 has_D=D is not None, lanes=host_vector_lanes_f32())
+                                 has_D=D is not None,
+                                 lanes=config.vector_width or host_vector_lanes_f32())
     out = torch.empty(b, L, d, dtype=torch.float32)
     if b and L:
         args = {"u": u.to(torch.float32).contiguous(), "out": out}
@@ -71,5 +79,5 @@ def diagonal_scan(u, Abar, Bbar, C, D=None, conj_pair: bool = True):
             args.update(a_re=_f32t(Abar), cb_re=_f32t(cb))
         if D is not None:
             args["D"] = D.to(torch.float32).contiguous()
-        get_kernel(sig)(*[args[nm] for nm in tirb.arg_names(sig)])
+        get_kernel(sig, config.mode_unroll)(*[args[nm] for nm in tirb.arg_names(sig)])
     return out if u.dtype == torch.float32 else out.to(u.dtype)

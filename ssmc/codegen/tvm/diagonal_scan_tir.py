@@ -13,6 +13,7 @@ them as vectors.  b and L are symbolic; d, n and the flags are compiled in.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import tvm.tirx as tir
@@ -42,6 +43,28 @@ class DiagonalSignature:
             raise ValueError("DiagonalSignature: d, n and lanes must be >= 1")
 
 
+@dataclass(frozen=True)
+class DiagonalScanConfig:
+    """Schedule knobs (they never change the values; space: tvm_diagonal_scan.yaml).
+
+    vector_width: channels of one task, as one vector statement (0 = the host's fp32 lanes;
+        a d it does not divide takes the widest that does); mode_unroll: modes unrolled per
+        group (independent complex multiply-adds in flight)."""
+
+    vector_width: int = 0
+    mode_unroll: int = UNROLL_MODES
+
+    def __post_init__(self):
+        if self.vector_width < 0 or self.mode_unroll < 1:
+            raise ValueError("DiagonalScanConfig: vector_width >= 0 and mode_unroll >= 1")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "DiagonalScanConfig":
+        return dataclasses.replace(self, **changes)
+
+
 def arg_names(sig: DiagonalSignature) -> list[str]:
     names = ["u"]
     names += ["a_re", "a_im", "cb_re", "cb_im"] if sig.complex_state else ["a_re", "cb_re"]
@@ -51,7 +74,7 @@ def arg_names(sig: DiagonalSignature) -> list[str]:
     return names
 
 
-def build_diagonal_scan(sig: DiagonalSignature):
+def build_diagonal_scan(sig: DiagonalSignature, mode_unroll: int = UNROLL_MODES):
     b = tir.Var("b", IDX)
     L = tir.Var("L", IDX)
     d, n = sig.d, sig.n
@@ -101,7 +124,7 @@ def build_diagonal_scan(sig: DiagonalSignature):
                                 T.buffer_store(sr, ar * sr[m, v] + cbr * u, [m, v])
                             T.buffer_store(y, y[v] + sr[m, v], [v])
 
-                    U = min(n, UNROLL_MODES)
+                    U = min(n, mode_unroll)
                     if n // U:
                         with T.serial(0, n // U) as g:
                             for k in range(U):
