@@ -83,7 +83,8 @@ def test_shipped_spaces_parse_and_node_spaces_follow_the_backend():
     assert [k for k in knobs.knobs if k.name == "time_tile"][0].when == {"layout": "bdl"}
     gpu = node_space("selective_ssm/mamba1", ["sequential", "associative", "chunked"], "triton")
     assert gpu.algorithms == ("sequential", "associative", "chunked")
-    assert node_space("diagonal_ssm", ["sequential", "fft"], "tvm") is None
+    diag = node_space("diagonal_ssm", ["sequential", "fft"], "tvm")  # the algorithm too
+    assert diag.algorithms == ("sequential", "fft") and diag.kernels["fft"].knobs == ()
     ssd = node_space("selective_ssm/ssd", ["sequential", "chunked"], "tvm")
     assert ssd.algorithms == ("sequential",)
     assert "layout" not in ssd.kernels["sequential"].names  # channels-last only
