@@ -23,6 +23,7 @@ class Work:
     lanes: float  # independent work items available at once
     launches: int = 1
     tensor_core: bool = False  # flops can use the matrix units (bf16 rate)
+    fft_flops: float = 0.0  # of `flops`, those a library FFT runs (at target.fft_efficiency)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ def estimate(work: Work, target, algorithm: str) -> Estimate:
     util = min(1.0, work.lanes / lanes) if lanes else 1.0
     flops_rate = (target.bf16_tflops if work.tensor_core else target.fp32_tflops) * 1e12 * util
     t_mem = work.bytes / (target.mem_bandwidth_gbs * 1e9)
-    t_cmp = work.flops / flops_rate if flops_rate else 0.0
+    # a library FFT reaches a fraction of the rate the generated kernels do (target descriptor)
+    eff = getattr(target, "fft_efficiency", 1.0) or 1.0
+    t_cmp = (work.flops + work.fft_flops * (1.0 / eff - 1.0)) / flops_rate if flops_rate else 0.0
     exp_rate = target.exp_per_clk_per_unit * target.units * target.clock_ghz * 1e9  # exps per second
     t_exp = work.exps / (exp_rate * util) if exp_rate else 0.0
     # The critical path: however many lanes there are, dependent steps run one after the other;
@@ -132,7 +135,7 @@ def diagonal(b, L, d, N, algorithm, cplx=True) -> Work:
         kernel = d * N * L * 2 * c
         fft = b * d * 2 * 2.5 * (2 * L) * _log2(2 * L) + d * 2.5 * 2 * L * _log2(2 * L)
         return Work(io + d * L * 4 * 3 + b * d * 2 * L * 8 * 2, kernel + fft, d * N * 2, depth=_log2(2 * L) * 3,
-                    lanes=b * d * L, launches=4)
+                    lanes=b * d * L, launches=4, fft_flops=fft)
     if algorithm == "associative":
         lg = _log2(L)
         return Work(io + b * L * d * N * 8, b * L * d * N * 2 * c * lg, 0, depth=lg * 4, lanes=b * d * L)

@@ -36,6 +36,7 @@ class Target:
     lanes_per_unit: int  # FP32 lanes per unit (CPU: vector lanes x FMA ports)
     step_latency_ns: float  # one dependent step of a scan loop (the cost model's latency bound)
     launch_overhead_us: float  # one kernel launch
+    fft_efficiency: float = 1.0  # a library FFT's rate as a fraction of the kernels' (cost model)
     regs_per_thread: int | None = None  # GPU only
     regs_per_unit: int | None = None
     max_threads_per_unit: int | None = None
