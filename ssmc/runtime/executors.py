@@ -58,32 +58,33 @@ def tvm_glue_config(op: str, config: dict | None):
     return NormConfig(**{k: v for k, v in config.items() if k in ("vector_width", "parallel")})
 
 
-def tvm_plrnn_config(config: dict | None):
-    """The PLRNN TVM kernel's PlrnnConfig from a dict that names its own knobs (a record made
-    for this kernel: `traj_block`); None (the host default) otherwise, since the schedule
-    pass's generic CPU defaults are the selective scan's knobs."""
-    if not config or "traj_block" not in config:
-        return None
+def _own_knobs(config: dict, default):
+    """`default` (a kernel's Config) with the knobs `config` names.  Only a record made for the
+    kernel is applied (the callers check that it names one of the kernel's own knobs): the
+    schedule pass's generic CPU defaults are the selective scan's knobs."""
     import dataclasses
 
-    from ssmc.codegen.tvm.plrnn import default_config
-    from ssmc.codegen.tvm.plrnn_tir import PlrnnConfig
+    known = {f.name for f in dataclasses.fields(default)}
+    return dataclasses.replace(default, **{k: v for k, v in config.items() if k in known})
 
-    known = {f.name for f in dataclasses.fields(PlrnnConfig)}
-    return default_config().replace(**{k: v for k, v in config.items() if k in known})
+
+def tvm_plrnn_config(config: dict | None):
+    """The PLRNN TVM kernel's PlrnnConfig from a record's dict (it names `traj_block`)."""
+    if not config or "traj_block" not in config:
+        return None
+    from ssmc.codegen.tvm.plrnn import default_config
+
+    return _own_knobs(config, default_config())
 
 
 def tvm_diagonal_config(config: dict | None):
-    """The TVM diagonal recurrence's DiagonalScanConfig from a dict that names its own knobs
-    (a record made for it: `mode_unroll`); None (the host default) otherwise."""
+    """The TVM diagonal recurrence's DiagonalScanConfig from a record's dict (it names
+    `mode_unroll`)."""
     if not config or "mode_unroll" not in config:
         return None
-    import dataclasses
-
     from ssmc.codegen.tvm.diagonal_scan_tir import DiagonalScanConfig
 
-    known = {f.name for f in dataclasses.fields(DiagonalScanConfig)}
-    return DiagonalScanConfig(**{k: v for k, v in config.items() if k in known})
+    return _own_knobs(config, DiagonalScanConfig())
 
 
 def triton_family(family: str, algorithm: str) -> str | None:
@@ -113,9 +114,8 @@ def triton_config(family: str, algorithm: str, config: dict | None):
 
 
 def node_config(node, backend: str, config: dict):
-    """The Config dataclass of the node's kernel (its Triton family's, `triton_config`;
-    ssm2d's, `ssm2d_config`, both backends; the TVM PLRNN's, `tvm_plrnn_config`) or None,
-    made once and kept on the node:
+    """The Config dataclass of the node's kernel (`kernel_config`) or None, made once and kept
+    on the node:
     torch.compile's trace cannot build the frozen dataclasses, so compiled.Runner.add makes
     it before the first call."""
     cfg = node.meta.get("kernel_config", False)
@@ -147,7 +147,7 @@ def config_problem(fam: str, alg: str | None, backend: str, config: dict) -> str
     """Why the kernel that runs (fam, alg) on `backend` cannot take `config` (a tuned record's,
     say), or None when it can: every Config the runtime would build from it is built here."""
     try:
-        if backend == "tvm" and "/" not in fam and fam in ("conv1d", "rmsnorm"):
+        if backend == "tvm" and fam in ("conv1d", "rmsnorm"):  # the glue kernels
             tvm_glue_config(fam, config)
         else:
             kernel_config(fam, alg, backend, config)
