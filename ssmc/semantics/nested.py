@@ -69,6 +69,13 @@ def _cast(w, dtype):
     return type(w)(*(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in w))
 
 
+def _compute_weights(x, grc_w, scorer):
+    """(compute dtype, GRC weights, scorer weights or None) in x's compute dtype: float64 for
+    float64 inputs (gradchecks), float32 otherwise."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return ct, _cast(grc_w, ct), _cast(scorer, ct) if scorer is not None else None
+
+
 def grc(l: torch.Tensor, r: torch.Tensor, w: GRCWeights) -> torch.Tensor:
     """Gated recursive cell.  l, r: (..., d) -> (..., d)."""
     h = F.gelu(F.linear(torch.cat([l, r], dim=-1), w.w1, w.b1))
@@ -226,10 +233,8 @@ def nested_ref(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, length
                scorer: ScorerWeights | None = None, beam: int = 7) -> torch.Tensor:
     """Nested recursion, level-synchronous.  x: (b, L, d); lengths: (b,) or None -> (b, d)."""
     _check(inner, chunk, beam, scorer)
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct, w, sw = _compute_weights(x, grc_w, scorer)
     seq = x.to(ct)
-    w = _cast(grc_w, ct)
-    sw = _cast(scorer, ct) if scorer is not None else None
     lens = _lengths(x, lengths)
     if inner == "bbt":
         reduce = lambda chunks, valid: bbt_reduce(chunks, valid, w)  # noqa: E731
@@ -288,15 +293,13 @@ def nested_recursive(x, grc_w: GRCWeights, inner: str = "bbt", chunk: int = 30, 
                      scorer: ScorerWeights | None = None, beam: int = 7) -> torch.Tensor:
     """Nested recursion, one sequence at a time on lists (same arguments as `nested_ref`)."""
     _check(inner, chunk, beam, scorer)
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct, w, sw = _compute_weights(x, grc_w, scorer)
     xf = x.to(ct)
-    w = _cast(grc_w, ct)
     if inner == "bbt":
         inner_fn = lambda items: _bbt_list(items, w)  # noqa: E731
     elif inner == "rnn":
         inner_fn = lambda items: _rnn_list(items, w)  # noqa: E731
     else:
-        sw = _cast(scorer, ct)
         inner_fn = lambda items: _beam_list(items, w, sw, beam)  # noqa: E731
     outs = [_outer_list(list(xf[r, :n].unbind(0)), inner_fn, chunk)
             for r, n in enumerate(_lengths(x, lengths))]

@@ -49,9 +49,9 @@ from ssmc.semantics.nested import (
     NEG,
     GRCWeights,
     ScorerWeights,
-    _cast,
     _check,
     _chunks_of,
+    _compute_weights,
     _lengths,
     grc,
     outer_tree,
@@ -366,11 +366,8 @@ def _wants_grad(*ts) -> bool:
 
 
 def _weights(x, grc_w, scorer):
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    w = _cast(grc_w, ct)
-    w = GRCWeights(*(t.contiguous() if isinstance(t, torch.Tensor) else t for t in w))
-    sw = _cast(scorer, ct) if scorer is not None else None
-    return ct, w, sw
+    ct, w, sw = _compute_weights(x, grc_w, scorer)
+    return ct, GRCWeights(*(t.contiguous() if isinstance(t, torch.Tensor) else t for t in w)), sw
 
 
 def _check_x(x, grc_w):
