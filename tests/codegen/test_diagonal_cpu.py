@@ -116,6 +116,12 @@ def test_tvm_recurrence_argument_checks():
             diagonal_scan(torch.randn(2, 5, 4), Ab, Bb[:, :1], C)
         with pytest.raises(ValueError, match="D"):
             diagonal_scan(torch.randn(2, 5, 4), Ab, Bb, C, D=torch.ones(3))
+        with pytest.raises(ValueError, match="config must be a DiagonalScanConfig"):
+            diagonal_scan(torch.randn(2, 5, 4), Ab, Bb, C, config={"mode_unroll": 4})
+    from ssmc.codegen.tvm.diagonal_scan_tir import DiagonalScanConfig
+
+    with pytest.raises(ValueError, match="mode_unroll >= 1"):
+        DiagonalScanConfig(mode_unroll=0)
 
 
 @pytest.mark.parametrize("spec,d_in,kernel", [
